@@ -1,0 +1,307 @@
+//! Client credentials the sidecar issued: access key id -> principal name and secret.
+//!
+//! They live in `clients.json` with each secret sealed under the root key. The running server reloads
+//! the file within a second of a change, so `kms-sidecar clients add|revoke` takes effect without a
+//! restart. Secrets are `SecretString`s: never printed by `Debug`, never logged.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto;
+use crate::datadir::{self, DataDir};
+
+const FILE: &str = "clients.json";
+const LOCK: &str = "clients.lock";
+
+/// A derived SigV4 signing key, cached per (date, region) because deriving it costs four HMACs.
+pub struct SigningKey {
+    pub date: String,
+    pub region: String,
+    pub key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({}/{}, [redacted])", self.date, self.region)
+    }
+}
+
+/// One issued credential.
+#[derive(Debug)]
+pub struct Client {
+    pub access_key_id: String,
+    /// The principal name the credential authenticates as.
+    pub name: String,
+    pub created: f64,
+    secret: SecretString,
+    signing_key: ArcSwapOption<SigningKey>,
+}
+
+impl Client {
+    pub fn secret(&self) -> &SecretString {
+        &self.secret
+    }
+
+    /// The cached signing key, if it was derived for this `date` and `region`.
+    pub fn cached_signing_key(&self, date: &str, region: &str) -> Option<Arc<SigningKey>> {
+        self.signing_key
+            .load_full()
+            .filter(|k| k.date == date && k.region == region)
+    }
+
+    pub fn cache_signing_key(&self, key: SigningKey) {
+        self.signing_key.store(Some(Arc::new(key)));
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    access_key_id: String,
+    name: String,
+    created: f64,
+    /// The secret access key sealed under the root key (base64).
+    sealed_secret: String,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    format: u32,
+    clients: Vec<Record>,
+}
+
+/// What `clients add` returns: shown once, then only the sealed copy exists.
+pub struct Issued {
+    pub access_key_id: String,
+    pub name: String,
+    pub secret: SecretString,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Issued({}, {}, [redacted])", self.access_key_id, self.name)
+    }
+}
+
+/// A listing row (no secret).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub access_key_id: String,
+    pub name: String,
+    pub created: f64,
+}
+
+fn purpose(access_key_id: &str) -> String {
+    format!("kms-sidecar/client-secret/{access_key_id}")
+}
+
+fn read_file(path: &Path) -> anyhow::Result<File> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("client table {} is corrupt or truncated", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(File { format: 1, clients: Vec::new() }),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_file(path: &Path, file: &File) -> anyhow::Result<()> {
+    datadir::write_atomic(path, &serde_json::to_vec_pretty(file)?)
+}
+
+/// Runs `f` holding `clients.lock`, so two CLI invocations cannot lose each other's changes.
+fn with_lock<T>(dir: &DataDir, f: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let lock_path = dir.path().join(LOCK);
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    f(&dir.path().join(FILE))
+}
+
+fn random_token(len: usize, alphabet: &[u8]) -> anyhow::Result<String> {
+    let bytes = crypto::random_bytes(len)?;
+    // 256 % alphabet.len() bias is negligible for 32/62-letter alphabets at these lengths, and the
+    // alphabets used here divide 256 (32) or are only used for the non-secret id.
+    Ok(bytes.iter().map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()])).collect())
+}
+
+/// Issues a new credential for principal `name` and stores it sealed.
+pub fn add(dir: &DataDir, name: &str) -> anyhow::Result<Issued> {
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b)) {
+        bail!("client name must be 1-64 characters of letters, digits and +=,.@_-");
+    }
+    with_lock(dir, |path| {
+        let mut file = read_file(path)?;
+        if file.clients.iter().any(|c| c.name == name) {
+            bail!("a client named {name} already exists (revoke it first, or choose another name)");
+        }
+        let access_key_id = format!("AKSC{}", random_token(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")?);
+        let secret = Zeroizing::new(B64.encode(&*crypto::random_bytes(30)?));
+        let sealed = dir.seal(&purpose(&access_key_id), secret.as_bytes())?;
+        file.clients.push(Record {
+            access_key_id: access_key_id.clone(),
+            name: name.to_string(),
+            created: crate::keys::now(),
+            sealed_secret: B64.encode(sealed),
+        });
+        write_file(path, &file)?;
+        Ok(Issued { access_key_id, name: name.to_string(), secret: SecretString::from(secret.to_string()) })
+    })
+}
+
+/// Removes a credential; the running server stops accepting it within a second.
+pub fn revoke(dir: &DataDir, access_key_id: &str) -> anyhow::Result<()> {
+    with_lock(dir, |path| {
+        let mut file = read_file(path)?;
+        let before = file.clients.len();
+        file.clients.retain(|c| c.access_key_id != access_key_id);
+        if file.clients.len() == before {
+            bail!("no client with access key id {access_key_id}");
+        }
+        write_file(path, &file)
+    })
+}
+
+/// Lists credentials without secrets.
+pub fn list(dir: &DataDir) -> anyhow::Result<Vec<Listed>> {
+    Ok(read_file(&dir.path().join(FILE))?
+        .clients
+        .into_iter()
+        .map(|r| Listed { access_key_id: r.access_key_id, name: r.name, created: r.created })
+        .collect())
+}
+
+/// The live table of credentials used by the server.
+#[derive(Debug)]
+pub struct ClientStore {
+    dir: Arc<DataDir>,
+    path: PathBuf,
+    clients: ArcSwap<HashMap<String, Arc<Client>>>,
+    /// (inode, size, mtime) of the file last loaded; a rename by `write_atomic` always changes the inode.
+    stamp: std::sync::Mutex<Option<(u64, u64, i64, i64)>>,
+}
+
+impl ClientStore {
+    pub fn open(dir: Arc<DataDir>) -> anyhow::Result<Self> {
+        let path = dir.path().join(FILE);
+        let store = Self {
+            dir,
+            path,
+            clients: ArcSwap::from_pointee(HashMap::new()),
+            stamp: std::sync::Mutex::new(None),
+        };
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// Looks up a credential by access key id (lock-free).
+    pub fn get(&self, access_key_id: &str) -> Option<Arc<Client>> {
+        self.clients.load().get(access_key_id).cloned()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.load().is_empty()
+    }
+
+    fn current_stamp(&self) -> Option<(u64, u64, i64, i64)> {
+        fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    }
+
+    /// Reloads `clients.json` if it changed since the last load. Returns whether it did.
+    pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
+        let stamp = self.current_stamp();
+        let unchanged = self.stamp.lock().map(|s| *s == stamp).unwrap_or(false);
+        if unchanged {
+            return Ok(false);
+        }
+        self.reload()?;
+        Ok(true)
+    }
+
+    /// Loads `clients.json`, keeping cached signing keys of credentials that did not change.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let stamp = self.current_stamp();
+        let file = read_file(&self.path)?;
+        let old = self.clients.load();
+        let mut next = HashMap::with_capacity(file.clients.len());
+        for r in file.clients {
+            if let Some(existing) = old.get(&r.access_key_id) {
+                next.insert(r.access_key_id.clone(), existing.clone());
+                continue;
+            }
+            let sealed = B64
+                .decode(&r.sealed_secret)
+                .with_context(|| format!("client {} in {} is corrupt", r.access_key_id, self.path.display()))?;
+            let secret = self
+                .dir
+                .unseal(&purpose(&r.access_key_id), &sealed)
+                .with_context(|| format!("client {} in {} does not unseal", r.access_key_id, self.path.display()))?;
+            let secret = String::from_utf8(secret.to_vec())
+                .with_context(|| format!("client {} secret is not text", r.access_key_id))?;
+            next.insert(
+                r.access_key_id.clone(),
+                Arc::new(Client {
+                    access_key_id: r.access_key_id,
+                    name: r.name,
+                    created: r.created,
+                    secret: SecretString::from(secret),
+                    signing_key: ArcSwapOption::empty(),
+                }),
+            );
+        }
+        self.clients.store(Arc::new(next));
+        if let Ok(mut s) = self.stamp.lock() {
+            *s = stamp;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datadir::RootKeySource;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn add_list_revoke_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(DataDir::open(tmp.path(), &RootKeySource::DataDir).unwrap());
+        let store = ClientStore::open(dir.clone()).unwrap();
+        assert!(store.is_empty());
+        let issued = add(&dir, "app").unwrap();
+        assert!(issued.access_key_id.starts_with("AKSC") && issued.access_key_id.len() == 20);
+        assert_eq!(format!("{issued:?}").contains(issued.secret.expose_secret()), false);
+        assert!(add(&dir, "app").is_err());
+        assert!(add(&dir, "bad name").is_err());
+        assert!(store.reload_if_changed().unwrap());
+        assert!(!store.reload_if_changed().unwrap());
+        let client = store.get(&issued.access_key_id).unwrap();
+        assert_eq!(client.secret().expose_secret(), issued.secret.expose_secret());
+        assert!(!format!("{client:?}").contains(issued.secret.expose_secret()));
+        let raw = fs::read_to_string(tmp.path().join(FILE)).unwrap();
+        assert!(!raw.contains(issued.secret.expose_secret()), "secret stored in clear");
+        assert_eq!(list(&dir).unwrap()[0].name, "app");
+        revoke(&dir, &issued.access_key_id).unwrap();
+        assert!(revoke(&dir, &issued.access_key_id).is_err());
+        assert!(store.reload_if_changed().unwrap());
+        assert!(store.get(&issued.access_key_id).is_none());
+    }
+}

@@ -1,0 +1,5 @@
+//! Who is calling: client credentials the sidecar issued (`clients`) and the AWS Signature V4 that
+//! proves a request came from one of them (`sigv4`). Key policies (authorization) arrive here too.
+
+pub mod clients;
+pub mod sigv4;

@@ -1,0 +1,158 @@
+//! The default backend: AES-256-GCM master keys held in process, sealed at rest under the data
+//! directory's root key (`material/<key id>.<version>.key`), never written in clear.
+//!
+//! Zero setup is the point: `cargo run` and a data directory is a working KMS. The price is that key
+//! material is in the sidecar's memory; `docs/backends.md` compares it with the PKCS#11 backend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use zeroize::Zeroizing;
+
+use super::{Backend, BackendError, BackendErrorKind, KeyRef};
+use crate::crypto::{self, Cipher, KEY_LEN};
+use crate::datadir::{self, DataDir};
+
+type Versions = BTreeMap<u32, Arc<Cipher>>;
+
+/// Master keys in memory, sealed on disk.
+#[derive(Debug)]
+pub struct Embedded {
+    dir: Arc<DataDir>,
+    keys: ArcSwap<HashMap<String, Versions>>,
+    /// Serializes writers; readers never take it.
+    write: tokio::sync::Mutex<()>,
+}
+
+fn purpose(key_id: &str, version: u32) -> String {
+    format!("kms-sidecar/material/{key_id}/{version}")
+}
+
+fn file_name(key_id: &str, version: u32) -> String {
+    format!("{key_id}.{version}.key")
+}
+
+impl Embedded {
+    /// Loads every sealed key version from `material/`. A file that does not unseal stops the start
+    /// with its name: it was tampered with or belongs to another root key.
+    pub fn open(dir: Arc<DataDir>) -> anyhow::Result<Self> {
+        let material = dir.path().join("material");
+        let mut keys: HashMap<String, Versions> = HashMap::new();
+        let entries = fs::read_dir(&material)
+            .with_context(|| format!("cannot read {}", material.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot read {}", material.display()))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                // A temp file left by a crash mid-write: the rename never happened, so it is not a key.
+                continue;
+            }
+            let Some((key_id, version)) = name
+                .strip_suffix(".key")
+                .and_then(|stem| stem.rsplit_once('.'))
+                .and_then(|(id, v)| Some((id.to_string(), v.parse::<u32>().ok()?)))
+            else {
+                anyhow::bail!("unexpected file {} in the material directory", entry.path().display());
+            };
+            let sealed = fs::read(entry.path())
+                .with_context(|| format!("cannot read {}", entry.path().display()))?;
+            let key = dir
+                .unseal(&purpose(&key_id, version), &sealed)
+                .with_context(|| format!("key material {} does not unseal", entry.path().display()))?;
+            let cipher = Cipher::new(&key)
+                .with_context(|| format!("key material {} has a wrong length", entry.path().display()))?;
+            keys.entry(key_id).or_default().insert(version, Arc::new(cipher));
+        }
+        Ok(Self {
+            dir,
+            keys: ArcSwap::from_pointee(keys),
+            write: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn cipher(&self, key: KeyRef<'_>) -> Result<Arc<Cipher>, BackendError> {
+        self.keys
+            .load()
+            .get(key.key_id)
+            .and_then(|versions| versions.get(&key.version))
+            .cloned()
+            .ok_or_else(|| BackendError::new(BackendErrorKind::MaterialMissing))
+    }
+}
+
+#[async_trait]
+impl Backend for Embedded {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn create_version(&self, key: KeyRef<'_>) -> Result<(), BackendError> {
+        let _guard = self.write.lock().await;
+        let material = crypto::random_bytes(KEY_LEN)
+            .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))?;
+        let cipher = Cipher::new(&material)
+            .ok_or_else(|| BackendError::new(BackendErrorKind::Internal))?;
+        let sealed = self
+            .dir
+            .seal(&purpose(key.key_id, key.version), &material)
+            .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))?;
+        let path = self
+            .dir
+            .path()
+            .join("material")
+            .join(file_name(key.key_id, key.version));
+        datadir::blocking(move || datadir::write_atomic(&path, &sealed))
+            .await
+            .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))?;
+        let mut next = HashMap::clone(&self.keys.load());
+        next.entry(key.key_id.to_string())
+            .or_default()
+            .insert(key.version, Arc::new(cipher));
+        self.keys.store(Arc::new(next));
+        Ok(())
+    }
+
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        self.cipher(key)?
+            .seal(aad, plaintext)
+            .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))
+    }
+
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        self.cipher(key)?
+            .open(aad, sealed)
+            .map_err(|_| BackendError::new(BackendErrorKind::InvalidCiphertext))
+    }
+
+    async fn destroy(&self, key_id: &str, versions: &[u32]) -> Result<(), BackendError> {
+        let _guard = self.write.lock().await;
+        let dir = self.dir.path().join("material");
+        let paths: Vec<_> = versions.iter().map(|v| dir.join(file_name(key_id, *v))).collect();
+        datadir::blocking(move || paths.iter().try_for_each(|p| datadir::remove_durable(p)))
+            .await
+            .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))?;
+        let mut next = HashMap::clone(&self.keys.load());
+        next.remove(key_id);
+        self.keys.store(Arc::new(next));
+        Ok(())
+    }
+
+    async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        crypto::random_bytes(n).map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))
+    }
+}

@@ -1,0 +1,136 @@
+//! Where master key material lives and is used. The rest of the sidecar only asks a [`Backend`] to
+//! create a key version, encrypt or decrypt under one, destroy a key, or give random bytes; key
+//! metadata, the ciphertext header and the encryption context are handled above it (`keys/`).
+//!
+//! The trait is async and object-safe so that a PKCS#11 token (blocking calls on a session pool) and
+//! an upstream KMS (network calls) fit the same shape. Its errors say whether a retry can help: only
+//! [`BackendErrorKind::Unavailable`] is retryable, and a failed authentication tag is never a fault.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use zeroize::Zeroizing;
+
+use crate::protocol::error::BoxError;
+use crate::protocol::{ErrorKind, KmsError};
+
+/// One version of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRef<'a> {
+    pub key_id: &'a str,
+    pub version: u32,
+}
+
+/// What went wrong in a backend, classified for the client and for retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendErrorKind {
+    /// Authentication failed (wrong key, context or tampered bytes). The caller's problem.
+    InvalidCiphertext,
+    /// The backend has no material for this key version.
+    MaterialMissing,
+    /// The backend is unreachable, busy or timed out; a retry may succeed.
+    Unavailable,
+    /// Anything else; not retryable.
+    Internal,
+}
+
+/// A backend failure with its cause kept for the log.
+#[derive(Debug, thiserror::Error)]
+#[error("backend error ({kind:?})")]
+pub struct BackendError {
+    pub kind: BackendErrorKind,
+    #[source]
+    pub source: Option<BoxError>,
+}
+
+impl BackendError {
+    pub fn new(kind: BackendErrorKind) -> Self {
+        Self { kind, source: None }
+    }
+
+    pub fn with_source(kind: BackendErrorKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == BackendErrorKind::Unavailable
+    }
+}
+
+impl From<BackendError> for KmsError {
+    fn from(e: BackendError) -> Self {
+        match e.kind {
+            BackendErrorKind::InvalidCiphertext => KmsError::new(
+                ErrorKind::InvalidCiphertext,
+                "the ciphertext is invalid, was not produced by this service, or was changed",
+            ),
+            BackendErrorKind::MaterialMissing => KmsError::new(
+                ErrorKind::KeyUnavailable,
+                "key material unavailable",
+            )
+            .with_source(e),
+            BackendErrorKind::Unavailable => {
+                KmsError::new(ErrorKind::DependencyTimeout, "backend unavailable")
+                    .retryable()
+                    .with_source(e)
+            }
+            BackendErrorKind::Internal => KmsError::internal(e),
+        }
+    }
+}
+
+/// A store of master keys that can use them but never hands them out.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// Short name used in metrics labels and logs (`embedded`, `pkcs11`, `upstream`).
+    fn name(&self) -> &'static str;
+
+    /// Creates and durably stores new material for `key` (a new key or a rotation).
+    async fn create_version(&self, key: KeyRef<'_>) -> Result<(), BackendError>;
+
+    /// Encrypts under `key`, returning `nonce || ciphertext || tag`.
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, BackendError>;
+
+    /// Decrypts `nonce || ciphertext || tag` under `key`.
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+
+    /// Destroys every listed version of `key_id`. Destroying what is already gone succeeds.
+    async fn destroy(&self, key_id: &str, versions: &[u32]) -> Result<(), BackendError>;
+
+    /// Random bytes for data keys and GenerateRandom.
+    async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_maps_to_kms_errors() {
+        let cases = [
+            (BackendErrorKind::InvalidCiphertext, ErrorKind::InvalidCiphertext, false),
+            (BackendErrorKind::MaterialMissing, ErrorKind::KeyUnavailable, false),
+            (BackendErrorKind::Unavailable, ErrorKind::DependencyTimeout, true),
+            (BackendErrorKind::Internal, ErrorKind::Internal, false),
+        ];
+        for (backend, kms, retry) in cases {
+            let err: KmsError = BackendError::new(backend).into();
+            assert_eq!(err.kind(), kms);
+            assert_eq!(err.is_retryable(), retry);
+            assert_eq!(BackendError::new(backend).is_retryable(), retry);
+        }
+    }
+}

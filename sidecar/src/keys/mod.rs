@@ -1,0 +1,359 @@
+//! Keys as KMS clients see them: metadata, states, aliases, tags, versions and rotation, persisted in
+//! the data directory before any call that changed them returns.
+//!
+//! Readers (every Encrypt/Decrypt) load an immutable [`Index`] snapshot without a lock; writers are
+//! serialized, build the next index, write the changed files crash-safe, and only then publish it, so
+//! no reader ever sees a state that a crash could lose.
+
+pub mod ciphertext;
+pub mod model;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use arc_swap::{ArcSwap, Guard};
+
+use crate::backend::{Backend, KeyRef};
+use crate::datadir::{self, DataDir};
+use crate::protocol::{ErrorKind, KmsError, Timestamp};
+pub use model::{AliasEntry, AliasFile, KeyMeta, KeyState, KeyVersion, RotationType};
+
+/// Seconds since the Unix epoch, as KMS timestamps are sent.
+pub fn now() -> Timestamp {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The region and account that ARNs are built with.
+#[derive(Debug, Clone)]
+pub struct ArnScope {
+    pub region: String,
+    pub account: String,
+}
+
+/// An immutable view of all keys and aliases.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    pub keys: HashMap<String, Arc<KeyMeta>>,
+    pub aliases: BTreeMap<String, AliasEntry>,
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    pub rotated: Vec<String>,
+    pub deleted: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+/// Key metadata store and lifecycle.
+#[derive(Debug)]
+pub struct KeyStore {
+    dir: Arc<DataDir>,
+    backend: Arc<dyn Backend>,
+    index: ArcSwap<Index>,
+    /// Serializes writers; readers never take it.
+    write: tokio::sync::Mutex<()>,
+    scope: ArnScope,
+}
+
+fn shorten(s: &str) -> &str {
+    match s.char_indices().nth(256) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+impl KeyStore {
+    /// Loads `keys/*.json` and `aliases.json`. A record that does not parse stops the start, naming
+    /// the file: a key is never silently dropped.
+    pub fn open(dir: Arc<DataDir>, backend: Arc<dyn Backend>, scope: ArnScope) -> anyhow::Result<Self> {
+        let keys_dir = dir.path().join("keys");
+        let mut keys = HashMap::new();
+        for entry in fs::read_dir(&keys_dir).with_context(|| format!("cannot read {}", keys_dir.display()))? {
+            let path = entry.with_context(|| format!("cannot read {}", keys_dir.display()))?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let meta: KeyMeta = serde_json::from_slice(&bytes)
+                .with_context(|| format!("key record {} is corrupt or truncated", path.display()))?;
+            if meta.versions.is_empty() || format!("{}.json", meta.id) != name {
+                anyhow::bail!("key record {} is inconsistent", path.display());
+            }
+            keys.insert(meta.id.clone(), Arc::new(meta));
+        }
+        let alias_path = dir.path().join("aliases.json");
+        let aliases = match fs::read(&alias_path) {
+            Ok(bytes) => serde_json::from_slice::<AliasFile>(&bytes)
+                .with_context(|| format!("alias table {} is corrupt or truncated", alias_path.display()))?
+                .aliases,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", alias_path.display())),
+        };
+        Ok(Self {
+            dir,
+            backend,
+            index: ArcSwap::from_pointee(Index { keys, aliases }),
+            write: tokio::sync::Mutex::new(()),
+            scope,
+        })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn scope(&self) -> &ArnScope {
+        &self.scope
+    }
+
+    /// A lock-free snapshot of all keys and aliases.
+    pub fn snapshot(&self) -> Guard<Arc<Index>> {
+        self.index.load()
+    }
+
+    pub fn key_arn(&self, id: &str) -> String {
+        format!("arn:aws:kms:{}:{}:key/{id}", self.scope.region, self.scope.account)
+    }
+
+    pub fn alias_arn(&self, name: &str) -> String {
+        format!("arn:aws:kms:{}:{}:{name}", self.scope.region, self.scope.account)
+    }
+
+    /// Resolves a KeyId in any of its four forms: key id, key ARN, `alias/name`, alias ARN.
+    pub fn resolve(&self, key_id: &str) -> Result<Arc<KeyMeta>, KmsError> {
+        self.resolve_in(&self.snapshot(), key_id, true)
+    }
+
+    /// Resolves a key id or key ARN only (aliases refused), as TargetKeyId requires.
+    pub fn resolve_key_only(&self, key_id: &str) -> Result<Arc<KeyMeta>, KmsError> {
+        self.resolve_in(&self.snapshot(), key_id, false)
+    }
+
+    fn resolve_in(&self, index: &Index, key_id: &str, aliases: bool) -> Result<Arc<KeyMeta>, KmsError> {
+        check_key_id_length(key_id)?;
+        let invalid = || KmsError::new(ErrorKind::NotFound, format!("Invalid keyId '{}'", shorten(key_id)));
+        let local = match key_id.strip_prefix("arn:") {
+            Some(_) => {
+                let prefix = format!("arn:aws:kms:{}:{}:", self.scope.region, self.scope.account);
+                let Some(rest) = key_id.strip_prefix(&prefix) else {
+                    return Err(KmsError::new(
+                        ErrorKind::NotFound,
+                        format!("Key '{}' does not exist", shorten(key_id)),
+                    ));
+                };
+                rest
+            }
+            None => key_id,
+        };
+        if local.starts_with("alias/") {
+            if !aliases {
+                return Err(KmsError::validation(
+                    "TargetKeyId must be a key id or key ARN, not an alias",
+                ));
+            }
+            let not_found = || {
+                KmsError::new(
+                    ErrorKind::NotFound,
+                    format!("Alias '{}' is not found.", shorten(&self.alias_arn(local))),
+                )
+            };
+            let target = index.aliases.get(local).ok_or_else(not_found)?;
+            return index.keys.get(&target.target).cloned().ok_or_else(not_found);
+        }
+        let id = if key_id.starts_with("arn:") {
+            local.strip_prefix("key/").ok_or_else(invalid)?
+        } else {
+            local
+        };
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(invalid());
+        }
+        index.keys.get(id).cloned().ok_or_else(|| {
+            KmsError::new(
+                ErrorKind::NotFound,
+                format!("Key '{}' does not exist", shorten(&self.key_arn(id))),
+            )
+        })
+    }
+
+    /// Creates a key with its first version. The material is stored by the backend, then the record;
+    /// both are on disk before this returns.
+    pub async fn create(&self, description: String, tags: BTreeMap<String, String>) -> Result<Arc<KeyMeta>, KmsError> {
+        let _guard = self.write.lock().await;
+        let id = uuid::Uuid::new_v4().to_string();
+        self.backend.create_version(KeyRef { key_id: &id, version: 1 }).await?;
+        let created = now();
+        let meta = KeyMeta {
+            format: model::RECORD_FORMAT,
+            id: id.clone(),
+            backend: self.backend.name().to_string(),
+            created,
+            description,
+            state: KeyState::Enabled,
+            deletion_date: None,
+            pending_window_days: None,
+            versions: vec![KeyVersion { version: 1, created, rotation: None }],
+            rotation_enabled: false,
+            rotation_period_days: None,
+            next_rotation: None,
+            tags,
+        };
+        self.publish_key(meta).await
+    }
+
+    /// Applies `change` to the key named by `key_id` (any form) and persists it.
+    pub async fn update(
+        &self,
+        key_id: &str,
+        change: impl FnOnce(&mut KeyMeta) -> Result<(), KmsError>,
+    ) -> Result<Arc<KeyMeta>, KmsError> {
+        let _guard = self.write.lock().await;
+        let mut meta = KeyMeta::clone(&*self.resolve(key_id)?);
+        change(&mut meta)?;
+        self.publish_key(meta).await
+    }
+
+    /// Adds a key version (rotation). `check` enforces the caller's state rules under the write lock.
+    pub async fn rotate(
+        &self,
+        key_id: &str,
+        trigger: RotationType,
+        check: impl FnOnce(&KeyMeta) -> Result<(), KmsError>,
+    ) -> Result<Arc<KeyMeta>, KmsError> {
+        let _guard = self.write.lock().await;
+        let mut meta = KeyMeta::clone(&*self.resolve(key_id)?);
+        check(&meta)?;
+        let version = meta.current_version() + 1;
+        self.backend.create_version(KeyRef { key_id: &meta.id, version }).await?;
+        let at = now();
+        meta.versions.push(KeyVersion { version, created: at, rotation: Some(trigger) });
+        if meta.rotation_enabled {
+            meta.next_rotation = meta.next_rotation_from(at);
+        }
+        self.publish_key(meta).await
+    }
+
+    async fn publish_key(&self, meta: KeyMeta) -> Result<Arc<KeyMeta>, KmsError> {
+        let path = self.key_path(&meta.id);
+        let bytes = serde_json::to_vec_pretty(&meta).map_err(KmsError::internal)?;
+        datadir::blocking(move || datadir::write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| KmsError::internal(e.context("persisting key metadata")))?;
+        let meta = Arc::new(meta);
+        let mut next = Index::clone(&self.index.load());
+        next.keys.insert(meta.id.clone(), meta.clone());
+        self.index.store(Arc::new(next));
+        Ok(meta)
+    }
+
+    fn key_path(&self, id: &str) -> PathBuf {
+        self.dir.path().join("keys").join(format!("{id}.json"))
+    }
+
+    /// Changes the alias table with `change` (given the current index) and persists it.
+    pub async fn update_aliases(
+        &self,
+        change: impl FnOnce(&Index, &mut BTreeMap<String, AliasEntry>) -> Result<(), KmsError>,
+    ) -> Result<(), KmsError> {
+        let _guard = self.write.lock().await;
+        let mut next = Index::clone(&self.index.load());
+        let mut aliases = next.aliases.clone();
+        change(&next, &mut aliases)?;
+        self.persist_aliases(&aliases).await?;
+        next.aliases = aliases;
+        self.index.store(Arc::new(next));
+        Ok(())
+    }
+
+    async fn persist_aliases(&self, aliases: &BTreeMap<String, AliasEntry>) -> Result<(), KmsError> {
+        let file = AliasFile { format: model::RECORD_FORMAT, aliases: aliases.clone() };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(KmsError::internal)?;
+        let path = self.dir.path().join("aliases.json");
+        datadir::blocking(move || datadir::write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| KmsError::internal(e.context("persisting aliases")))
+    }
+
+    /// Destroys a key whose waiting period is over: material first, then its aliases, then its
+    /// record, so a crash part-way leaves a key that the next pass deletes again.
+    async fn delete(&self, id: &str) -> Result<(), KmsError> {
+        let _guard = self.write.lock().await;
+        let Some(meta) = self.index.load().keys.get(id).cloned() else {
+            return Ok(());
+        };
+        let versions: Vec<u32> = meta.versions.iter().map(|v| v.version).collect();
+        self.backend.destroy(id, &versions).await?;
+        let mut next = Index::clone(&self.index.load());
+        let before = next.aliases.len();
+        next.aliases.retain(|_, a| a.target != id);
+        if next.aliases.len() != before {
+            self.persist_aliases(&next.aliases).await?;
+        }
+        let path = self.key_path(id);
+        datadir::blocking(move || datadir::remove_durable(&path))
+            .await
+            .map_err(|e| KmsError::internal(e.context("removing key metadata")))?;
+        next.keys.remove(id);
+        self.index.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Rotates keys whose automatic rotation is due and deletes keys whose waiting period is over.
+    /// Runs at start (catching up after downtime) and then periodically.
+    pub async fn maintain(&self, now: Timestamp) -> Maintenance {
+        let mut done = Maintenance::default();
+        let index = self.snapshot();
+        let mut ids: Vec<&Arc<KeyMeta>> = index.keys.values().collect();
+        ids.sort_by(|a, b| a.id.cmp(&b.id));
+        for meta in ids {
+            if meta.deletion_due(now) {
+                match self.delete(&meta.id).await {
+                    Ok(()) => done.deleted.push(meta.id.clone()),
+                    Err(e) => {
+                        tracing::error!(key = %meta.id, error = %e, source = ?std::error::Error::source(&e), "scheduled key deletion failed");
+                        done.failed.push(meta.id.clone());
+                    }
+                }
+            } else if meta.rotation_due(now) {
+                let result = self
+                    .rotate(&meta.id, RotationType::Automatic, |m| {
+                        if m.rotation_due(now) {
+                            Ok(())
+                        } else {
+                            Err(KmsError::new(ErrorKind::InvalidState, "no longer due"))
+                        }
+                    })
+                    .await;
+                match result {
+                    Ok(m) => {
+                        tracing::info!(key = %m.id, version = m.current_version(), "automatic rotation");
+                        done.rotated.push(meta.id.clone());
+                    }
+                    Err(e) => {
+                        tracing::error!(key = %meta.id, error = %e, "automatic rotation failed");
+                        done.failed.push(meta.id.clone());
+                    }
+                }
+            }
+        }
+        done
+    }
+}
+
+/// KMS's length rule for KeyId members (1..2048).
+pub fn check_key_id_length(key_id: &str) -> Result<(), KmsError> {
+    if key_id.is_empty() || key_id.len() > 2048 {
+        return Err(KmsError::validation(
+            "1 validation error detected: Value at 'keyId' failed to satisfy constraint: Member must have length between 1 and 2048",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! kms-sidecar: the AWS KMS JSON API on localhost, in front of an embedded or HSM key backend.
+//!
+//! An application changes only its AWS SDK's endpoint URL. The request path is built in
+//! [`server`]; each concern has its module: the wire format ([`protocol`]), who is calling ([`auth`]),
+//! key metadata and lifecycle ([`keys`]), where key material lives ([`backend`]), the operations
+//! ([`ops`]), metrics and logs ([`observe`]), settings ([`config`]) and the data directory
+//! ([`datadir`]).
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod crypto;
+pub mod datadir;
+pub mod keys;
+pub mod observe;
+pub mod ops;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,150 @@
+//! Request metrics from the contract in DESIGN.md: `kms_sidecar_requests_total{operation,outcome}` and
+//! `kms_sidecar_request_duration_seconds{operation,cache}`.
+//!
+//! Label values come only from enums (operation, KMS error type, cache outcome), so cardinality is
+//! fixed. Series handles are resolved once per label combination and kept in lock-free tables, so the
+//! per-request cost is an index and an atomic add, with no string formatting or map lookup.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::protocol::{ErrorKind, Operation};
+
+/// Histogram buckets from 50 µs to 10 s, in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Whether a response came from the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+    /// The operation does not use a cache.
+    None,
+}
+
+impl CacheOutcome {
+    const ALL: [CacheOutcome; 3] = [CacheOutcome::Hit, CacheOutcome::Miss, CacheOutcome::None];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::None => "none",
+        }
+    }
+}
+
+/// The `operation` label for a request whose target named no known operation.
+const UNKNOWN_OPERATION: &str = "unknown";
+
+fn op_slot(op: Option<Operation>) -> usize {
+    op.map_or(Operation::ALL.len(), Operation::index)
+}
+
+fn op_label(slot: usize) -> &'static str {
+    Operation::ALL.get(slot).map_or(UNKNOWN_OPERATION, |op| op.as_str())
+}
+
+fn outcome_slot(outcome: Option<ErrorKind>) -> usize {
+    outcome.map_or(0, |k| k as usize + 1)
+}
+
+/// Request counters and latency histograms.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    request_cells: Box<[OnceLock<IntCounter>]>,
+    duration_cells: Box<[OnceLock<prometheus::Histogram>]>,
+}
+
+const OUTCOMES: usize = ErrorKind::ALL.len() + 1;
+const OPS: usize = Operation::ALL.len() + 1;
+
+impl RequestMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new("kms_sidecar_requests_total", "KMS API requests by operation and outcome (ok or the KMS error type)."),
+            &["operation", "outcome"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kms_sidecar_request_duration_seconds",
+                "KMS API request latency in seconds, from the first byte read to the response, by operation and cache outcome.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation", "cache"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self {
+            requests,
+            duration,
+            request_cells: (0..OPS * OUTCOMES).map(|_| OnceLock::new()).collect(),
+            duration_cells: (0..OPS * CacheOutcome::ALL.len()).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, op: Option<Operation>, outcome: Option<ErrorKind>, cache: CacheOutcome, elapsed: Duration) {
+        let op = op_slot(op);
+        let out = outcome_slot(outcome);
+        if let Some(cell) = self.request_cells.get(op * OUTCOMES + out) {
+            cell.get_or_init(|| {
+                let outcome = outcome.map_or("ok", ErrorKind::aws_type);
+                self.requests.with_label_values(&[op_label(op), outcome])
+            })
+            .inc();
+        }
+        let c = cache as usize;
+        if let Some(cell) = self.duration_cells.get(op * CacheOutcome::ALL.len() + c) {
+            cell.get_or_init(|| self.duration.with_label_values(&[op_label(op), CacheOutcome::ALL[c].as_str()]))
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// Renders a registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = prometheus::Encoder::encode(&encoder, &registry.gather(), &mut out) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_exact_series() {
+        let registry = Registry::new();
+        let m = RequestMetrics::register(&registry).unwrap();
+        m.record(Some(Operation::Encrypt), None, CacheOutcome::None, Duration::from_micros(70));
+        m.record(Some(Operation::Encrypt), None, CacheOutcome::None, Duration::from_millis(2));
+        m.record(Some(Operation::Decrypt), Some(ErrorKind::InvalidCiphertext), CacheOutcome::Miss, Duration::from_micros(10));
+        m.record(None, Some(ErrorKind::UnknownOperation), CacheOutcome::None, Duration::from_micros(10));
+        let text = String::from_utf8(render(&registry)).unwrap();
+        assert!(text.contains("kms_sidecar_requests_total{operation=\"Encrypt\",outcome=\"ok\"} 2\n"), "{text}");
+        assert!(text.contains(
+            "kms_sidecar_requests_total{operation=\"Decrypt\",outcome=\"InvalidCiphertextException\"} 1\n"
+        ));
+        assert!(text.contains(
+            "kms_sidecar_requests_total{operation=\"unknown\",outcome=\"UnknownOperationException\"} 1\n"
+        ));
+        assert!(text.contains(
+            "kms_sidecar_request_duration_seconds_bucket{cache=\"none\",operation=\"Encrypt\",le=\"0.0001\"} 1\n"
+        ));
+        assert!(text.contains(
+            "kms_sidecar_request_duration_seconds_bucket{cache=\"none\",operation=\"Encrypt\",le=\"0.0025\"} 2\n"
+        ));
+        assert!(text.contains("kms_sidecar_request_duration_seconds_count{cache=\"miss\",operation=\"Decrypt\"} 1\n"));
+    }
+}

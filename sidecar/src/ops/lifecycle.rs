@@ -1,0 +1,226 @@
+//! Key lifecycle: CreateKey, DescribeKey, ListKeys, Enable/DisableKey, Schedule/CancelKeyDeletion and
+//! rotation (Enable/DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand, ListKeyRotations),
+//! with the key-state rules KMS applies to each.
+
+use super::{in_range, page, require_enabled, require_not_pending, required, take_page};
+use crate::keys::model::days;
+use crate::keys::{self, KeyState, KeyStore, RotationType};
+use crate::protocol::shapes::*;
+use crate::protocol::{ErrorKind, KmsError};
+
+/// KMS allows ten on-demand rotations per key.
+const MAX_ON_DEMAND_ROTATIONS: usize = 10;
+
+fn unsupported(what: &str) -> KmsError {
+    KmsError::new(
+        ErrorKind::UnsupportedOperation,
+        format!("{what} is not supported by kms-sidecar: only SYMMETRIC_DEFAULT ENCRYPT_DECRYPT keys with origin AWS_KMS"),
+    )
+}
+
+fn enum_error(member: &str, allowed: &str) -> KmsError {
+    KmsError::validation(format!(
+        "1 validation error detected: Value at '{member}' failed to satisfy constraint: Member must satisfy enum value set: [{allowed}]"
+    ))
+}
+
+const KEY_SPECS: &str = "RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, SYMMETRIC_DEFAULT, HMAC_224, HMAC_256, HMAC_384, HMAC_512, SM2, ML_DSA_44, ML_DSA_65, ML_DSA_87";
+
+fn check_key_spec(value: Option<&str>, member: &str) -> Result<(), KmsError> {
+    match value {
+        None | Some("SYMMETRIC_DEFAULT") => Ok(()),
+        Some(v) if KEY_SPECS.split(", ").any(|s| s == v) => Err(unsupported(&format!("{member} {v}"))),
+        Some(_) => Err(enum_error(member, KEY_SPECS)),
+    }
+}
+
+pub(super) async fn create_key(keys: &KeyStore, req: CreateKeyRequest) -> Result<KeyMetadataResponse, KmsError> {
+    match req.key_usage.as_deref() {
+        None | Some("ENCRYPT_DECRYPT") => {}
+        Some(v @ ("SIGN_VERIFY" | "GENERATE_VERIFY_MAC" | "KEY_AGREEMENT")) => return Err(unsupported(&format!("KeyUsage {v}"))),
+        Some(_) => return Err(enum_error("keyUsage", "SIGN_VERIFY, ENCRYPT_DECRYPT, GENERATE_VERIFY_MAC, KEY_AGREEMENT")),
+    }
+    if req.key_spec.is_some() && req.customer_master_key_spec.is_some() {
+        return Err(KmsError::validation("You cannot specify KeySpec and CustomerMasterKeySpec in the same request."));
+    }
+    check_key_spec(req.key_spec.as_deref(), "keySpec")?;
+    check_key_spec(req.customer_master_key_spec.as_deref(), "customerMasterKeySpec")?;
+    match req.origin.as_deref() {
+        None | Some("AWS_KMS") => {}
+        Some(v @ ("EXTERNAL" | "AWS_CLOUDHSM" | "EXTERNAL_KEY_STORE")) => return Err(unsupported(&format!("Origin {v}"))),
+        Some(_) => return Err(enum_error("origin", "AWS_KMS, EXTERNAL, AWS_CLOUDHSM, EXTERNAL_KEY_STORE")),
+    }
+    if req.multi_region == Some(true) {
+        return Err(unsupported("MultiRegion"));
+    }
+    if req.custom_key_store_id.is_some() || req.xks_key_id.is_some() {
+        return Err(unsupported("a custom key store"));
+    }
+    if req.policy.is_some() {
+        // Refused rather than stored and ignored: a policy that is not enforced is worse than none.
+        return Err(KmsError::new(
+            ErrorKind::UnsupportedOperation,
+            "key policies are not supported yet; every issued client may use every key",
+        ));
+    }
+    let description = req.description.unwrap_or_default();
+    if description.chars().count() > 8192 {
+        return Err(KmsError::validation(
+            "1 validation error detected: Value at 'description' failed to satisfy constraint: Member must have length less than or equal to 8192",
+        ));
+    }
+    let tags = super::tags::validate_tags(req.tags.unwrap_or_default())?;
+    let meta = keys.create(description, tags.into_iter().collect()).await?;
+    Ok(KeyMetadataResponse { key_metadata: meta.to_wire(keys.key_arn(&meta.id), &keys.scope().account) })
+}
+
+pub(super) fn describe_key(keys: &KeyStore, req: KeyIdOnly) -> Result<KeyMetadataResponse, KmsError> {
+    let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
+    Ok(KeyMetadataResponse { key_metadata: meta.to_wire(keys.key_arn(&meta.id), &keys.scope().account) })
+}
+
+pub(super) fn list_keys(keys: &KeyStore, req: ListRequest) -> Result<ListKeysResponse, KmsError> {
+    let page = page(req.limit, 1000, 100, req.marker.as_deref())?;
+    let index = keys.snapshot();
+    let mut items: Vec<(String, KeyListEntry)> = index
+        .keys
+        .keys()
+        .map(|id| (id.clone(), KeyListEntry { key_id: id.clone(), key_arn: keys.key_arn(id) }))
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let (keys, next_marker, truncated) = take_page(items, &page);
+    Ok(ListKeysResponse { keys, next_marker, truncated })
+}
+
+pub(super) async fn enable_key(keys: &KeyStore, req: KeyIdOnly) -> Result<Empty, KmsError> {
+    keys.update(&required(req.key_id, "keyId")?, |m| {
+        require_not_pending(keys, m)?;
+        m.state = KeyState::Enabled;
+        Ok(())
+    })
+    .await?;
+    Ok(Empty {})
+}
+
+pub(super) async fn disable_key(keys: &KeyStore, req: KeyIdOnly) -> Result<Empty, KmsError> {
+    keys.update(&required(req.key_id, "keyId")?, |m| {
+        require_not_pending(keys, m)?;
+        m.state = KeyState::Disabled;
+        Ok(())
+    })
+    .await?;
+    Ok(Empty {})
+}
+
+pub(super) async fn schedule_key_deletion(
+    keys: &KeyStore,
+    req: ScheduleKeyDeletionRequest,
+) -> Result<ScheduleKeyDeletionResponse, KmsError> {
+    let window = in_range(req.pending_window_in_days.unwrap_or(30), 7, 30, "pendingWindowInDays")?;
+    let deletion_date = keys::now() + days(window);
+    let meta = keys
+        .update(&required(req.key_id, "keyId")?, |m| {
+            require_not_pending(keys, m)?;
+            m.state = KeyState::PendingDeletion;
+            m.deletion_date = Some(deletion_date);
+            m.pending_window_days = Some(window);
+            Ok(())
+        })
+        .await?;
+    Ok(ScheduleKeyDeletionResponse {
+        key_id: keys.key_arn(&meta.id),
+        deletion_date,
+        key_state: KeyState::PendingDeletion.as_str(),
+        pending_window_in_days: window,
+    })
+}
+
+pub(super) async fn cancel_key_deletion(keys: &KeyStore, req: KeyIdOnly) -> Result<KeyIdResponse, KmsError> {
+    let meta = keys
+        .update(&required(req.key_id, "keyId")?, |m| {
+            if m.state != KeyState::PendingDeletion {
+                return Err(KmsError::new(
+                    ErrorKind::InvalidState,
+                    format!("{} is not pending deletion.", keys.key_arn(&m.id)),
+                ));
+            }
+            // As in KMS, a key whose deletion is cancelled comes back Disabled.
+            m.state = KeyState::Disabled;
+            m.deletion_date = None;
+            m.pending_window_days = None;
+            Ok(())
+        })
+        .await?;
+    Ok(KeyIdResponse { key_id: keys.key_arn(&meta.id) })
+}
+
+pub(super) async fn enable_key_rotation(keys: &KeyStore, req: EnableKeyRotationRequest) -> Result<Empty, KmsError> {
+    let period = in_range(req.rotation_period_in_days.unwrap_or(365), 90, 2560, "rotationPeriodInDays")?;
+    let now = keys::now();
+    keys.update(&required(req.key_id, "keyId")?, |m| {
+        require_enabled(keys, m)?;
+        m.rotation_enabled = true;
+        m.rotation_period_days = Some(period);
+        m.next_rotation = m.next_rotation_from(now);
+        Ok(())
+    })
+    .await?;
+    Ok(Empty {})
+}
+
+pub(super) async fn disable_key_rotation(keys: &KeyStore, req: KeyIdOnly) -> Result<Empty, KmsError> {
+    keys.update(&required(req.key_id, "keyId")?, |m| {
+        require_enabled(keys, m)?;
+        m.rotation_enabled = false;
+        m.next_rotation = None;
+        Ok(())
+    })
+    .await?;
+    Ok(Empty {})
+}
+
+pub(super) fn get_key_rotation_status(keys: &KeyStore, req: KeyIdOnly) -> Result<GetKeyRotationStatusResponse, KmsError> {
+    let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
+    Ok(GetKeyRotationStatusResponse {
+        key_rotation_enabled: meta.rotation_enabled,
+        key_id: keys.key_arn(&meta.id),
+        rotation_period_in_days: meta.rotation_period_days.filter(|_| meta.rotation_enabled),
+        next_rotation_date: meta.next_rotation.filter(|_| meta.rotation_enabled),
+        on_demand_rotation_start_date: None,
+    })
+}
+
+pub(super) async fn rotate_key_on_demand(keys: &KeyStore, req: KeyIdOnly) -> Result<KeyIdResponse, KmsError> {
+    let meta = keys
+        .rotate(&required(req.key_id, "keyId")?, RotationType::OnDemand, |m| {
+            require_enabled(keys, m)?;
+            let on_demand = m.versions.iter().filter(|v| v.rotation == Some(RotationType::OnDemand)).count();
+            if on_demand >= MAX_ON_DEMAND_ROTATIONS {
+                return Err(KmsError::new(
+                    ErrorKind::LimitExceeded,
+                    format!("{} has reached the limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.", keys.key_arn(&m.id)),
+                ));
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(KeyIdResponse { key_id: meta.id.clone() })
+}
+
+pub(super) fn list_key_rotations(keys: &KeyStore, req: ListRequest) -> Result<ListKeyRotationsResponse, KmsError> {
+    let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
+    let page = page(req.limit, 1000, 100, req.marker.as_deref())?;
+    let arn = keys.key_arn(&meta.id);
+    let items = meta
+        .versions
+        .iter()
+        .filter_map(|v| {
+            v.rotation.map(|r| {
+                // Zero-padded so that string order is version order.
+                (format!("{:010}", v.version), RotationEntry { key_id: arn.clone(), rotation_date: v.created, rotation_type: r.as_str() })
+            })
+        })
+        .collect();
+    let (rotations, next_marker, truncated) = take_page(items, &page);
+    Ok(ListKeyRotationsResponse { rotations, next_marker, truncated })
+}

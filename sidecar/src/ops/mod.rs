@@ -1,0 +1,215 @@
+//! The KMS operations: each takes a decoded request, applies KMS's validation and key-state rules,
+//! and answers. Dispatch by operation is here; the work is in `data` (cryptographic operations),
+//! `lifecycle` (keys, states, rotation), `aliases` and `tags`.
+
+mod aliases;
+mod data;
+mod lifecycle;
+mod tags;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use zeroize::Zeroizing;
+
+use crate::keys::{KeyMeta, KeyState, KeyStore};
+use crate::observe::metrics::CacheOutcome;
+use crate::protocol::{self, ErrorKind, KmsError, Operation};
+
+/// A successful answer: the JSON body (zeroized after sending: it may hold plaintext) and what the
+/// metrics and logs need to know about it.
+#[derive(Debug)]
+pub struct Reply {
+    pub body: Zeroizing<Vec<u8>>,
+    pub cache: CacheOutcome,
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Reply, KmsError> {
+    Ok(Reply {
+        body: Zeroizing::new(protocol::encode(value)?),
+        cache: CacheOutcome::None,
+    })
+}
+
+/// The KMS service over a key store.
+#[derive(Debug, Clone)]
+pub struct Kms {
+    keys: Arc<KeyStore>,
+}
+
+impl Kms {
+    pub fn new(keys: Arc<KeyStore>) -> Self {
+        Self { keys }
+    }
+
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+
+    /// Runs `op` on a raw JSON body.
+    pub async fn call(&self, op: Operation, body: &[u8]) -> Result<Reply, KmsError> {
+        use protocol::decode;
+        let k = &self.keys;
+        match op {
+            Operation::Encrypt => reply(&data::encrypt(k, decode(body)?).await?),
+            Operation::Decrypt => reply(&data::decrypt(k, decode(body)?).await?),
+            Operation::ReEncrypt => reply(&data::re_encrypt(k, decode(body)?).await?),
+            Operation::GenerateDataKey => reply(&data::generate_data_key(k, decode(body)?, true).await?),
+            Operation::GenerateDataKeyWithoutPlaintext => {
+                reply(&data::generate_data_key(k, decode(body)?, false).await?)
+            }
+            Operation::GenerateRandom => reply(&data::generate_random(k, decode(body)?).await?),
+            Operation::CreateKey => reply(&lifecycle::create_key(k, decode(body)?).await?),
+            Operation::DescribeKey => reply(&lifecycle::describe_key(k, decode(body)?)?),
+            Operation::ListKeys => reply(&lifecycle::list_keys(k, decode(body)?)?),
+            Operation::EnableKey => reply(&lifecycle::enable_key(k, decode(body)?).await?),
+            Operation::DisableKey => reply(&lifecycle::disable_key(k, decode(body)?).await?),
+            Operation::ScheduleKeyDeletion => {
+                reply(&lifecycle::schedule_key_deletion(k, decode(body)?).await?)
+            }
+            Operation::CancelKeyDeletion => reply(&lifecycle::cancel_key_deletion(k, decode(body)?).await?),
+            Operation::EnableKeyRotation => reply(&lifecycle::enable_key_rotation(k, decode(body)?).await?),
+            Operation::DisableKeyRotation => {
+                reply(&lifecycle::disable_key_rotation(k, decode(body)?).await?)
+            }
+            Operation::GetKeyRotationStatus => reply(&lifecycle::get_key_rotation_status(k, decode(body)?)?),
+            Operation::RotateKeyOnDemand => reply(&lifecycle::rotate_key_on_demand(k, decode(body)?).await?),
+            Operation::ListKeyRotations => reply(&lifecycle::list_key_rotations(k, decode(body)?)?),
+            Operation::CreateAlias => reply(&aliases::create_alias(k, decode(body)?).await?),
+            Operation::UpdateAlias => reply(&aliases::update_alias(k, decode(body)?).await?),
+            Operation::DeleteAlias => reply(&aliases::delete_alias(k, decode(body)?).await?),
+            Operation::ListAliases => reply(&aliases::list_aliases(k, decode(body)?)?),
+            Operation::TagResource => reply(&tags::tag_resource(k, decode(body)?).await?),
+            Operation::UntagResource => reply(&tags::untag_resource(k, decode(body)?).await?),
+            Operation::ListResourceTags => reply(&tags::list_resource_tags(k, decode(body)?)?),
+        }
+    }
+}
+
+/// A required member, or the `ValidationException` KMS gives when it is missing.
+fn required<T>(value: Option<T>, member: &str) -> Result<T, KmsError> {
+    value.ok_or_else(|| KmsError::missing(member))
+}
+
+/// An integer member within `min..=max`.
+fn in_range(value: i64, min: i64, max: i64, member: &str) -> Result<u32, KmsError> {
+    if value < min || value > max {
+        return Err(KmsError::validation(format!(
+            "1 validation error detected: Value '{value}' at '{member}' failed to satisfy constraint: Member must have value between {min} and {max}"
+        )));
+    }
+    u32::try_from(value).map_err(|_| KmsError::validation(format!("'{member}' is out of range")))
+}
+
+/// Key-state rule shared by cryptographic operations and most management calls: the key must be
+/// Enabled. Disabled is `DisabledException`, pending deletion `KMSInvalidStateException`.
+fn require_enabled(keys: &KeyStore, meta: &KeyMeta) -> Result<(), KmsError> {
+    match meta.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled => Err(KmsError::new(
+            ErrorKind::Disabled,
+            format!("{} is disabled.", keys.key_arn(&meta.id)),
+        )),
+        KeyState::PendingDeletion => Err(pending_deletion(keys, meta)),
+    }
+}
+
+fn pending_deletion(keys: &KeyStore, meta: &KeyMeta) -> KmsError {
+    KmsError::new(
+        ErrorKind::InvalidState,
+        format!("{} is pending deletion.", keys.key_arn(&meta.id)),
+    )
+}
+
+/// Rejects keys pending deletion (management calls that work on Disabled keys too).
+fn require_not_pending(keys: &KeyStore, meta: &KeyMeta) -> Result<(), KmsError> {
+    if meta.state == KeyState::PendingDeletion {
+        return Err(pending_deletion(keys, meta));
+    }
+    Ok(())
+}
+
+/// Paging parameters: `Limit` within `1..=max` (default `default`) and the decoded `Marker`.
+struct Page {
+    limit: usize,
+    after: Option<String>,
+}
+
+fn page(limit: Option<i64>, max: i64, default: u32, marker: Option<&str>) -> Result<Page, KmsError> {
+    let limit = match limit {
+        Some(l) => in_range(l, 1, max, "limit")?,
+        None => default,
+    };
+    let after = marker
+        .map(|m| {
+            URL_SAFE_NO_PAD
+                .decode(m)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| KmsError::new(ErrorKind::InvalidMarker, "the marker is not valid"))
+        })
+        .transpose()?;
+    Ok(Page {
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        after,
+    })
+}
+
+/// Takes one page from `items` (sorted by their marker key), returning the page, the next marker
+/// and whether the listing was truncated.
+fn take_page<T>(items: Vec<(String, T)>, page: &Page) -> (Vec<T>, Option<String>, bool) {
+    let mut out = Vec::with_capacity(page.limit.min(items.len()));
+    let mut last = None;
+    let mut truncated = false;
+    for (key, item) in items {
+        if page.after.as_ref().is_some_and(|a| key.as_str() <= a.as_str()) {
+            continue;
+        }
+        if out.len() == page.limit {
+            truncated = true;
+            break;
+        }
+        last = Some(key);
+        out.push(item);
+    }
+    let marker = last
+        .filter(|_| truncated)
+        .map(|k| URL_SAFE_NO_PAD.encode(k.as_bytes()));
+    (out, marker, truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging_walks_every_item_once() {
+        let items: Vec<(String, u32)> = (0..7).map(|i| (format!("k{i}"), i)).collect();
+        let mut marker = None;
+        let mut seen = Vec::new();
+        loop {
+            let p = page(Some(3), 100, 50, marker.as_deref()).unwrap();
+            let (got, next, truncated) = take_page(items.clone(), &p);
+            seen.extend(got);
+            assert_eq!(truncated, next.is_some());
+            match next {
+                Some(m) => marker = Some(m),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..7).collect::<Vec<_>>());
+        assert_eq!(
+            page(None, 100, 50, Some("!!")).err().map(|e| e.kind()),
+            Some(ErrorKind::InvalidMarker)
+        );
+        assert_eq!(
+            page(Some(0), 100, 50, None).err().map(|e| e.kind()),
+            Some(ErrorKind::Validation)
+        );
+        assert_eq!(
+            page(Some(101), 100, 50, None).err().map(|e| e.kind()),
+            Some(ErrorKind::Validation)
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! The sidecar process: it opens the data directory, builds the request pipeline, serves the KMS API
+//! and the admin API on loopback, runs background maintenance, and shuts down gracefully.
+//!
+//! [`App::process`] is the request pipeline, written down in one place in the order steps run.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use bytes::Buf;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use crate::auth::clients::{self, ClientStore, Issued};
+use crate::auth::sigv4::{SignedRequest, Verifier};
+use crate::backend::Backend;
+use crate::backend::embedded::Embedded;
+use crate::config::Config;
+use crate::datadir::{DataDir, DirLock};
+use crate::keys::{self, KeyStore};
+use crate::observe::metrics::{self, CacheOutcome, RequestMetrics};
+use crate::ops::{Kms, Reply};
+use crate::protocol::{self, ErrorKind, KmsError, Operation, Origin};
+
+/// How long a client may take to send a request's headers or body.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A response body that zeroizes its bytes when dropped (responses may carry plaintext).
+#[derive(Debug, Default)]
+pub struct Body(Option<SecretBuf>);
+
+/// The data chunk of [`Body`].
+#[derive(Debug)]
+pub struct SecretBuf {
+    bytes: Zeroizing<Vec<u8>>,
+    pos: usize,
+}
+
+impl Buf for SecretBuf {
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+    fn chunk(&self) -> &[u8] {
+        &self.bytes[self.pos..]
+    }
+    fn advance(&mut self, cnt: usize) {
+        self.pos = (self.pos + cnt).min(self.bytes.len());
+    }
+}
+
+impl Body {
+    pub fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
+        Self(Some(SecretBuf { bytes, pos: 0 }))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = SecretBuf;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<SecretBuf>, Infallible>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.remaining() as u64))
+    }
+}
+
+/// Everything a request needs, shared by all connections.
+#[derive(Debug)]
+pub struct App {
+    kms: Kms,
+    clients: Arc<ClientStore>,
+    verifier: Verifier,
+    metrics: RequestMetrics,
+    registry: Registry,
+    max_body: usize,
+    next_id: AtomicU64,
+    id_prefix: u32,
+}
+
+/// What [`App::process`] learned about a request, for metrics and logs.
+struct Outcome {
+    op: Option<Operation>,
+    principal: Option<Arc<clients::Client>>,
+    cache: CacheOutcome,
+}
+
+impl App {
+    /// The request pipeline. Order matters: cheap rejections first, then authentication of every
+    /// request before any key is touched.
+    async fn process(&self, parts: &http::request::Parts, body: Incoming, out: &mut Outcome) -> Result<Reply, KmsError> {
+        // 1. Parse: POST, a TrentService target and a JSON content type, then a bounded body.
+        if parts.method != Method::POST {
+            return Err(KmsError::new(ErrorKind::UnknownOperation, "the KMS API accepts only POST requests"));
+        }
+        let target = parts.headers.get("x-amz-target").map(HeaderValue::as_bytes).unwrap_or_default();
+        let op = Operation::from_target(target)?;
+        out.op = Some(op);
+        protocol::check_content_type(parts.headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes))?;
+        let body = read_body(body, parts.headers.get(header::CONTENT_LENGTH), self.max_body).await?;
+        // 2. Authenticate: a valid SigV4 signature from an issued client, on every request.
+        let signed = SignedRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or_default(),
+            headers: &parts.headers,
+            body: &body,
+        };
+        let client = self.verifier.verify(&self.clients, &signed, SystemTime::now()).map_err(|e| e.error)?;
+        out.principal = Some(client);
+        // 3-8. Rate limits, key policies, caches, the circuit breaker and retries slot in here, in
+        //      that order, as they land (see docs/architecture.md).
+        // 9. The operation itself, against the backend.
+        let reply = self.kms.call(op, &body).await?;
+        out.cache = reply.cache;
+        Ok(reply)
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = format!("{:08x}-{:012x}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (parts, body) = req.into_parts();
+        let mut out = Outcome { op: None, principal: None, cache: CacheOutcome::None };
+        let result = self.process(&parts, body, &mut out).await;
+        let elapsed = started.elapsed();
+        let op_name = out.op.map_or("unknown", Operation::as_str);
+        let principal = out.principal.as_ref().map_or("-", |c| c.name.as_str());
+        let (status, body, outcome) = match result {
+            Ok(reply) => {
+                tracing::debug!(request_id, operation = op_name, principal, outcome = "ok", latency_us = elapsed.as_micros() as u64, "request");
+                (StatusCode::OK, reply.body, None)
+            }
+            Err(err) => {
+                let kind = err.kind();
+                if kind.origin() == Origin::Server {
+                    tracing::error!(request_id, operation = op_name, principal, outcome = kind.aws_type(), error = %err, cause = ?std::error::Error::source(&err), "request failed");
+                } else {
+                    tracing::info!(request_id, operation = op_name, principal, outcome = kind.aws_type(), message = err.wire_message(), "request rejected");
+                }
+                (kind.status(), Zeroizing::new(err.to_body()), Some(kind))
+            }
+        };
+        self.metrics.record(out.op, outcome, out.cache, elapsed);
+        let mut response = Response::new(Body::new(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(protocol::CONTENT_TYPE));
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            headers.insert("x-amzn-requestid", v);
+        }
+        if let Some(kind) = outcome {
+            headers.insert("x-amzn-errortype", HeaderValue::from_static(kind.aws_type()));
+        }
+        response
+    }
+}
+
+async fn read_body(body: Incoming, length: Option<&HeaderValue>, max: usize) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    let too_large = || {
+        KmsError::new(
+            ErrorKind::RequestTooLarge,
+            format!("the request body is larger than the limit of {max} bytes"),
+        )
+    };
+    if let Some(len) = length.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if len > max as u64 {
+            return Err(too_large());
+        }
+    }
+    let collected = tokio::time::timeout(READ_TIMEOUT, Limited::new(body, max).collect())
+        .await
+        .map_err(|_| KmsError::new(ErrorKind::Validation, "timed out reading the request body"))?;
+    match collected {
+        Ok(c) => Ok(Zeroizing::new(c.to_bytes().to_vec())),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(KmsError::new(ErrorKind::Serialization, "the request body could not be read")),
+    }
+}
+
+async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", metrics::render(&app.registry)),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+    };
+    let mut response = Response::new(Body::new(Zeroizing::new(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A started sidecar: listeners bound, data directory locked, not yet serving.
+#[derive(Debug)]
+pub struct Sidecar {
+    app: Arc<App>,
+    keys: Arc<KeyStore>,
+    kms_listener: TcpListener,
+    admin_listener: TcpListener,
+    kms_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    config: Config,
+    issued: Option<Issued>,
+    _lock: DirLock,
+}
+
+impl Sidecar {
+    /// Opens and checks everything the sidecar needs; any problem is an error naming it.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let dir = Arc::new(DataDir::open(&config.data_dir, &config.root_key)?);
+        let lock = dir.lock()?;
+        let backend: Arc<dyn Backend> = Arc::new(Embedded::open(dir.clone())?);
+        let keys = Arc::new(KeyStore::open(dir.clone(), backend, config.arn_scope())?);
+        let clients = Arc::new(ClientStore::open(dir.clone())?);
+        let issued = if clients.is_empty() {
+            let issued = clients::add(&dir, "default")?;
+            clients.reload()?;
+            Some(issued)
+        } else {
+            None
+        };
+        let registry = Registry::new();
+        let metrics = RequestMetrics::register(&registry).context("registering metrics")?;
+        let kms_listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (KMS API)", config.listen))?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin API)", config.admin_listen))?;
+        let kms_addr = kms_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let report = keys.maintain(keys::now()).await;
+        if !report.failed.is_empty() {
+            tracing::warn!(failed = ?report.failed, "maintenance at start left work for later");
+        }
+        let app = Arc::new(App {
+            kms: Kms::new(keys.clone()),
+            clients,
+            verifier: Verifier::new(config.max_clock_skew),
+            metrics,
+            registry,
+            max_body: config.max_body_bytes,
+            next_id: AtomicU64::new(0),
+            id_prefix: getrandom::u32().unwrap_or_default(),
+        });
+        Ok(Self { app, keys, kms_listener, admin_listener, kms_addr, admin_addr, config, issued, _lock: lock })
+    }
+
+    pub fn kms_addr(&self) -> SocketAddr {
+        self.kms_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The credential issued on first run, to be shown once.
+    pub fn take_issued(&mut self) -> Option<Issued> {
+        self.issued.take()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish (up to the grace period).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let kms_app = self.app.clone();
+        let kms = tokio::spawn(accept_loop(self.kms_listener, stop_rx.clone(), graceful.clone(), move |req| {
+            kms_app.clone().handle(req)
+        }));
+        let admin_app = self.app.clone();
+        let admin = tokio::spawn(accept_loop(self.admin_listener, stop_rx.clone(), graceful.clone(), move |req| {
+            admin(admin_app.clone(), req)
+        }));
+        let background = tokio::spawn(background(self.app.clone(), self.keys.clone(), self.config.maintenance_interval, stop_rx));
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, letting in-flight requests finish");
+        let _ = stop_tx.send(true);
+        let _ = tokio::join!(kms, admin, background);
+        match Arc::try_unwrap(graceful) {
+            Ok(g) => {
+                if tokio::time::timeout(self.config.shutdown_grace, g.shutdown()).await.is_err() {
+                    tracing::warn!("shutdown grace period over; closing remaining connections");
+                }
+            }
+            Err(_) => tracing::warn!("connections still referenced at shutdown"),
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, graceful: Arc<GracefulShutdown>, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let fut = handler(req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Reloads client credentials every second and runs key maintenance on its interval.
+async fn background(app: Arc<App>, keys: Arc<KeyStore>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut clients_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut maintenance_tick = tokio::time::interval(interval);
+    clients_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    maintenance_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = clients_tick.tick() => {
+                match app.clients.reload_if_changed() {
+                    Ok(true) => tracing::info!("client credentials reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "client credentials reload failed; keeping the previous set"),
+                }
+            }
+            _ = maintenance_tick.tick() => {
+                let report = keys.maintain(keys::now()).await;
+                if !report.rotated.is_empty() || !report.deleted.is_empty() {
+                    tracing::info!(rotated = report.rotated.len(), deleted = report.deleted.len(), "key maintenance");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Test fixture: starts the real `kms-sidecar` binary on `127.0.0.1:0` with a temp data directory,
+//! reads the addresses and first-run credentials it prints, and hands out clients for it: the
+//! official `aws-sdk-kms` client and a raw, SigV4-signing hyper client for malformed requests.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Region the fixture signs for (the sidecar's default).
+pub const REGION: &str = "us-east-1";
+
+/// The path of the sidecar binary, built once per test binary so it is never stale.
+pub fn binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            // target/<profile>/deps/<test> -> target/<profile>
+            let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "kms-sidecar", "--bin", "kms-sidecar"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "building kms-sidecar failed");
+            profile_dir.join("kms-sidecar")
+        })
+        .clone()
+}
+
+/// A client credential.
+#[derive(Clone, Debug)]
+pub struct Creds {
+    pub access_key_id: String,
+    pub secret: String,
+}
+
+/// Everything the process wrote, line by line.
+#[derive(Clone, Default, Debug)]
+pub struct Output {
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Output {
+    pub fn all(&self) -> String {
+        let mut s = self.stdout.lock().unwrap().join("\n");
+        s.push('\n');
+        s.push_str(&self.stderr.lock().unwrap().join("\n"));
+        s
+    }
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+}
+
+/// A running sidecar process; killed on drop.
+#[derive(Debug)]
+pub struct Sidecar {
+    child: Child,
+    pub kms_url: String,
+    pub admin_url: String,
+    pub data_dir: PathBuf,
+    pub creds: Creds,
+    pub output: Output,
+}
+
+/// How to start a sidecar.
+#[derive(Debug, Default, Clone)]
+pub struct Start {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Credentials from an earlier run of the same data directory.
+    pub creds: Option<Creds>,
+}
+
+impl Sidecar {
+    /// Starts a sidecar on a fresh or existing data directory with default options.
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, Start::default()).expect("sidecar start")
+    }
+
+    /// Starts a sidecar; `Err` carries everything it printed if it exited instead of listening.
+    pub fn start_with(data_dir: &Path, start: Start) -> Result<Self, String> {
+        let mut cmd = Command::new(binary());
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(&start.args)
+            .env_remove("KMS_SIDECAR_ROOT_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &start.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn kms-sidecar");
+        let output = Output::default();
+        let (tx, rx) = mpsc::channel::<String>();
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = output.stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = output.stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let (mut akid, mut secret) = (None, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = match rx.recv_timeout(remaining) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    std::thread::sleep(Duration::from_millis(100));
+                    return Err(output.all());
+                }
+            };
+            if let Some(v) = line.strip_prefix("  AWS_ACCESS_KEY_ID=").filter(|v| !v.contains(' ')) {
+                akid = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("  AWS_SECRET_ACCESS_KEY=") {
+                secret = Some(v.to_string());
+            } else if let Some(rest) = line.strip_prefix("kms-sidecar: listening: ") {
+                let mut kms_url = None;
+                let mut admin_url = None;
+                for part in rest.split(' ') {
+                    if let Some(v) = part.strip_prefix("kms=") {
+                        kms_url = Some(v.to_string());
+                    } else if let Some(v) = part.strip_prefix("admin=") {
+                        admin_url = Some(v.to_string());
+                    }
+                }
+                let creds = match (akid, secret, start.creds) {
+                    (Some(access_key_id), Some(secret), _) => Creds { access_key_id, secret },
+                    (_, _, Some(c)) => c,
+                    _ => panic!("no credentials printed and none given"),
+                };
+                return Ok(Self {
+                    child,
+                    kms_url: kms_url.expect("kms url"),
+                    admin_url: admin_url.expect("admin url"),
+                    data_dir: data_dir.to_path_buf(),
+                    creds,
+                    output,
+                });
+            }
+        }
+    }
+
+    /// The official AWS SDK client, with retries off so every error is seen as KMS sent it.
+    pub fn sdk(&self) -> aws_sdk_kms::Client {
+        sdk_client(&self.kms_url, &self.creds)
+    }
+
+    /// Stops the process with SIGTERM and waits for it; returns its exit success.
+    pub fn stop(mut self) -> (bool, Output) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("wait");
+        std::thread::sleep(Duration::from_millis(100));
+        (status.success(), self.output.clone())
+    }
+
+    /// A restart on the same data directory, keeping the credentials.
+    pub fn restart(self) -> Self {
+        let data_dir = self.data_dir.clone();
+        let creds = self.creds.clone();
+        let (ok, out) = self.stop();
+        assert!(ok, "sidecar exited with an error:\n{}", out.all());
+        Self::start_with(&data_dir, Start { creds: Some(creds), ..Start::default() }).expect("restart")
+    }
+
+    /// A raw HTTP client for this sidecar.
+    pub fn raw(&self) -> Raw {
+        Raw::new(&self.kms_url, self.creds.clone())
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An `aws-sdk-kms` client for `endpoint` and `creds`.
+pub fn sdk_client(endpoint: &str, creds: &Creds) -> aws_sdk_kms::Client {
+    let conf = aws_sdk_kms::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(&creds.access_key_id, &creds.secret, None, None, "kms-sidecar-test"))
+        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_kms::Client::from_conf(conf)
+}
+
+/// A raw response.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+impl RawResponse {
+    /// The KMS error type, if any.
+    pub fn error_type(&self) -> Option<&str> {
+        self.body.get("__type").and_then(|v| v.as_str())
+    }
+}
+
+/// A hyper client that can send any request, signed or not.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    url: String,
+    host: String,
+    pub creds: Creds,
+    client: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+/// The current time as `X-Amz-Date`, shifted by `offset_secs`.
+pub fn amz_date(offset_secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_secs);
+    let f = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    t.format(f).expect("format date")
+}
+
+impl Raw {
+    pub fn new(url: &str, creds: Creds) -> Self {
+        let host = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+        Self {
+            url: url.to_string(),
+            host,
+            creds,
+            client: HyperClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends `body` to `TrentService.<target>`, signed with this client's credentials.
+    pub async fn call(&self, target: &str, body: &[u8]) -> RawResponse {
+        self.send(Some(&format!("TrentService.{target}")), body, Sign::Valid { offset_secs: 0 }, &[]).await
+    }
+
+    /// Full control: target header (or none), signature mode and extra headers.
+    pub async fn send(&self, target: Option<&str>, body: &[u8], sign: Sign<'_>, extra: &[(&str, &str)]) -> RawResponse {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("host", self.host.parse().unwrap());
+        headers.insert("content-type", "application/x-amz-json-1.1".parse().unwrap());
+        if let Some(t) = target {
+            headers.insert("x-amz-target", t.parse().unwrap());
+        }
+        for (k, v) in extra {
+            headers.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        match sign {
+            Sign::None => {}
+            Sign::Valid { offset_secs } | Sign::Corrupt { offset_secs } => {
+                headers.insert("x-amz-date", amz_date(offset_secs).parse().unwrap());
+                let req = kms_sidecar::auth::sigv4::SignedRequest {
+                    method: "POST",
+                    path: "/",
+                    query: "",
+                    headers: &headers,
+                    body,
+                };
+                let mut names = vec!["host", "x-amz-date", "content-type"];
+                if target.is_some() {
+                    names.push("x-amz-target");
+                }
+                let mut auth = kms_sidecar::auth::sigv4::sign(&self.creds.access_key_id, &self.creds.secret, REGION, &req, &names)
+                    .expect("sign");
+                if matches!(sign, Sign::Corrupt { .. }) {
+                    let last = auth.pop().unwrap();
+                    auth.push(if last == '0' { '1' } else { '0' });
+                }
+                headers.insert("authorization", auth.parse().unwrap());
+            }
+            Sign::Header(value) => {
+                headers.insert("x-amz-date", amz_date(0).parse().unwrap());
+                headers.insert("authorization", value.parse().unwrap());
+            }
+        }
+        let mut builder = http::Request::builder().method("POST").uri(format!("{}/", self.url));
+        for (k, v) in &headers {
+            if k != "host" {
+                builder = builder.header(k, v);
+            }
+        }
+        let req = builder.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .expect("request timed out")
+            .expect("request failed");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        RawResponse { status, body, text }
+    }
+}
+
+/// How to sign a raw request.
+#[derive(Debug, Clone, Copy)]
+pub enum Sign<'a> {
+    None,
+    Valid { offset_secs: i64 },
+    Corrupt { offset_secs: i64 },
+    Header(&'a str),
+}
