@@ -129,8 +129,14 @@ impl Region {
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         let parts: Vec<&str> = s.split('-').collect();
         let ok = parts.len() >= 3
-            && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
-            && parts.last().is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            })
+            && parts
+                .last()
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
         if !ok {
             bail!("region {s:?} is not a region name like us-east-1");
         }
@@ -204,7 +210,11 @@ impl Config {
     }
 
     fn merge(cli: Options, file: Options, root_key_env: Option<String>) -> anyhow::Result<Self> {
-        let listen = addr("listen", cli.listen.or(file.listen).as_deref(), DEFAULT_KMS_PORT)?;
+        let listen = addr(
+            "listen",
+            cli.listen.or(file.listen).as_deref(),
+            DEFAULT_KMS_PORT,
+        )?;
         let admin_listen = addr(
             "admin_listen",
             cli.admin_listen.or(file.admin_listen).as_deref(),
@@ -218,7 +228,10 @@ impl Config {
             (None, Some(path)) => RootKeySource::File(path),
             (None, None) => RootKeySource::DataDir,
         };
-        let log_level = cli.log_level.or(file.log_level).unwrap_or_else(|| "info".to_string());
+        let log_level = cli
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".to_string());
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .with_context(|| format!("log_level {log_level:?} is not a valid filter"))?;
         Ok(Self {
@@ -229,12 +242,25 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("kms-sidecar-data")),
             region: Region::parse(cli.region.or(file.region).as_deref().unwrap_or("us-east-1"))?,
-            account_id: AccountId::parse(cli.account_id.or(file.account_id).as_deref().unwrap_or("111122223333"))?,
+            account_id: AccountId::parse(
+                cli.account_id
+                    .or(file.account_id)
+                    .as_deref()
+                    .unwrap_or("111122223333"),
+            )?,
             root_key,
-            log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: cli
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             log_level,
-            max_body_bytes: ranged("max_body_bytes", cli.max_body_bytes.or(file.max_body_bytes), 65_536, 1024, 1_048_576)?
-                as usize,
+            max_body_bytes: ranged(
+                "max_body_bytes",
+                cli.max_body_bytes.or(file.max_body_bytes),
+                65_536,
+                1024,
+                1_048_576,
+            )? as usize,
             max_clock_skew: Duration::from_secs(ranged(
                 "max_clock_skew_secs",
                 cli.max_clock_skew_secs.or(file.max_clock_skew_secs),
@@ -244,7 +270,8 @@ impl Config {
             )?),
             maintenance_interval: Duration::from_secs(ranged(
                 "maintenance_interval_secs",
-                cli.maintenance_interval_secs.or(file.maintenance_interval_secs),
+                cli.maintenance_interval_secs
+                    .or(file.maintenance_interval_secs),
                 60,
                 1,
                 86_400,
@@ -261,7 +288,10 @@ impl Config {
 
     /// The region and account for ARNs.
     pub fn arn_scope(&self) -> ArnScope {
-        ArnScope { region: self.region.0.clone(), account: self.account_id.0.clone() }
+        ArnScope {
+            region: self.region.0.clone(),
+            account: self.account_id.0.clone(),
+        }
     }
 }
 
@@ -287,7 +317,10 @@ mod tests {
     #[test]
     fn flag_beats_file_beats_default() {
         let f = file("region = \"eu-west-1\"\naccount_id = \"123456789012\"\n").unwrap();
-        let cli = Options { region: Some("ap-south-2".into()), ..Options::default() };
+        let cli = Options {
+            region: Some("ap-south-2".into()),
+            ..Options::default()
+        };
         let c = Config::merge(cli, f, None).unwrap();
         assert_eq!(c.region, Region("ap-south-2".into()));
         assert_eq!(c.account_id, AccountId("123456789012".into()));
@@ -298,27 +331,61 @@ mod tests {
         let err = file("lisen = \"127.0.0.1:1\"").unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
         let bad = [
-            Options { region: Some("Mars".into()), ..Options::default() },
-            Options { account_id: Some("12".into()), ..Options::default() },
-            Options { listen: Some("nowhere".into()), ..Options::default() },
-            Options { max_body_bytes: Some(10), ..Options::default() },
-            Options { max_clock_skew_secs: Some(0), ..Options::default() },
-            Options { maintenance_interval_secs: Some(0), ..Options::default() },
-            Options { log_level: Some("=[".into()), ..Options::default() },
-            Options { listen: Some("127.0.0.1:5000".into()), admin_listen: Some("127.0.0.1:5000".into()), ..Options::default() },
+            Options {
+                region: Some("Mars".into()),
+                ..Options::default()
+            },
+            Options {
+                account_id: Some("12".into()),
+                ..Options::default()
+            },
+            Options {
+                listen: Some("nowhere".into()),
+                ..Options::default()
+            },
+            Options {
+                max_body_bytes: Some(10),
+                ..Options::default()
+            },
+            Options {
+                max_clock_skew_secs: Some(0),
+                ..Options::default()
+            },
+            Options {
+                maintenance_interval_secs: Some(0),
+                ..Options::default()
+            },
+            Options {
+                log_level: Some("=[".into()),
+                ..Options::default()
+            },
+            Options {
+                listen: Some("127.0.0.1:5000".into()),
+                admin_listen: Some("127.0.0.1:5000".into()),
+                ..Options::default()
+            },
         ];
         for cli in bad {
             let dbg = format!("{cli:?}");
-            assert!(Config::merge(cli, Options::default(), None).is_err(), "{dbg}");
+            assert!(
+                Config::merge(cli, Options::default(), None).is_err(),
+                "{dbg}"
+            );
         }
     }
 
     #[test]
     fn root_key_precedence() {
-        let cli = Options { root_key_file: Some("/k".into()), ..Options::default() };
+        let cli = Options {
+            root_key_file: Some("/k".into()),
+            ..Options::default()
+        };
         let c = Config::merge(cli.clone(), Options::default(), Some("00".repeat(32))).unwrap();
         assert!(matches!(c.root_key, RootKeySource::Hex(_)));
-        assert!(!format!("{:?}", c.root_key).contains("0000"), "root key leaked in Debug");
+        assert!(
+            !format!("{:?}", c.root_key).contains("0000"),
+            "root key leaked in Debug"
+        );
         let c = Config::merge(cli, Options::default(), None).unwrap();
         assert!(matches!(c.root_key, RootKeySource::File(_)));
     }
@@ -327,8 +394,21 @@ mod tests {
     fn cli_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        let cli = Cli::try_parse_from(["kms-sidecar", "clients", "add", "app", "--data-dir", "/tmp/x"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Clients { command: ClientsCommand::Add { .. } })));
+        let cli = Cli::try_parse_from([
+            "kms-sidecar",
+            "clients",
+            "add",
+            "app",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Clients {
+                command: ClientsCommand::Add { .. }
+            })
+        ));
         assert_eq!(cli.options.data_dir, Some(PathBuf::from("/tmp/x")));
     }
 }

@@ -55,7 +55,13 @@ impl Cipher {
         getrandom::fill(&mut nonce).map_err(|_| RngError)?;
         let sealed = self
             .0
-            .encrypt(&nonce.into(), Payload { msg: plaintext, aad })
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             // Encryption fails only for messages longer than GCM's limit (64 GiB); bodies are bounded far below.
             .map_err(|_| RngError)?;
         let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());

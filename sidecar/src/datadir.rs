@@ -54,11 +54,12 @@ impl DataDir {
         let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
         for sub in ["keys", "material"] {
             let dir = path.join(sub);
-            fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
         }
         let key = load_root_key(path, root)?;
-        let sealer = Cipher::new(&key).context("the root key must be 32 bytes (64 hex characters)")?;
+        let sealer =
+            Cipher::new(&key).context("the root key must be 32 bytes (64 hex characters)")?;
         let dir = Self {
             path: path.to_path_buf(),
             sealer,
@@ -136,8 +137,12 @@ fn load_root_key(dir: &Path, source: &RootKeySource) -> anyhow::Result<Zeroizing
                 fs::read_to_string(path)
                     .with_context(|| format!("cannot read root key file {}", path.display()))?,
             );
-            decode_root_key(&text)
-                .with_context(|| format!("root key file {} must hold 64 hex characters", path.display()))
+            decode_root_key(&text).with_context(|| {
+                format!(
+                    "root key file {} must hold 64 hex characters",
+                    path.display()
+                )
+            })
         }
         RootKeySource::DataDir => {
             let path = dir.join("root.key");
@@ -145,7 +150,10 @@ fn load_root_key(dir: &Path, source: &RootKeySource) -> anyhow::Result<Zeroizing
                 Ok(text) => {
                     let text = Zeroizing::new(text);
                     decode_root_key(&text).with_context(|| {
-                        format!("root key file {} must hold 64 hex characters", path.display())
+                        format!(
+                            "root key file {} must hold 64 hex characters",
+                            path.display()
+                        )
                     })
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -241,7 +249,10 @@ mod tests {
     fn creates_root_key_and_rejects_wrong_one() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(tmp.path(), &RootKeySource::DataDir).unwrap();
-        let mode = fs::metadata(tmp.path().join("root.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(tmp.path().join("root.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let sealed = dir.seal("purpose", b"secret").unwrap();
         assert_eq!(&dir.unseal("purpose", &sealed).unwrap()[..], b"secret");

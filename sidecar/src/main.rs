@@ -8,7 +8,7 @@ use clap::Parser;
 use secrecy::ExposeSecret;
 
 use kms_sidecar::auth::clients::{self, Issued};
-use kms_sidecar::config::{ClientsCommand, Cli, Command, Config, ROOT_KEY_ENV};
+use kms_sidecar::config::{Cli, ClientsCommand, Command, Config, ROOT_KEY_ENV};
 use kms_sidecar::datadir::DataDir;
 use kms_sidecar::observe;
 use kms_sidecar::server::Sidecar;
@@ -40,14 +40,16 @@ fn print_credentials(issued: &Issued, region: &str, endpoint: &str, note: &str) 
     println!("  AWS_SECRET_ACCESS_KEY={secret}");
     println!("Try it (AWS CLI):");
     println!(
-        "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={secret} AWS_REGION={region} aws kms create-key --endpoint-url {endpoint}",
+        "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={secret} aws kms create-key --region {region} --endpoint-url {endpoint}",
         issued.access_key_id
     );
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
     observe::init_logging(config.log_format, &config.log_level);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let region = config.arn_scope().region;
         let data_dir = config.data_dir.clone();
@@ -98,7 +100,12 @@ fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()
         ClientsCommand::Add { name } => {
             let issued = clients::add(&dir, &name)?;
             let endpoint = format!("http://{}", config.listen);
-            print_credentials(&issued, &config.arn_scope().region, &endpoint, "Issued a client credential (shown once):");
+            print_credentials(
+                &issued,
+                &config.arn_scope().region,
+                &endpoint,
+                "Issued a client credential (shown once):",
+            );
         }
         ClientsCommand::List => {
             println!("{:<22} {:<24} created", "access key id", "principal");

@@ -72,7 +72,10 @@ impl http_body::Body for Body {
     type Data = SecretBuf;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<SecretBuf>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<SecretBuf>, Infallible>>> {
         Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
     }
     fn is_end_stream(&self) -> bool {
@@ -106,16 +109,38 @@ struct Outcome {
 impl App {
     /// The request pipeline. Order matters: cheap rejections first, then authentication of every
     /// request before any key is touched.
-    async fn process(&self, parts: &http::request::Parts, body: Incoming, out: &mut Outcome) -> Result<Reply, KmsError> {
+    async fn process(
+        &self,
+        parts: &http::request::Parts,
+        body: Incoming,
+        out: &mut Outcome,
+    ) -> Result<Reply, KmsError> {
         // 1. Parse: POST, a TrentService target and a JSON content type, then a bounded body.
         if parts.method != Method::POST {
-            return Err(KmsError::new(ErrorKind::UnknownOperation, "the KMS API accepts only POST requests"));
+            return Err(KmsError::new(
+                ErrorKind::UnknownOperation,
+                "the KMS API accepts only POST requests",
+            ));
         }
-        let target = parts.headers.get("x-amz-target").map(HeaderValue::as_bytes).unwrap_or_default();
+        let target = parts
+            .headers
+            .get("x-amz-target")
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
         let op = Operation::from_target(target)?;
         out.op = Some(op);
-        protocol::check_content_type(parts.headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes))?;
-        let body = read_body(body, parts.headers.get(header::CONTENT_LENGTH), self.max_body).await?;
+        protocol::check_content_type(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map(HeaderValue::as_bytes),
+        )?;
+        let body = read_body(
+            body,
+            parts.headers.get(header::CONTENT_LENGTH),
+            self.max_body,
+        )
+        .await?;
         // 2. Authenticate: a valid SigV4 signature from an issued client, on every request.
         let signed = SignedRequest {
             method: parts.method.as_str(),
@@ -124,7 +149,10 @@ impl App {
             headers: &parts.headers,
             body: &body,
         };
-        let client = self.verifier.verify(&self.clients, &signed, SystemTime::now()).map_err(|e| e.error)?;
+        let client = self
+            .verifier
+            .verify(&self.clients, &signed, SystemTime::now())
+            .map_err(|e| e.error)?;
         out.principal = Some(client);
         // 3-8. Rate limits, key policies, caches, the circuit breaker and retries slot in here, in
         //      that order, as they land (see docs/architecture.md).
@@ -136,16 +164,31 @@ impl App {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        let request_id = format!("{:08x}-{:012x}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let request_id = format!(
+            "{:08x}-{:012x}",
+            self.id_prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
         let (parts, body) = req.into_parts();
-        let mut out = Outcome { op: None, principal: None, cache: CacheOutcome::None };
+        let mut out = Outcome {
+            op: None,
+            principal: None,
+            cache: CacheOutcome::None,
+        };
         let result = self.process(&parts, body, &mut out).await;
         let elapsed = started.elapsed();
         let op_name = out.op.map_or("unknown", Operation::as_str);
         let principal = out.principal.as_ref().map_or("-", |c| c.name.as_str());
         let (status, body, outcome) = match result {
             Ok(reply) => {
-                tracing::debug!(request_id, operation = op_name, principal, outcome = "ok", latency_us = elapsed.as_micros() as u64, "request");
+                tracing::debug!(
+                    request_id,
+                    operation = op_name,
+                    principal,
+                    outcome = "ok",
+                    latency_us = elapsed.as_micros() as u64,
+                    "request"
+                );
                 (StatusCode::OK, reply.body, None)
             }
             Err(err) => {
@@ -153,7 +196,14 @@ impl App {
                 if kind.origin() == Origin::Server {
                     tracing::error!(request_id, operation = op_name, principal, outcome = kind.aws_type(), error = %err, cause = ?std::error::Error::source(&err), "request failed");
                 } else {
-                    tracing::info!(request_id, operation = op_name, principal, outcome = kind.aws_type(), message = err.wire_message(), "request rejected");
+                    tracing::info!(
+                        request_id,
+                        operation = op_name,
+                        principal,
+                        outcome = kind.aws_type(),
+                        message = err.wire_message(),
+                        "request rejected"
+                    );
                 }
                 (kind.status(), Zeroizing::new(err.to_body()), Some(kind))
             }
@@ -162,48 +212,74 @@ impl App {
         let mut response = Response::new(Body::new(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(protocol::CONTENT_TYPE));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(protocol::CONTENT_TYPE),
+        );
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             headers.insert("x-amzn-requestid", v);
         }
         if let Some(kind) = outcome {
-            headers.insert("x-amzn-errortype", HeaderValue::from_static(kind.aws_type()));
+            headers.insert(
+                "x-amzn-errortype",
+                HeaderValue::from_static(kind.aws_type()),
+            );
         }
         response
     }
 }
 
-async fn read_body(body: Incoming, length: Option<&HeaderValue>, max: usize) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+async fn read_body(
+    body: Incoming,
+    length: Option<&HeaderValue>,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, KmsError> {
     let too_large = || {
         KmsError::new(
             ErrorKind::RequestTooLarge,
             format!("the request body is larger than the limit of {max} bytes"),
         )
     };
-    if let Some(len) = length.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if len > max as u64 {
-            return Err(too_large());
-        }
+    if let Some(len) = length
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(too_large());
     }
     let collected = tokio::time::timeout(READ_TIMEOUT, Limited::new(body, max).collect())
         .await
         .map_err(|_| KmsError::new(ErrorKind::Validation, "timed out reading the request body"))?;
     match collected {
         Ok(c) => Ok(Zeroizing::new(c.to_bytes().to_vec())),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(_) => Err(KmsError::new(ErrorKind::Serialization, "the request body could not be read")),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(_) => Err(KmsError::new(
+            ErrorKind::Serialization,
+            "the request body could not be read",
+        )),
     }
 }
 
 async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", metrics::render(&app.registry)),
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics::render(&app.registry),
+        ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
     };
     let mut response = Response::new(Body::new(Zeroizing::new(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -260,7 +336,17 @@ impl Sidecar {
             next_id: AtomicU64::new(0),
             id_prefix: getrandom::u32().unwrap_or_default(),
         });
-        Ok(Self { app, keys, kms_listener, admin_listener, kms_addr, admin_addr, config, issued, _lock: lock })
+        Ok(Self {
+            app,
+            keys,
+            kms_listener,
+            admin_listener,
+            kms_addr,
+            admin_addr,
+            config,
+            issued,
+            _lock: lock,
+        })
     }
 
     pub fn kms_addr(&self) -> SocketAddr {
@@ -281,21 +367,35 @@ impl Sidecar {
         let (stop_tx, stop_rx) = watch::channel(false);
         let graceful = Arc::new(GracefulShutdown::new());
         let kms_app = self.app.clone();
-        let kms = tokio::spawn(accept_loop(self.kms_listener, stop_rx.clone(), graceful.clone(), move |req| {
-            kms_app.clone().handle(req)
-        }));
+        let kms = tokio::spawn(accept_loop(
+            self.kms_listener,
+            stop_rx.clone(),
+            graceful.clone(),
+            move |req| kms_app.clone().handle(req),
+        ));
         let admin_app = self.app.clone();
-        let admin = tokio::spawn(accept_loop(self.admin_listener, stop_rx.clone(), graceful.clone(), move |req| {
-            admin(admin_app.clone(), req)
-        }));
-        let background = tokio::spawn(background(self.app.clone(), self.keys.clone(), self.config.maintenance_interval, stop_rx));
+        let admin = tokio::spawn(accept_loop(
+            self.admin_listener,
+            stop_rx.clone(),
+            graceful.clone(),
+            move |req| admin(admin_app.clone(), req),
+        ));
+        let background = tokio::spawn(background(
+            self.app.clone(),
+            self.keys.clone(),
+            self.config.maintenance_interval,
+            stop_rx,
+        ));
         shutdown.await;
         tracing::info!("shutting down: no new connections, letting in-flight requests finish");
         let _ = stop_tx.send(true);
         let _ = tokio::join!(kms, admin, background);
         match Arc::try_unwrap(graceful) {
             Ok(g) => {
-                if tokio::time::timeout(self.config.shutdown_grace, g.shutdown()).await.is_err() {
+                if tokio::time::timeout(self.config.shutdown_grace, g.shutdown())
+                    .await
+                    .is_err()
+                {
                     tracing::warn!("shutdown grace period over; closing remaining connections");
                 }
             }
@@ -305,8 +405,12 @@ impl Sidecar {
     }
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, graceful: Arc<GracefulShutdown>, handler: F)
-where
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+    handler: F,
+) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -344,7 +448,12 @@ where
 }
 
 /// Reloads client credentials every second and runs key maintenance on its interval.
-async fn background(app: Arc<App>, keys: Arc<KeyStore>, interval: Duration, mut stop: watch::Receiver<bool>) {
+async fn background(
+    app: Arc<App>,
+    keys: Arc<KeyStore>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut clients_tick = tokio::time::interval(Duration::from_secs(1));
     let mut maintenance_tick = tokio::time::interval(interval);
     clients_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

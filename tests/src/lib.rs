@@ -28,7 +28,11 @@ pub fn binary() -> PathBuf {
         .get_or_init(|| {
             let exe = std::env::current_exe().expect("current exe");
             // target/<profile>/deps/<test> -> target/<profile>
-            let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
             cmd.args(["build", "-p", "kms-sidecar", "--bin", "kms-sidecar"]);
@@ -140,7 +144,10 @@ impl Sidecar {
                     return Err(output.all());
                 }
             };
-            if let Some(v) = line.strip_prefix("  AWS_ACCESS_KEY_ID=").filter(|v| !v.contains(' ')) {
+            if let Some(v) = line
+                .strip_prefix("  AWS_ACCESS_KEY_ID=")
+                .filter(|v| !v.contains(' '))
+            {
                 akid = Some(v.to_string());
             } else if let Some(v) = line.strip_prefix("  AWS_SECRET_ACCESS_KEY=") {
                 secret = Some(v.to_string());
@@ -155,7 +162,10 @@ impl Sidecar {
                     }
                 }
                 let creds = match (akid, secret, start.creds) {
-                    (Some(access_key_id), Some(secret), _) => Creds { access_key_id, secret },
+                    (Some(access_key_id), Some(secret), _) => Creds {
+                        access_key_id,
+                        secret,
+                    },
                     (_, _, Some(c)) => c,
                     _ => panic!("no credentials printed and none given"),
                 };
@@ -191,7 +201,14 @@ impl Sidecar {
         let creds = self.creds.clone();
         let (ok, out) = self.stop();
         assert!(ok, "sidecar exited with an error:\n{}", out.all());
-        Self::start_with(&data_dir, Start { creds: Some(creds), ..Start::default() }).expect("restart")
+        Self::start_with(
+            &data_dir,
+            Start {
+                creds: Some(creds),
+                ..Start::default()
+            },
+        )
+        .expect("restart")
     }
 
     /// A raw HTTP client for this sidecar.
@@ -213,7 +230,13 @@ pub fn sdk_client(endpoint: &str, creds: &Creds) -> aws_sdk_kms::Client {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(&creds.access_key_id, &creds.secret, None, None, "kms-sidecar-test"))
+        .credentials_provider(Credentials::new(
+            &creds.access_key_id,
+            &creds.secret,
+            None,
+            None,
+            "kms-sidecar-test",
+        ))
         .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
         .build();
     aws_sdk_kms::Client::from_conf(conf)
@@ -252,7 +275,10 @@ pub fn amz_date(offset_secs: i64) -> String {
 
 impl Raw {
     pub fn new(url: &str, creds: Creds) -> Self {
-        let host = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let host = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
         Self {
             url: url.to_string(),
             host,
@@ -263,19 +289,37 @@ impl Raw {
 
     /// Sends `body` to `TrentService.<target>`, signed with this client's credentials.
     pub async fn call(&self, target: &str, body: &[u8]) -> RawResponse {
-        self.send(Some(&format!("TrentService.{target}")), body, Sign::Valid { offset_secs: 0 }, &[]).await
+        self.send(
+            Some(&format!("TrentService.{target}")),
+            body,
+            Sign::Valid { offset_secs: 0 },
+            &[],
+        )
+        .await
     }
 
     /// Full control: target header (or none), signature mode and extra headers.
-    pub async fn send(&self, target: Option<&str>, body: &[u8], sign: Sign<'_>, extra: &[(&str, &str)]) -> RawResponse {
+    pub async fn send(
+        &self,
+        target: Option<&str>,
+        body: &[u8],
+        sign: Sign<'_>,
+        extra: &[(&str, &str)],
+    ) -> RawResponse {
         let mut headers = http::HeaderMap::new();
         headers.insert("host", self.host.parse().unwrap());
-        headers.insert("content-type", "application/x-amz-json-1.1".parse().unwrap());
+        headers.insert(
+            "content-type",
+            "application/x-amz-json-1.1".parse().unwrap(),
+        );
         if let Some(t) = target {
             headers.insert("x-amz-target", t.parse().unwrap());
         }
         for (k, v) in extra {
-            headers.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            headers.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         match sign {
             Sign::None => {}
@@ -292,8 +336,14 @@ impl Raw {
                 if target.is_some() {
                     names.push("x-amz-target");
                 }
-                let mut auth = kms_sidecar::auth::sigv4::sign(&self.creds.access_key_id, &self.creds.secret, REGION, &req, &names)
-                    .expect("sign");
+                let mut auth = kms_sidecar::auth::sigv4::sign(
+                    &self.creds.access_key_id,
+                    &self.creds.secret,
+                    REGION,
+                    &req,
+                    &names,
+                )
+                .expect("sign");
                 if matches!(sign, Sign::Corrupt { .. }) {
                     let last = auth.pop().unwrap();
                     auth.push(if last == '0' { '1' } else { '0' });
@@ -305,13 +355,17 @@ impl Raw {
                 headers.insert("authorization", value.parse().unwrap());
             }
         }
-        let mut builder = http::Request::builder().method("POST").uri(format!("{}/", self.url));
+        let mut builder = http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/", self.url));
         for (k, v) in &headers {
             if k != "host" {
                 builder = builder.header(k, v);
             }
         }
-        let req = builder.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+        let req = builder
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
             .await
             .expect("request timed out")

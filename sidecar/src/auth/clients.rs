@@ -91,7 +91,11 @@ pub struct Issued {
 
 impl std::fmt::Debug for Issued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Issued({}, {}, [redacted])", self.access_key_id, self.name)
+        write!(
+            f,
+            "Issued({}, {}, [redacted])",
+            self.access_key_id, self.name
+        )
     }
 }
 
@@ -111,7 +115,10 @@ fn read_file(path: &Path) -> anyhow::Result<File> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .with_context(|| format!("client table {} is corrupt or truncated", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(File { format: 1, clients: Vec::new() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(File {
+            format: 1,
+            clients: Vec::new(),
+        }),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
@@ -129,7 +136,8 @@ fn with_lock<T>(dir: &DataDir, f: impl FnOnce(&Path) -> anyhow::Result<T>) -> an
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
     f(&dir.path().join(FILE))
 }
 
@@ -137,12 +145,20 @@ fn random_token(len: usize, alphabet: &[u8]) -> anyhow::Result<String> {
     let bytes = crypto::random_bytes(len)?;
     // 256 % alphabet.len() bias is negligible for 32/62-letter alphabets at these lengths, and the
     // alphabets used here divide 256 (32) or are only used for the non-secret id.
-    Ok(bytes.iter().map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()])).collect())
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()]))
+        .collect())
 }
 
 /// Issues a new credential for principal `name` and stores it sealed.
 pub fn add(dir: &DataDir, name: &str) -> anyhow::Result<Issued> {
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b)) {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    {
         bail!("client name must be 1-64 characters of letters, digits and +=,.@_-");
     }
     with_lock(dir, |path| {
@@ -150,7 +166,10 @@ pub fn add(dir: &DataDir, name: &str) -> anyhow::Result<Issued> {
         if file.clients.iter().any(|c| c.name == name) {
             bail!("a client named {name} already exists (revoke it first, or choose another name)");
         }
-        let access_key_id = format!("AKSC{}", random_token(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")?);
+        let access_key_id = format!(
+            "AKSC{}",
+            random_token(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")?
+        );
         let secret = Zeroizing::new(B64.encode(&*crypto::random_bytes(30)?));
         let sealed = dir.seal(&purpose(&access_key_id), secret.as_bytes())?;
         file.clients.push(Record {
@@ -160,7 +179,11 @@ pub fn add(dir: &DataDir, name: &str) -> anyhow::Result<Issued> {
             sealed_secret: B64.encode(sealed),
         });
         write_file(path, &file)?;
-        Ok(Issued { access_key_id, name: name.to_string(), secret: SecretString::from(secret.to_string()) })
+        Ok(Issued {
+            access_key_id,
+            name: name.to_string(),
+            secret: SecretString::from(secret.to_string()),
+        })
     })
 }
 
@@ -182,7 +205,11 @@ pub fn list(dir: &DataDir) -> anyhow::Result<Vec<Listed>> {
     Ok(read_file(&dir.path().join(FILE))?
         .clients
         .into_iter()
-        .map(|r| Listed { access_key_id: r.access_key_id, name: r.name, created: r.created })
+        .map(|r| Listed {
+            access_key_id: r.access_key_id,
+            name: r.name,
+            created: r.created,
+        })
         .collect())
 }
 
@@ -246,13 +273,23 @@ impl ClientStore {
                 next.insert(r.access_key_id.clone(), existing.clone());
                 continue;
             }
-            let sealed = B64
-                .decode(&r.sealed_secret)
-                .with_context(|| format!("client {} in {} is corrupt", r.access_key_id, self.path.display()))?;
+            let sealed = B64.decode(&r.sealed_secret).with_context(|| {
+                format!(
+                    "client {} in {} is corrupt",
+                    r.access_key_id,
+                    self.path.display()
+                )
+            })?;
             let secret = self
                 .dir
                 .unseal(&purpose(&r.access_key_id), &sealed)
-                .with_context(|| format!("client {} in {} does not unseal", r.access_key_id, self.path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "client {} in {} does not unseal",
+                        r.access_key_id,
+                        self.path.display()
+                    )
+                })?;
             let secret = String::from_utf8(secret.to_vec())
                 .with_context(|| format!("client {} secret is not text", r.access_key_id))?;
             next.insert(
@@ -288,16 +325,22 @@ mod tests {
         assert!(store.is_empty());
         let issued = add(&dir, "app").unwrap();
         assert!(issued.access_key_id.starts_with("AKSC") && issued.access_key_id.len() == 20);
-        assert_eq!(format!("{issued:?}").contains(issued.secret.expose_secret()), false);
+        assert!(!format!("{issued:?}").contains(issued.secret.expose_secret()));
         assert!(add(&dir, "app").is_err());
         assert!(add(&dir, "bad name").is_err());
         assert!(store.reload_if_changed().unwrap());
         assert!(!store.reload_if_changed().unwrap());
         let client = store.get(&issued.access_key_id).unwrap();
-        assert_eq!(client.secret().expose_secret(), issued.secret.expose_secret());
+        assert_eq!(
+            client.secret().expose_secret(),
+            issued.secret.expose_secret()
+        );
         assert!(!format!("{client:?}").contains(issued.secret.expose_secret()));
         let raw = fs::read_to_string(tmp.path().join(FILE)).unwrap();
-        assert!(!raw.contains(issued.secret.expose_secret()), "secret stored in clear");
+        assert!(
+            !raw.contains(issued.secret.expose_secret()),
+            "secret stored in clear"
+        );
         assert_eq!(list(&dir).unwrap()[0].name, "app");
         revoke(&dir, &issued.access_key_id).unwrap();
         assert!(revoke(&dir, &issued.access_key_id).is_err());

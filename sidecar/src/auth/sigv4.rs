@@ -50,12 +50,23 @@ pub struct AuthError {
     pub error: KmsError,
 }
 
-fn fail(failure: AuthFailure, kind: ErrorKind, message: impl Into<std::borrow::Cow<'static, str>>) -> AuthError {
-    AuthError { failure, error: KmsError::new(kind, message) }
+fn fail(
+    failure: AuthFailure,
+    kind: ErrorKind,
+    message: impl Into<std::borrow::Cow<'static, str>>,
+) -> AuthError {
+    AuthError {
+        failure,
+        error: KmsError::new(kind, message),
+    }
 }
 
 fn incomplete(message: &'static str) -> AuthError {
-    fail(AuthFailure::Incomplete, ErrorKind::IncompleteSignature, message)
+    fail(
+        AuthFailure::Incomplete,
+        ErrorKind::IncompleteSignature,
+        message,
+    )
 }
 
 /// The parts of a request that SigV4 covers.
@@ -83,7 +94,9 @@ fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
     let rest = value
         .strip_prefix(ALGORITHM)
         .and_then(|r| r.strip_prefix(' '))
-        .ok_or_else(|| incomplete("Authorization header must use the AWS4-HMAC-SHA256 algorithm"))?;
+        .ok_or_else(|| {
+            incomplete("Authorization header must use the AWS4-HMAC-SHA256 algorithm")
+        })?;
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
     for part in rest.split(',') {
         let part = part.trim();
@@ -97,31 +110,48 @@ fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
             return Err(incomplete("Authorization header has an unknown element"));
         }
     }
-    let credential = credential.ok_or_else(|| incomplete("Authorization header requires 'Credential' parameter"))?;
-    let signed_headers =
-        signed_headers.ok_or_else(|| incomplete("Authorization header requires 'SignedHeaders' parameter"))?;
-    let signature = signature.ok_or_else(|| incomplete("Authorization header requires 'Signature' parameter"))?;
+    let credential = credential
+        .ok_or_else(|| incomplete("Authorization header requires 'Credential' parameter"))?;
+    let signed_headers = signed_headers
+        .ok_or_else(|| incomplete("Authorization header requires 'SignedHeaders' parameter"))?;
+    let signature = signature
+        .ok_or_else(|| incomplete("Authorization header requires 'Signature' parameter"))?;
     let mut scope = credential.split('/');
-    let (Some(access_key_id), Some(date), Some(region), Some(service), Some("aws4_request"), None) =
-        (scope.next(), scope.next(), scope.next(), scope.next(), scope.next(), scope.next())
-    else {
+    let (Some(access_key_id), Some(date), Some(region), Some(service), Some("aws4_request"), None) = (
+        scope.next(),
+        scope.next(),
+        scope.next(),
+        scope.next(),
+        scope.next(),
+        scope.next(),
+    ) else {
         return Err(incomplete(
             "Credential must have the form <access key id>/<date>/<region>/<service>/aws4_request",
         ));
     };
-    if access_key_id.is_empty() || date.len() != 8 || region.is_empty() || signed_headers.is_empty() {
+    if access_key_id.is_empty() || date.len() != 8 || region.is_empty() || signed_headers.is_empty()
+    {
         return Err(incomplete("Authorization header is malformed"));
     }
     if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(incomplete("Signature must be 64 hex characters"));
     }
-    Ok(AuthHeader { access_key_id, date, region, service, signed_headers, signature })
+    Ok(AuthHeader {
+        access_key_id,
+        date,
+        region,
+        service,
+        signed_headers,
+        signature,
+    })
 }
 
 /// Parses `YYYYMMDDTHHMMSSZ` into seconds since the epoch.
 fn parse_amz_date(s: &str) -> Option<i64> {
     let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    time::PrimitiveDateTime::parse(s, format).ok().map(|t| t.assume_utc().unix_timestamp())
+    time::PrimitiveDateTime::parse(s, format)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -138,7 +168,12 @@ fn derive_signing_key(secret: &str, date: &str, region: &str) -> Zeroizing<[u8; 
     derive_signing_key_for(secret, date, region, SERVICE)
 }
 
-fn derive_signing_key_for(secret: &str, date: &str, region: &str, service: &str) -> Zeroizing<[u8; 32]> {
+fn derive_signing_key_for(
+    secret: &str,
+    date: &str,
+    region: &str,
+    service: &str,
+) -> Zeroizing<[u8; 32]> {
     let seed = Zeroizing::new(format!("AWS4{secret}"));
     let k_date = Zeroizing::new(hmac(seed.as_bytes(), date.as_bytes()));
     let k_region = Zeroizing::new(hmac(&*k_date, region.as_bytes()));
@@ -162,18 +197,21 @@ fn uri_encode(out: &mut String, s: &[u8], keep_slash: bool) {
 
 fn percent_decode(s: &str) -> Vec<u8> {
     fn hex_val(b: u8) -> Option<u8> {
-        char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
     }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -182,7 +220,11 @@ fn percent_decode(s: &str) -> Vec<u8> {
 }
 
 /// Builds the canonical request for `names` (sorted, lowercase signed header names).
-fn canonical_request(req: &SignedRequest<'_>, names: &[&str], payload_hash: &str) -> Result<String, AuthError> {
+fn canonical_request(
+    req: &SignedRequest<'_>,
+    names: &[&str],
+    payload_hash: &str,
+) -> Result<String, AuthError> {
     let mut canonical = String::with_capacity(256);
     canonical.push_str(req.method);
     canonical.push('\n');
@@ -233,10 +275,18 @@ fn canonical_query(query: &str) -> String {
         })
         .collect();
     pairs.sort();
-    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
-fn canonical_header_value(out: &mut String, headers: &http::HeaderMap, name: &str) -> Result<(), AuthError> {
+fn canonical_header_value(
+    out: &mut String,
+    headers: &http::HeaderMap,
+    name: &str,
+) -> Result<(), AuthError> {
     let mut first = true;
     let mut any = false;
     for value in headers.get_all(name) {
@@ -279,7 +329,12 @@ impl Verifier {
     }
 
     /// Authenticates `req`, returning the client that signed it.
-    pub fn verify(&self, clients: &ClientStore, req: &SignedRequest<'_>, now: SystemTime) -> Result<Arc<Client>, AuthError> {
+    pub fn verify(
+        &self,
+        clients: &ClientStore,
+        req: &SignedRequest<'_>,
+        now: SystemTime,
+    ) -> Result<Arc<Client>, AuthError> {
         let Some(auth) = req.headers.get(http::header::AUTHORIZATION) else {
             return Err(fail(
                 AuthFailure::MissingToken,
@@ -287,7 +342,9 @@ impl Verifier {
                 "Missing Authentication Token",
             ));
         };
-        let auth = auth.to_str().map_err(|_| incomplete("Authorization header is not valid text"))?;
+        let auth = auth
+            .to_str()
+            .map_err(|_| incomplete("Authorization header is not valid text"))?;
         let auth = parse_authorization(auth)?;
         if auth.service != SERVICE {
             return Err(fail(
@@ -300,8 +357,11 @@ impl Verifier {
             .headers
             .get("x-amz-date")
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| incomplete("Authorization header requires existence of a 'X-Amz-Date' header."))?;
-        let signed_at = parse_amz_date(amz_date).ok_or_else(|| incomplete("X-Amz-Date is not a valid ISO 8601 basic timestamp"))?;
+            .ok_or_else(|| {
+                incomplete("Authorization header requires existence of a 'X-Amz-Date' header.")
+            })?;
+        let signed_at = parse_amz_date(amz_date)
+            .ok_or_else(|| incomplete("X-Amz-Date is not a valid ISO 8601 basic timestamp"))?;
         if !amz_date.starts_with(auth.date) {
             return Err(fail(
                 AuthFailure::BadSignature,
@@ -309,28 +369,40 @@ impl Verifier {
                 "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP.",
             ));
         }
-        let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let now_secs = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         let skew = self.max_skew.as_secs() as i64;
         if signed_at < now_secs - skew {
             return Err(fail(
                 AuthFailure::Expired,
                 ErrorKind::InvalidSignature,
-                format!("Signature expired: {amz_date} is now earlier than the allowed clock skew of {skew} seconds."),
+                format!(
+                    "Signature expired: {amz_date} is now earlier than the allowed clock skew of {skew} seconds."
+                ),
             ));
         }
         if signed_at > now_secs + skew {
             return Err(fail(
                 AuthFailure::Expired,
                 ErrorKind::InvalidSignature,
-                format!("Signature not yet current: {amz_date} is later than the allowed clock skew of {skew} seconds."),
+                format!(
+                    "Signature not yet current: {amz_date} is later than the allowed clock skew of {skew} seconds."
+                ),
             ));
         }
         let names: Vec<&str> = auth.signed_headers.split(';').collect();
         if !names.contains(&"host") {
             return Err(incomplete("SignedHeaders must include 'host'"));
         }
-        if names.windows(2).any(|w| w[0] >= w[1]) || names.iter().any(|n| n.is_empty() || n.bytes().any(|b| b.is_ascii_uppercase())) {
-            return Err(incomplete("SignedHeaders must be lowercase, sorted and unique"));
+        if names.windows(2).any(|w| w[0] >= w[1])
+            || names
+                .iter()
+                .any(|n| n.is_empty() || n.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return Err(incomplete(
+                "SignedHeaders must be lowercase, sorted and unique",
+            ));
         }
         let Some(client) = clients.get(auth.access_key_id) else {
             return Err(fail(
@@ -341,10 +413,10 @@ impl Verifier {
         };
 
         let payload_hash = hex::encode(Sha256::digest(req.body));
-        if let Some(claimed) = req.headers.get("x-amz-content-sha256") {
-            if claimed.as_bytes() != payload_hash.as_bytes() {
-                return Err(self.mismatch());
-            }
+        if let Some(claimed) = req.headers.get("x-amz-content-sha256")
+            && claimed.as_bytes() != payload_hash.as_bytes()
+        {
+            return Err(self.mismatch());
         }
         let canonical = canonical_request(req, &names, &payload_hash)?;
         let scope = format!("{}/{}/{SERVICE}/aws4_request", auth.date, auth.region);
@@ -355,15 +427,22 @@ impl Verifier {
                 let key = SigningKey {
                     date: auth.date.to_string(),
                     region: auth.region.to_string(),
-                    key: derive_signing_key(client.secret().expose_secret(), auth.date, auth.region),
+                    key: derive_signing_key(
+                        client.secret().expose_secret(),
+                        auth.date,
+                        auth.region,
+                    ),
                 };
                 client.cache_signing_key(key);
-                client.cached_signing_key(auth.date, auth.region).ok_or_else(|| self.mismatch())?
+                client
+                    .cached_signing_key(auth.date, auth.region)
+                    .ok_or_else(|| self.mismatch())?
             }
         };
         let expected = hmac(&*signing_key.key, string_to_sign.as_bytes());
         let mut given = [0u8; 32];
-        hex::decode_to_slice(auth.signature, &mut given).map_err(|_| incomplete("Signature must be 64 hex characters"))?;
+        hex::decode_to_slice(auth.signature, &mut given)
+            .map_err(|_| incomplete("Signature must be 64 hex characters"))?;
         if bool::from(expected.ct_eq(&given)) {
             Ok(client)
         } else {
@@ -395,10 +474,13 @@ pub fn sign(
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| KmsError::validation("x-amz-date header required to sign"))?;
-    let date = amz_date.get(..8).ok_or_else(|| KmsError::validation("bad x-amz-date"))?;
+    let date = amz_date
+        .get(..8)
+        .ok_or_else(|| KmsError::validation("bad x-amz-date"))?;
     let mut names: Vec<&str> = signed_headers.to_vec();
     names.sort_unstable();
-    let canonical = canonical_request(req, &names, &hex::encode(Sha256::digest(req.body))).map_err(|e| e.error)?;
+    let canonical = canonical_request(req, &names, &hex::encode(Sha256::digest(req.body)))
+        .map_err(|e| e.error)?;
     let scope = format!("{date}/{region}/{SERVICE}/aws4_request");
     let string_to_sign = string_to_sign(amz_date, &scope, &canonical);
     let key = derive_signing_key(secret, date, region);
@@ -416,8 +498,16 @@ mod tests {
     #[test]
     fn signing_key_matches_aws_documented_example() {
         // From the AWS SigV4 documentation ("Examples of how to derive a signing key").
-        let key = derive_signing_key_for("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "20150830", "us-east-1", "iam");
-        assert_eq!(hex::encode(*key), "c4afb1cc5771d871763a393e44b703571b55cc28424d1a5e86da6ed3c154a4b9");
+        let key = derive_signing_key_for(
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            "20150830",
+            "us-east-1",
+            "iam",
+        );
+        assert_eq!(
+            hex::encode(*key),
+            "c4afb1cc5771d871763a393e44b703571b55cc28424d1a5e86da6ed3c154a4b9"
+        );
     }
 
     #[test]
@@ -436,7 +526,11 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=AKID/2025/eu-west-1/kms/aws4_request, SignedHeaders=host, Signature=00",
             "AWS4-HMAC-SHA256 Credential=AKID, SignedHeaders=host, Signature=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         ] {
-            assert_eq!(parse_authorization(bad).unwrap_err().failure, AuthFailure::Incomplete, "{bad}");
+            assert_eq!(
+                parse_authorization(bad).unwrap_err().failure,
+                AuthFailure::Incomplete,
+                "{bad}"
+            );
         }
     }
 

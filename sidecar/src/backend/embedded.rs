@@ -57,16 +57,24 @@ impl Embedded {
                 .and_then(|stem| stem.rsplit_once('.'))
                 .and_then(|(id, v)| Some((id.to_string(), v.parse::<u32>().ok()?)))
             else {
-                anyhow::bail!("unexpected file {} in the material directory", entry.path().display());
+                anyhow::bail!(
+                    "unexpected file {} in the material directory",
+                    entry.path().display()
+                );
             };
             let sealed = fs::read(entry.path())
                 .with_context(|| format!("cannot read {}", entry.path().display()))?;
             let key = dir
                 .unseal(&purpose(&key_id, version), &sealed)
-                .with_context(|| format!("key material {} does not unseal", entry.path().display()))?;
-            let cipher = Cipher::new(&key)
-                .with_context(|| format!("key material {} has a wrong length", entry.path().display()))?;
-            keys.entry(key_id).or_default().insert(version, Arc::new(cipher));
+                .with_context(|| {
+                    format!("key material {} does not unseal", entry.path().display())
+                })?;
+            let cipher = Cipher::new(&key).with_context(|| {
+                format!("key material {} has a wrong length", entry.path().display())
+            })?;
+            keys.entry(key_id)
+                .or_default()
+                .insert(version, Arc::new(cipher));
         }
         Ok(Self {
             dir,
@@ -95,8 +103,8 @@ impl Backend for Embedded {
         let _guard = self.write.lock().await;
         let material = crypto::random_bytes(KEY_LEN)
             .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))?;
-        let cipher = Cipher::new(&material)
-            .ok_or_else(|| BackendError::new(BackendErrorKind::Internal))?;
+        let cipher =
+            Cipher::new(&material).ok_or_else(|| BackendError::new(BackendErrorKind::Internal))?;
         let sealed = self
             .dir
             .seal(&purpose(key.key_id, key.version), &material)
@@ -142,7 +150,10 @@ impl Backend for Embedded {
     async fn destroy(&self, key_id: &str, versions: &[u32]) -> Result<(), BackendError> {
         let _guard = self.write.lock().await;
         let dir = self.dir.path().join("material");
-        let paths: Vec<_> = versions.iter().map(|v| dir.join(file_name(key_id, *v))).collect();
+        let paths: Vec<_> = versions
+            .iter()
+            .map(|v| dir.join(file_name(key_id, *v)))
+            .collect();
         datadir::blocking(move || paths.iter().try_for_each(|p| datadir::remove_durable(p)))
             .await
             .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))?;
@@ -153,6 +164,7 @@ impl Backend for Embedded {
     }
 
     async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        crypto::random_bytes(n).map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))
+        crypto::random_bytes(n)
+            .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))
     }
 }

@@ -67,11 +67,9 @@ impl From<BackendError> for KmsError {
                 ErrorKind::InvalidCiphertext,
                 "the ciphertext is invalid, was not produced by this service, or was changed",
             ),
-            BackendErrorKind::MaterialMissing => KmsError::new(
-                ErrorKind::KeyUnavailable,
-                "key material unavailable",
-            )
-            .with_source(e),
+            BackendErrorKind::MaterialMissing => {
+                KmsError::new(ErrorKind::KeyUnavailable, "key material unavailable").with_source(e)
+            }
             BackendErrorKind::Unavailable => {
                 KmsError::new(ErrorKind::DependencyTimeout, "backend unavailable")
                     .retryable()
@@ -121,9 +119,21 @@ mod tests {
     #[test]
     fn classification_maps_to_kms_errors() {
         let cases = [
-            (BackendErrorKind::InvalidCiphertext, ErrorKind::InvalidCiphertext, false),
-            (BackendErrorKind::MaterialMissing, ErrorKind::KeyUnavailable, false),
-            (BackendErrorKind::Unavailable, ErrorKind::DependencyTimeout, true),
+            (
+                BackendErrorKind::InvalidCiphertext,
+                ErrorKind::InvalidCiphertext,
+                false,
+            ),
+            (
+                BackendErrorKind::MaterialMissing,
+                ErrorKind::KeyUnavailable,
+                false,
+            ),
+            (
+                BackendErrorKind::Unavailable,
+                ErrorKind::DependencyTimeout,
+                true,
+            ),
             (BackendErrorKind::Internal, ErrorKind::Internal, false),
         ];
         for (backend, kms, retry) in cases {

@@ -113,7 +113,13 @@ mod tests {
     fn round_trip() {
         let b = blob();
         let p = parse(&b).unwrap();
-        assert_eq!(p.header, Header { key_id: ID, version: 7 });
+        assert_eq!(
+            p.header,
+            Header {
+                key_id: ID,
+                version: 7
+            }
+        );
         assert_eq!(p.header_bytes, &encode_header(ID, 7)[..]);
         assert_eq!(p.sealed.len(), NONCE_LEN + 5 + TAG_LEN);
         assert_eq!(&b[..4], b"KSC\x01");

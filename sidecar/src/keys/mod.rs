@@ -72,18 +72,31 @@ fn shorten(s: &str) -> &str {
 impl KeyStore {
     /// Loads `keys/*.json` and `aliases.json`. A record that does not parse stops the start, naming
     /// the file: a key is never silently dropped.
-    pub fn open(dir: Arc<DataDir>, backend: Arc<dyn Backend>, scope: ArnScope) -> anyhow::Result<Self> {
+    pub fn open(
+        dir: Arc<DataDir>,
+        backend: Arc<dyn Backend>,
+        scope: ArnScope,
+    ) -> anyhow::Result<Self> {
         let keys_dir = dir.path().join("keys");
         let mut keys = HashMap::new();
-        for entry in fs::read_dir(&keys_dir).with_context(|| format!("cannot read {}", keys_dir.display()))? {
-            let path = entry.with_context(|| format!("cannot read {}", keys_dir.display()))?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for entry in fs::read_dir(&keys_dir)
+            .with_context(|| format!("cannot read {}", keys_dir.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("cannot read {}", keys_dir.display()))?
+                .path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
-            let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let meta: KeyMeta = serde_json::from_slice(&bytes)
-                .with_context(|| format!("key record {} is corrupt or truncated", path.display()))?;
+            let bytes =
+                fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let meta: KeyMeta = serde_json::from_slice(&bytes).with_context(|| {
+                format!("key record {} is corrupt or truncated", path.display())
+            })?;
             if meta.versions.is_empty() || format!("{}.json", meta.id) != name {
                 anyhow::bail!("key record {} is inconsistent", path.display());
             }
@@ -91,11 +104,20 @@ impl KeyStore {
         }
         let alias_path = dir.path().join("aliases.json");
         let aliases = match fs::read(&alias_path) {
-            Ok(bytes) => serde_json::from_slice::<AliasFile>(&bytes)
-                .with_context(|| format!("alias table {} is corrupt or truncated", alias_path.display()))?
-                .aliases,
+            Ok(bytes) => {
+                serde_json::from_slice::<AliasFile>(&bytes)
+                    .with_context(|| {
+                        format!(
+                            "alias table {} is corrupt or truncated",
+                            alias_path.display()
+                        )
+                    })?
+                    .aliases
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", alias_path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", alias_path.display()));
+            }
         };
         Ok(Self {
             dir,
@@ -120,11 +142,17 @@ impl KeyStore {
     }
 
     pub fn key_arn(&self, id: &str) -> String {
-        format!("arn:aws:kms:{}:{}:key/{id}", self.scope.region, self.scope.account)
+        format!(
+            "arn:aws:kms:{}:{}:key/{id}",
+            self.scope.region, self.scope.account
+        )
     }
 
     pub fn alias_arn(&self, name: &str) -> String {
-        format!("arn:aws:kms:{}:{}:{name}", self.scope.region, self.scope.account)
+        format!(
+            "arn:aws:kms:{}:{}:{name}",
+            self.scope.region, self.scope.account
+        )
     }
 
     /// Resolves a KeyId in any of its four forms: key id, key ARN, `alias/name`, alias ARN.
@@ -137,9 +165,19 @@ impl KeyStore {
         self.resolve_in(&self.snapshot(), key_id, false)
     }
 
-    fn resolve_in(&self, index: &Index, key_id: &str, aliases: bool) -> Result<Arc<KeyMeta>, KmsError> {
+    fn resolve_in(
+        &self,
+        index: &Index,
+        key_id: &str,
+        aliases: bool,
+    ) -> Result<Arc<KeyMeta>, KmsError> {
         check_key_id_length(key_id)?;
-        let invalid = || KmsError::new(ErrorKind::NotFound, format!("Invalid keyId '{}'", shorten(key_id)));
+        let invalid = || {
+            KmsError::new(
+                ErrorKind::NotFound,
+                format!("Invalid keyId '{}'", shorten(key_id)),
+            )
+        };
         let local = match key_id.strip_prefix("arn:") {
             Some(_) => {
                 let prefix = format!("arn:aws:kms:{}:{}:", self.scope.region, self.scope.account);
@@ -166,7 +204,11 @@ impl KeyStore {
                 )
             };
             let target = index.aliases.get(local).ok_or_else(not_found)?;
-            return index.keys.get(&target.target).cloned().ok_or_else(not_found);
+            return index
+                .keys
+                .get(&target.target)
+                .cloned()
+                .ok_or_else(not_found);
         }
         let id = if key_id.starts_with("arn:") {
             local.strip_prefix("key/").ok_or_else(invalid)?
@@ -186,10 +228,19 @@ impl KeyStore {
 
     /// Creates a key with its first version. The material is stored by the backend, then the record;
     /// both are on disk before this returns.
-    pub async fn create(&self, description: String, tags: BTreeMap<String, String>) -> Result<Arc<KeyMeta>, KmsError> {
+    pub async fn create(
+        &self,
+        description: String,
+        tags: BTreeMap<String, String>,
+    ) -> Result<Arc<KeyMeta>, KmsError> {
         let _guard = self.write.lock().await;
         let id = uuid::Uuid::new_v4().to_string();
-        self.backend.create_version(KeyRef { key_id: &id, version: 1 }).await?;
+        self.backend
+            .create_version(KeyRef {
+                key_id: &id,
+                version: 1,
+            })
+            .await?;
         let created = now();
         let meta = KeyMeta {
             format: model::RECORD_FORMAT,
@@ -200,7 +251,11 @@ impl KeyStore {
             state: KeyState::Enabled,
             deletion_date: None,
             pending_window_days: None,
-            versions: vec![KeyVersion { version: 1, created, rotation: None }],
+            versions: vec![KeyVersion {
+                version: 1,
+                created,
+                rotation: None,
+            }],
             rotation_enabled: false,
             rotation_period_days: None,
             next_rotation: None,
@@ -221,20 +276,30 @@ impl KeyStore {
         self.publish_key(meta).await
     }
 
-    /// Adds a key version (rotation). `check` enforces the caller's state rules under the write lock.
+    /// Adds a key version (rotation) at time `at`. `check` enforces the caller's state rules under
+    /// the write lock.
     pub async fn rotate(
         &self,
         key_id: &str,
         trigger: RotationType,
+        at: Timestamp,
         check: impl FnOnce(&KeyMeta) -> Result<(), KmsError>,
     ) -> Result<Arc<KeyMeta>, KmsError> {
         let _guard = self.write.lock().await;
         let mut meta = KeyMeta::clone(&*self.resolve(key_id)?);
         check(&meta)?;
         let version = meta.current_version() + 1;
-        self.backend.create_version(KeyRef { key_id: &meta.id, version }).await?;
-        let at = now();
-        meta.versions.push(KeyVersion { version, created: at, rotation: Some(trigger) });
+        self.backend
+            .create_version(KeyRef {
+                key_id: &meta.id,
+                version,
+            })
+            .await?;
+        meta.versions.push(KeyVersion {
+            version,
+            created: at,
+            rotation: Some(trigger),
+        });
         if meta.rotation_enabled {
             meta.next_rotation = meta.next_rotation_from(at);
         }
@@ -273,8 +338,14 @@ impl KeyStore {
         Ok(())
     }
 
-    async fn persist_aliases(&self, aliases: &BTreeMap<String, AliasEntry>) -> Result<(), KmsError> {
-        let file = AliasFile { format: model::RECORD_FORMAT, aliases: aliases.clone() };
+    async fn persist_aliases(
+        &self,
+        aliases: &BTreeMap<String, AliasEntry>,
+    ) -> Result<(), KmsError> {
+        let file = AliasFile {
+            format: model::RECORD_FORMAT,
+            aliases: aliases.clone(),
+        };
         let bytes = serde_json::to_vec_pretty(&file).map_err(KmsError::internal)?;
         let path = self.dir.path().join("aliases.json");
         datadir::blocking(move || datadir::write_atomic(&path, &bytes))
@@ -324,7 +395,7 @@ impl KeyStore {
                 }
             } else if meta.rotation_due(now) {
                 let result = self
-                    .rotate(&meta.id, RotationType::Automatic, |m| {
+                    .rotate(&meta.id, RotationType::Automatic, now, |m| {
                         if m.rotation_due(now) {
                             Ok(())
                         } else {

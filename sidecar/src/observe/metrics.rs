@@ -14,8 +14,8 @@ use crate::protocol::{ErrorKind, Operation};
 
 /// Histogram buckets from 50 µs to 10 s, in seconds.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Whether a response came from the cache.
@@ -47,7 +47,9 @@ fn op_slot(op: Option<Operation>) -> usize {
 }
 
 fn op_label(slot: usize) -> &'static str {
-    Operation::ALL.get(slot).map_or(UNKNOWN_OPERATION, |op| op.as_str())
+    Operation::ALL
+        .get(slot)
+        .map_or(UNKNOWN_OPERATION, |op| op.as_str())
 }
 
 fn outcome_slot(outcome: Option<ErrorKind>) -> usize {
@@ -69,7 +71,10 @@ const OPS: usize = Operation::ALL.len() + 1;
 impl RequestMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
-            Opts::new("kms_sidecar_requests_total", "KMS API requests by operation and outcome (ok or the KMS error type)."),
+            Opts::new(
+                "kms_sidecar_requests_total",
+                "KMS API requests by operation and outcome (ok or the KMS error type).",
+            ),
             &["operation", "outcome"],
         )?;
         let duration = HistogramVec::new(
@@ -86,12 +91,20 @@ impl RequestMetrics {
             requests,
             duration,
             request_cells: (0..OPS * OUTCOMES).map(|_| OnceLock::new()).collect(),
-            duration_cells: (0..OPS * CacheOutcome::ALL.len()).map(|_| OnceLock::new()).collect(),
+            duration_cells: (0..OPS * CacheOutcome::ALL.len())
+                .map(|_| OnceLock::new())
+                .collect(),
         })
     }
 
     /// Records one finished request.
-    pub fn record(&self, op: Option<Operation>, outcome: Option<ErrorKind>, cache: CacheOutcome, elapsed: Duration) {
+    pub fn record(
+        &self,
+        op: Option<Operation>,
+        outcome: Option<ErrorKind>,
+        cache: CacheOutcome,
+        elapsed: Duration,
+    ) {
         let op = op_slot(op);
         let out = outcome_slot(outcome);
         if let Some(cell) = self.request_cells.get(op * OUTCOMES + out) {
@@ -103,8 +116,11 @@ impl RequestMetrics {
         }
         let c = cache as usize;
         if let Some(cell) = self.duration_cells.get(op * CacheOutcome::ALL.len() + c) {
-            cell.get_or_init(|| self.duration.with_label_values(&[op_label(op), CacheOutcome::ALL[c].as_str()]))
-                .observe(elapsed.as_secs_f64());
+            cell.get_or_init(|| {
+                self.duration
+                    .with_label_values(&[op_label(op), CacheOutcome::ALL[c].as_str()])
+            })
+            .observe(elapsed.as_secs_f64());
         }
     }
 }
@@ -127,12 +143,35 @@ mod tests {
     fn records_exact_series() {
         let registry = Registry::new();
         let m = RequestMetrics::register(&registry).unwrap();
-        m.record(Some(Operation::Encrypt), None, CacheOutcome::None, Duration::from_micros(70));
-        m.record(Some(Operation::Encrypt), None, CacheOutcome::None, Duration::from_millis(2));
-        m.record(Some(Operation::Decrypt), Some(ErrorKind::InvalidCiphertext), CacheOutcome::Miss, Duration::from_micros(10));
-        m.record(None, Some(ErrorKind::UnknownOperation), CacheOutcome::None, Duration::from_micros(10));
+        m.record(
+            Some(Operation::Encrypt),
+            None,
+            CacheOutcome::None,
+            Duration::from_micros(70),
+        );
+        m.record(
+            Some(Operation::Encrypt),
+            None,
+            CacheOutcome::None,
+            Duration::from_millis(2),
+        );
+        m.record(
+            Some(Operation::Decrypt),
+            Some(ErrorKind::InvalidCiphertext),
+            CacheOutcome::Miss,
+            Duration::from_micros(10),
+        );
+        m.record(
+            None,
+            Some(ErrorKind::UnknownOperation),
+            CacheOutcome::None,
+            Duration::from_micros(10),
+        );
         let text = String::from_utf8(render(&registry)).unwrap();
-        assert!(text.contains("kms_sidecar_requests_total{operation=\"Encrypt\",outcome=\"ok\"} 2\n"), "{text}");
+        assert!(
+            text.contains("kms_sidecar_requests_total{operation=\"Encrypt\",outcome=\"ok\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains(
             "kms_sidecar_requests_total{operation=\"Decrypt\",outcome=\"InvalidCiphertextException\"} 1\n"
         ));
@@ -145,6 +184,8 @@ mod tests {
         assert!(text.contains(
             "kms_sidecar_request_duration_seconds_bucket{cache=\"none\",operation=\"Encrypt\",le=\"0.0025\"} 2\n"
         ));
-        assert!(text.contains("kms_sidecar_request_duration_seconds_count{cache=\"miss\",operation=\"Decrypt\"} 1\n"));
+        assert!(text.contains(
+            "kms_sidecar_request_duration_seconds_count{cache=\"miss\",operation=\"Decrypt\"} 1\n"
+        ));
     }
 }

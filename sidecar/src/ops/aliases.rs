@@ -7,8 +7,12 @@ use crate::protocol::{ErrorKind, KmsError};
 
 fn check_alias_name(name: &str) -> Result<(), KmsError> {
     let valid = name.len() <= 256
-        && name.strip_prefix("alias/").is_some_and(|rest| !rest.is_empty())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b':'));
+        && name
+            .strip_prefix("alias/")
+            .is_some_and(|rest| !rest.is_empty())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b':'));
     if !valid {
         return Err(KmsError::new(
             ErrorKind::InvalidAliasName,
@@ -16,7 +20,10 @@ fn check_alias_name(name: &str) -> Result<(), KmsError> {
         ));
     }
     if name.starts_with("alias/aws/") {
-        return Err(KmsError::new(ErrorKind::InvalidAliasName, "Aliases beginning with alias/aws/ are reserved for AWS managed keys"));
+        return Err(KmsError::new(
+            ErrorKind::InvalidAliasName,
+            "Aliases beginning with alias/aws/ are reserved for AWS managed keys",
+        ));
     }
     Ok(())
 }
@@ -32,10 +39,20 @@ pub(super) async fn create_alias(keys: &KeyStore, req: AliasRequest) -> Result<E
         if aliases.contains_key(&name) {
             return Err(KmsError::new(
                 ErrorKind::AlreadyExists,
-                format!("An alias with the name {} already exists", keys.alias_arn(&name)),
+                format!(
+                    "An alias with the name {} already exists",
+                    keys.alias_arn(&name)
+                ),
             ));
         }
-        aliases.insert(name, AliasEntry { target: meta.id.clone(), created: now, updated: now });
+        aliases.insert(
+            name,
+            AliasEntry {
+                target: meta.id.clone(),
+                created: now,
+                updated: now,
+            },
+        );
         Ok(())
     })
     .await?;
@@ -51,7 +68,10 @@ pub(super) async fn update_alias(keys: &KeyStore, req: AliasRequest) -> Result<E
         let meta = keys.resolve_key_only(&target)?;
         require_not_pending(keys, &meta)?;
         let entry = aliases.get_mut(&name).ok_or_else(|| {
-            KmsError::new(ErrorKind::NotFound, format!("Alias {} is not found.", keys.alias_arn(&name)))
+            KmsError::new(
+                ErrorKind::NotFound,
+                format!("Alias {} is not found.", keys.alias_arn(&name)),
+            )
         })?;
         entry.target = meta.id.clone();
         entry.updated = now;
@@ -66,16 +86,26 @@ pub(super) async fn delete_alias(keys: &KeyStore, req: AliasRequest) -> Result<E
     check_alias_name(&name)?;
     keys.update_aliases(|_, aliases| {
         aliases.remove(&name).map(|_| ()).ok_or_else(|| {
-            KmsError::new(ErrorKind::NotFound, format!("Alias {} is not found.", keys.alias_arn(&name)))
+            KmsError::new(
+                ErrorKind::NotFound,
+                format!("Alias {} is not found.", keys.alias_arn(&name)),
+            )
         })
     })
     .await?;
     Ok(Empty {})
 }
 
-pub(super) fn list_aliases(keys: &KeyStore, req: ListRequest) -> Result<ListAliasesResponse, KmsError> {
+pub(super) fn list_aliases(
+    keys: &KeyStore,
+    req: ListRequest,
+) -> Result<ListAliasesResponse, KmsError> {
     let page = page(req.limit, 100, 50, req.marker.as_deref())?;
-    let filter = req.key_id.as_deref().map(|k| keys.resolve_key_only(k)).transpose()?;
+    let filter = req
+        .key_id
+        .as_deref()
+        .map(|k| keys.resolve_key_only(k))
+        .transpose()?;
     let index = keys.snapshot();
     let items = index
         .aliases
@@ -95,7 +125,11 @@ pub(super) fn list_aliases(keys: &KeyStore, req: ListRequest) -> Result<ListAlia
         })
         .collect();
     let (aliases, next_marker, truncated) = take_page(items, &page);
-    Ok(ListAliasesResponse { aliases, next_marker, truncated })
+    Ok(ListAliasesResponse {
+        aliases,
+        next_marker,
+        truncated,
+    })
 }
 
 #[cfg(test)]
@@ -105,8 +139,18 @@ mod tests {
     #[test]
     fn alias_names() {
         assert!(check_alias_name("alias/app-1/prod_key").is_ok());
-        for bad in ["app", "alias/", "alias/with space", "alias/aws/s3", &format!("alias/{}", "a".repeat(251))] {
-            assert_eq!(check_alias_name(bad).unwrap_err().kind(), ErrorKind::InvalidAliasName, "{bad}");
+        for bad in [
+            "app",
+            "alias/",
+            "alias/with space",
+            "alias/aws/s3",
+            &format!("alias/{}", "a".repeat(251)),
+        ] {
+            assert_eq!(
+                check_alias_name(bad).unwrap_err().kind(),
+                ErrorKind::InvalidAliasName,
+                "{bad}"
+            );
         }
     }
 }

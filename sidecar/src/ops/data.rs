@@ -38,13 +38,25 @@ fn check_length(len: usize, max: usize, member: &str) -> Result<(), KmsError> {
 }
 
 /// Encrypts `plaintext` under the current version of `meta`, returning the complete blob.
-async fn seal(keys: &KeyStore, meta: &KeyMeta, context: &EncryptionContext, plaintext: &[u8]) -> Result<Vec<u8>, KmsError> {
+async fn seal(
+    keys: &KeyStore,
+    meta: &KeyMeta,
+    context: &EncryptionContext,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, KmsError> {
     let version = meta.current_version();
     let mut blob = ciphertext::encode_header(&meta.id, version);
     let aad = ciphertext::aad(&blob, context);
     let sealed = keys
         .backend()
-        .encrypt(KeyRef { key_id: &meta.id, version }, &aad, plaintext)
+        .encrypt(
+            KeyRef {
+                key_id: &meta.id,
+                version,
+            },
+            &aad,
+            plaintext,
+        )
         .await?;
     blob.extend_from_slice(&sealed);
     Ok(blob)
@@ -65,13 +77,13 @@ async fn open(
         .get(parsed.header.key_id)
         .cloned()
         .ok_or_else(ciphertext::invalid)?;
-    if let Some(expected) = expected {
-        if keys.resolve(expected)?.id != meta.id {
-            return Err(KmsError::new(
-                ErrorKind::IncorrectKey,
-                "The key ID in the request does not identify a CMK that can perform this operation.",
-            ));
-        }
+    if let Some(expected) = expected
+        && keys.resolve(expected)?.id != meta.id
+    {
+        return Err(KmsError::new(
+            ErrorKind::IncorrectKey,
+            "The key ID in the request does not identify a CMK that can perform this operation.",
+        ));
     }
     require_enabled(keys, &meta)?;
     if !meta.has_version(parsed.header.version) {
@@ -80,12 +92,22 @@ async fn open(
     let aad = ciphertext::aad(parsed.header_bytes, context);
     let plaintext = keys
         .backend()
-        .decrypt(KeyRef { key_id: &meta.id, version: parsed.header.version }, &aad, parsed.sealed)
+        .decrypt(
+            KeyRef {
+                key_id: &meta.id,
+                version: parsed.header.version,
+            },
+            &aad,
+            parsed.sealed,
+        )
         .await?;
     Ok((meta, SecretBlob(plaintext)))
 }
 
-pub(super) async fn encrypt(keys: &KeyStore, req: EncryptRequest) -> Result<EncryptResponse, KmsError> {
+pub(super) async fn encrypt(
+    keys: &KeyStore,
+    req: EncryptRequest,
+) -> Result<EncryptResponse, KmsError> {
     let key_id = required(req.key_id, "keyId")?;
     let plaintext = required(req.plaintext, "plaintext")?;
     check_length(plaintext.as_slice().len(), MAX_PLAINTEXT, "plaintext")?;
@@ -94,25 +116,46 @@ pub(super) async fn encrypt(keys: &KeyStore, req: EncryptRequest) -> Result<Encr
     require_enabled(keys, &meta)?;
     let context = req.encryption_context.unwrap_or_default();
     let blob = seal(keys, &meta, &context, plaintext.as_slice()).await?;
-    Ok(EncryptResponse { ciphertext_blob: Blob(blob), key_id: keys.key_arn(&meta.id), encryption_algorithm: ALGORITHM })
+    Ok(EncryptResponse {
+        ciphertext_blob: Blob(blob),
+        key_id: keys.key_arn(&meta.id),
+        encryption_algorithm: ALGORITHM,
+    })
 }
 
-pub(super) async fn decrypt(keys: &KeyStore, req: DecryptRequest) -> Result<DecryptResponse, KmsError> {
+pub(super) async fn decrypt(
+    keys: &KeyStore,
+    req: DecryptRequest,
+) -> Result<DecryptResponse, KmsError> {
     let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
     check_algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
     let context = req.encryption_context.unwrap_or_default();
     let (meta, plaintext) = open(keys, &blob.0, &context, req.key_id.as_deref()).await?;
-    Ok(DecryptResponse { key_id: keys.key_arn(&meta.id), plaintext, encryption_algorithm: ALGORITHM })
+    Ok(DecryptResponse {
+        key_id: keys.key_arn(&meta.id),
+        plaintext,
+        encryption_algorithm: ALGORITHM,
+    })
 }
 
-pub(super) async fn re_encrypt(keys: &KeyStore, req: ReEncryptRequest) -> Result<ReEncryptResponse, KmsError> {
+pub(super) async fn re_encrypt(
+    keys: &KeyStore,
+    req: ReEncryptRequest,
+) -> Result<ReEncryptResponse, KmsError> {
     let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
     let destination = required(req.destination_key_id, "destinationKeyId")?;
-    check_algorithm(req.source_encryption_algorithm.as_deref(), "sourceEncryptionAlgorithm")?;
-    check_algorithm(req.destination_encryption_algorithm.as_deref(), "destinationEncryptionAlgorithm")?;
+    check_algorithm(
+        req.source_encryption_algorithm.as_deref(),
+        "sourceEncryptionAlgorithm",
+    )?;
+    check_algorithm(
+        req.destination_encryption_algorithm.as_deref(),
+        "destinationEncryptionAlgorithm",
+    )?;
     let dest = keys.resolve(&destination)?;
     let source_context = req.source_encryption_context.unwrap_or_default();
-    let (source, plaintext) = open(keys, &blob.0, &source_context, req.source_key_id.as_deref()).await?;
+    let (source, plaintext) =
+        open(keys, &blob.0, &source_context, req.source_key_id.as_deref()).await?;
     require_enabled(keys, &dest)?;
     let dest_context = req.destination_encryption_context.unwrap_or_default();
     let blob = seal(keys, &dest, &dest_context, plaintext.as_slice()).await?;
@@ -133,9 +176,15 @@ pub(super) async fn generate_data_key(
     let key_id = required(req.key_id, "keyId")?;
     let len = match (req.number_of_bytes, req.key_spec.as_deref()) {
         (Some(_), Some(_)) => {
-            return Err(KmsError::validation("Please specify either number of bytes or key spec, not both."));
+            return Err(KmsError::validation(
+                "Please specify either number of bytes or key spec, not both.",
+            ));
         }
-        (None, None) => return Err(KmsError::validation("Please specify either number of bytes or key spec.")),
+        (None, None) => {
+            return Err(KmsError::validation(
+                "Please specify either number of bytes or key spec.",
+            ));
+        }
         (Some(n), None) => in_range(n, 1, 1024, "numberOfBytes")? as usize,
         (None, Some("AES_256")) => 32,
         (None, Some("AES_128")) => 16,
@@ -157,10 +206,23 @@ pub(super) async fn generate_data_key(
     })
 }
 
-pub(super) async fn generate_random(keys: &KeyStore, req: GenerateRandomRequest) -> Result<GenerateRandomResponse, KmsError> {
+pub(super) async fn generate_random(
+    keys: &KeyStore,
+    req: GenerateRandomRequest,
+) -> Result<GenerateRandomResponse, KmsError> {
     if req.custom_key_store_id.is_some() {
-        return Err(KmsError::new(ErrorKind::UnsupportedOperation, "custom key stores are not supported"));
+        return Err(KmsError::new(
+            ErrorKind::UnsupportedOperation,
+            "custom key stores are not supported",
+        ));
     }
-    let n = in_range(required(req.number_of_bytes, "numberOfBytes")?, 1, 1024, "numberOfBytes")?;
-    Ok(GenerateRandomResponse { plaintext: SecretBlob(keys.backend().random(n as usize).await?) })
+    let n = in_range(
+        required(req.number_of_bytes, "numberOfBytes")?,
+        1,
+        1024,
+        "numberOfBytes",
+    )?;
+    Ok(GenerateRandomResponse {
+        plaintext: SecretBlob(keys.backend().random(n as usize).await?),
+    })
 }

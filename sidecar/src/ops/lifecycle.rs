@@ -14,7 +14,9 @@ const MAX_ON_DEMAND_ROTATIONS: usize = 10;
 fn unsupported(what: &str) -> KmsError {
     KmsError::new(
         ErrorKind::UnsupportedOperation,
-        format!("{what} is not supported by kms-sidecar: only SYMMETRIC_DEFAULT ENCRYPT_DECRYPT keys with origin AWS_KMS"),
+        format!(
+            "{what} is not supported by kms-sidecar: only SYMMETRIC_DEFAULT ENCRYPT_DECRYPT keys with origin AWS_KMS"
+        ),
     )
 }
 
@@ -29,26 +31,50 @@ const KEY_SPECS: &str = "RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P
 fn check_key_spec(value: Option<&str>, member: &str) -> Result<(), KmsError> {
     match value {
         None | Some("SYMMETRIC_DEFAULT") => Ok(()),
-        Some(v) if KEY_SPECS.split(", ").any(|s| s == v) => Err(unsupported(&format!("{member} {v}"))),
+        Some(v) if KEY_SPECS.split(", ").any(|s| s == v) => {
+            Err(unsupported(&format!("{member} {v}")))
+        }
         Some(_) => Err(enum_error(member, KEY_SPECS)),
     }
 }
 
-pub(super) async fn create_key(keys: &KeyStore, req: CreateKeyRequest) -> Result<KeyMetadataResponse, KmsError> {
+pub(super) async fn create_key(
+    keys: &KeyStore,
+    req: CreateKeyRequest,
+) -> Result<KeyMetadataResponse, KmsError> {
     match req.key_usage.as_deref() {
         None | Some("ENCRYPT_DECRYPT") => {}
-        Some(v @ ("SIGN_VERIFY" | "GENERATE_VERIFY_MAC" | "KEY_AGREEMENT")) => return Err(unsupported(&format!("KeyUsage {v}"))),
-        Some(_) => return Err(enum_error("keyUsage", "SIGN_VERIFY, ENCRYPT_DECRYPT, GENERATE_VERIFY_MAC, KEY_AGREEMENT")),
+        Some(v @ ("SIGN_VERIFY" | "GENERATE_VERIFY_MAC" | "KEY_AGREEMENT")) => {
+            return Err(unsupported(&format!("KeyUsage {v}")));
+        }
+        Some(_) => {
+            return Err(enum_error(
+                "keyUsage",
+                "SIGN_VERIFY, ENCRYPT_DECRYPT, GENERATE_VERIFY_MAC, KEY_AGREEMENT",
+            ));
+        }
     }
     if req.key_spec.is_some() && req.customer_master_key_spec.is_some() {
-        return Err(KmsError::validation("You cannot specify KeySpec and CustomerMasterKeySpec in the same request."));
+        return Err(KmsError::validation(
+            "You cannot specify KeySpec and CustomerMasterKeySpec in the same request.",
+        ));
     }
     check_key_spec(req.key_spec.as_deref(), "keySpec")?;
-    check_key_spec(req.customer_master_key_spec.as_deref(), "customerMasterKeySpec")?;
+    check_key_spec(
+        req.customer_master_key_spec.as_deref(),
+        "customerMasterKeySpec",
+    )?;
     match req.origin.as_deref() {
         None | Some("AWS_KMS") => {}
-        Some(v @ ("EXTERNAL" | "AWS_CLOUDHSM" | "EXTERNAL_KEY_STORE")) => return Err(unsupported(&format!("Origin {v}"))),
-        Some(_) => return Err(enum_error("origin", "AWS_KMS, EXTERNAL, AWS_CLOUDHSM, EXTERNAL_KEY_STORE")),
+        Some(v @ ("EXTERNAL" | "AWS_CLOUDHSM" | "EXTERNAL_KEY_STORE")) => {
+            return Err(unsupported(&format!("Origin {v}")));
+        }
+        Some(_) => {
+            return Err(enum_error(
+                "origin",
+                "AWS_KMS, EXTERNAL, AWS_CLOUDHSM, EXTERNAL_KEY_STORE",
+            ));
+        }
     }
     if req.multi_region == Some(true) {
         return Err(unsupported("MultiRegion"));
@@ -71,12 +97,19 @@ pub(super) async fn create_key(keys: &KeyStore, req: CreateKeyRequest) -> Result
     }
     let tags = super::tags::validate_tags(req.tags.unwrap_or_default())?;
     let meta = keys.create(description, tags.into_iter().collect()).await?;
-    Ok(KeyMetadataResponse { key_metadata: meta.to_wire(keys.key_arn(&meta.id), &keys.scope().account) })
+    Ok(KeyMetadataResponse {
+        key_metadata: meta.to_wire(keys.key_arn(&meta.id), &keys.scope().account),
+    })
 }
 
-pub(super) fn describe_key(keys: &KeyStore, req: KeyIdOnly) -> Result<KeyMetadataResponse, KmsError> {
+pub(super) fn describe_key(
+    keys: &KeyStore,
+    req: KeyIdOnly,
+) -> Result<KeyMetadataResponse, KmsError> {
     let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
-    Ok(KeyMetadataResponse { key_metadata: meta.to_wire(keys.key_arn(&meta.id), &keys.scope().account) })
+    Ok(KeyMetadataResponse {
+        key_metadata: meta.to_wire(keys.key_arn(&meta.id), &keys.scope().account),
+    })
 }
 
 pub(super) fn list_keys(keys: &KeyStore, req: ListRequest) -> Result<ListKeysResponse, KmsError> {
@@ -85,11 +118,23 @@ pub(super) fn list_keys(keys: &KeyStore, req: ListRequest) -> Result<ListKeysRes
     let mut items: Vec<(String, KeyListEntry)> = index
         .keys
         .keys()
-        .map(|id| (id.clone(), KeyListEntry { key_id: id.clone(), key_arn: keys.key_arn(id) }))
+        .map(|id| {
+            (
+                id.clone(),
+                KeyListEntry {
+                    key_id: id.clone(),
+                    key_arn: keys.key_arn(id),
+                },
+            )
+        })
         .collect();
     items.sort_by(|a, b| a.0.cmp(&b.0));
     let (keys, next_marker, truncated) = take_page(items, &page);
-    Ok(ListKeysResponse { keys, next_marker, truncated })
+    Ok(ListKeysResponse {
+        keys,
+        next_marker,
+        truncated,
+    })
 }
 
 pub(super) async fn enable_key(keys: &KeyStore, req: KeyIdOnly) -> Result<Empty, KmsError> {
@@ -116,7 +161,12 @@ pub(super) async fn schedule_key_deletion(
     keys: &KeyStore,
     req: ScheduleKeyDeletionRequest,
 ) -> Result<ScheduleKeyDeletionResponse, KmsError> {
-    let window = in_range(req.pending_window_in_days.unwrap_or(30), 7, 30, "pendingWindowInDays")?;
+    let window = in_range(
+        req.pending_window_in_days.unwrap_or(30),
+        7,
+        30,
+        "pendingWindowInDays",
+    )?;
     let deletion_date = keys::now() + days(window);
     let meta = keys
         .update(&required(req.key_id, "keyId")?, |m| {
@@ -135,7 +185,10 @@ pub(super) async fn schedule_key_deletion(
     })
 }
 
-pub(super) async fn cancel_key_deletion(keys: &KeyStore, req: KeyIdOnly) -> Result<KeyIdResponse, KmsError> {
+pub(super) async fn cancel_key_deletion(
+    keys: &KeyStore,
+    req: KeyIdOnly,
+) -> Result<KeyIdResponse, KmsError> {
     let meta = keys
         .update(&required(req.key_id, "keyId")?, |m| {
             if m.state != KeyState::PendingDeletion {
@@ -151,11 +204,21 @@ pub(super) async fn cancel_key_deletion(keys: &KeyStore, req: KeyIdOnly) -> Resu
             Ok(())
         })
         .await?;
-    Ok(KeyIdResponse { key_id: keys.key_arn(&meta.id) })
+    Ok(KeyIdResponse {
+        key_id: keys.key_arn(&meta.id),
+    })
 }
 
-pub(super) async fn enable_key_rotation(keys: &KeyStore, req: EnableKeyRotationRequest) -> Result<Empty, KmsError> {
-    let period = in_range(req.rotation_period_in_days.unwrap_or(365), 90, 2560, "rotationPeriodInDays")?;
+pub(super) async fn enable_key_rotation(
+    keys: &KeyStore,
+    req: EnableKeyRotationRequest,
+) -> Result<Empty, KmsError> {
+    let period = in_range(
+        req.rotation_period_in_days.unwrap_or(365),
+        90,
+        2560,
+        "rotationPeriodInDays",
+    )?;
     let now = keys::now();
     keys.update(&required(req.key_id, "keyId")?, |m| {
         require_enabled(keys, m)?;
@@ -168,7 +231,10 @@ pub(super) async fn enable_key_rotation(keys: &KeyStore, req: EnableKeyRotationR
     Ok(Empty {})
 }
 
-pub(super) async fn disable_key_rotation(keys: &KeyStore, req: KeyIdOnly) -> Result<Empty, KmsError> {
+pub(super) async fn disable_key_rotation(
+    keys: &KeyStore,
+    req: KeyIdOnly,
+) -> Result<Empty, KmsError> {
     keys.update(&required(req.key_id, "keyId")?, |m| {
         require_enabled(keys, m)?;
         m.rotation_enabled = false;
@@ -179,7 +245,10 @@ pub(super) async fn disable_key_rotation(keys: &KeyStore, req: KeyIdOnly) -> Res
     Ok(Empty {})
 }
 
-pub(super) fn get_key_rotation_status(keys: &KeyStore, req: KeyIdOnly) -> Result<GetKeyRotationStatusResponse, KmsError> {
+pub(super) fn get_key_rotation_status(
+    keys: &KeyStore,
+    req: KeyIdOnly,
+) -> Result<GetKeyRotationStatusResponse, KmsError> {
     let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
     Ok(GetKeyRotationStatusResponse {
         key_rotation_enabled: meta.rotation_enabled,
@@ -190,9 +259,12 @@ pub(super) fn get_key_rotation_status(keys: &KeyStore, req: KeyIdOnly) -> Result
     })
 }
 
-pub(super) async fn rotate_key_on_demand(keys: &KeyStore, req: KeyIdOnly) -> Result<KeyIdResponse, KmsError> {
+pub(super) async fn rotate_key_on_demand(
+    keys: &KeyStore,
+    req: KeyIdOnly,
+) -> Result<KeyIdResponse, KmsError> {
     let meta = keys
-        .rotate(&required(req.key_id, "keyId")?, RotationType::OnDemand, |m| {
+        .rotate(&required(req.key_id, "keyId")?, RotationType::OnDemand, keys::now(), |m| {
             require_enabled(keys, m)?;
             let on_demand = m.versions.iter().filter(|v| v.rotation == Some(RotationType::OnDemand)).count();
             if on_demand >= MAX_ON_DEMAND_ROTATIONS {
@@ -204,10 +276,15 @@ pub(super) async fn rotate_key_on_demand(keys: &KeyStore, req: KeyIdOnly) -> Res
             Ok(())
         })
         .await?;
-    Ok(KeyIdResponse { key_id: meta.id.clone() })
+    Ok(KeyIdResponse {
+        key_id: meta.id.clone(),
+    })
 }
 
-pub(super) fn list_key_rotations(keys: &KeyStore, req: ListRequest) -> Result<ListKeyRotationsResponse, KmsError> {
+pub(super) fn list_key_rotations(
+    keys: &KeyStore,
+    req: ListRequest,
+) -> Result<ListKeyRotationsResponse, KmsError> {
     let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
     let page = page(req.limit, 1000, 100, req.marker.as_deref())?;
     let arn = keys.key_arn(&meta.id);
@@ -217,10 +294,21 @@ pub(super) fn list_key_rotations(keys: &KeyStore, req: ListRequest) -> Result<Li
         .filter_map(|v| {
             v.rotation.map(|r| {
                 // Zero-padded so that string order is version order.
-                (format!("{:010}", v.version), RotationEntry { key_id: arn.clone(), rotation_date: v.created, rotation_type: r.as_str() })
+                (
+                    format!("{:010}", v.version),
+                    RotationEntry {
+                        key_id: arn.clone(),
+                        rotation_date: v.created,
+                        rotation_type: r.as_str(),
+                    },
+                )
             })
         })
         .collect();
     let (rotations, next_marker, truncated) = take_page(items, &page);
-    Ok(ListKeyRotationsResponse { rotations, next_marker, truncated })
+    Ok(ListKeyRotationsResponse {
+        rotations,
+        next_marker,
+        truncated,
+    })
 }

@@ -55,7 +55,9 @@ impl Kms {
             Operation::Encrypt => reply(&data::encrypt(k, decode(body)?).await?),
             Operation::Decrypt => reply(&data::decrypt(k, decode(body)?).await?),
             Operation::ReEncrypt => reply(&data::re_encrypt(k, decode(body)?).await?),
-            Operation::GenerateDataKey => reply(&data::generate_data_key(k, decode(body)?, true).await?),
+            Operation::GenerateDataKey => {
+                reply(&data::generate_data_key(k, decode(body)?, true).await?)
+            }
             Operation::GenerateDataKeyWithoutPlaintext => {
                 reply(&data::generate_data_key(k, decode(body)?, false).await?)
             }
@@ -68,13 +70,21 @@ impl Kms {
             Operation::ScheduleKeyDeletion => {
                 reply(&lifecycle::schedule_key_deletion(k, decode(body)?).await?)
             }
-            Operation::CancelKeyDeletion => reply(&lifecycle::cancel_key_deletion(k, decode(body)?).await?),
-            Operation::EnableKeyRotation => reply(&lifecycle::enable_key_rotation(k, decode(body)?).await?),
+            Operation::CancelKeyDeletion => {
+                reply(&lifecycle::cancel_key_deletion(k, decode(body)?).await?)
+            }
+            Operation::EnableKeyRotation => {
+                reply(&lifecycle::enable_key_rotation(k, decode(body)?).await?)
+            }
             Operation::DisableKeyRotation => {
                 reply(&lifecycle::disable_key_rotation(k, decode(body)?).await?)
             }
-            Operation::GetKeyRotationStatus => reply(&lifecycle::get_key_rotation_status(k, decode(body)?)?),
-            Operation::RotateKeyOnDemand => reply(&lifecycle::rotate_key_on_demand(k, decode(body)?).await?),
+            Operation::GetKeyRotationStatus => {
+                reply(&lifecycle::get_key_rotation_status(k, decode(body)?)?)
+            }
+            Operation::RotateKeyOnDemand => {
+                reply(&lifecycle::rotate_key_on_demand(k, decode(body)?).await?)
+            }
             Operation::ListKeyRotations => reply(&lifecycle::list_key_rotations(k, decode(body)?)?),
             Operation::CreateAlias => reply(&aliases::create_alias(k, decode(body)?).await?),
             Operation::UpdateAlias => reply(&aliases::update_alias(k, decode(body)?).await?),
@@ -136,7 +146,12 @@ struct Page {
     after: Option<String>,
 }
 
-fn page(limit: Option<i64>, max: i64, default: u32, marker: Option<&str>) -> Result<Page, KmsError> {
+fn page(
+    limit: Option<i64>,
+    max: i64,
+    default: u32,
+    marker: Option<&str>,
+) -> Result<Page, KmsError> {
     let limit = match limit {
         Some(l) => in_range(l, 1, max, "limit")?,
         None => default,
@@ -163,7 +178,11 @@ fn take_page<T>(items: Vec<(String, T)>, page: &Page) -> (Vec<T>, Option<String>
     let mut last = None;
     let mut truncated = false;
     for (key, item) in items {
-        if page.after.as_ref().is_some_and(|a| key.as_str() <= a.as_str()) {
+        if page
+            .after
+            .as_ref()
+            .is_some_and(|a| key.as_str() <= a.as_str())
+        {
             continue;
         }
         if out.len() == page.limit {

@@ -32,19 +32,28 @@ pub(super) fn validate_tags(tags: Vec<Tag>) -> Result<BTreeMap<String, String>, 
         out.insert(key, value);
     }
     if out.len() > MAX_TAGS {
-        return Err(KmsError::new(ErrorKind::LimitExceeded, "A key can have at most 50 tags"));
+        return Err(KmsError::new(
+            ErrorKind::LimitExceeded,
+            "A key can have at most 50 tags",
+        ));
     }
     Ok(out)
 }
 
-pub(super) async fn tag_resource(keys: &KeyStore, req: TagResourceRequest) -> Result<Empty, KmsError> {
+pub(super) async fn tag_resource(
+    keys: &KeyStore,
+    req: TagResourceRequest,
+) -> Result<Empty, KmsError> {
     let key_id = required(req.key_id, "keyId")?;
     let tags = validate_tags(required(req.tags, "tags")?)?;
     keys.update(&key_id, |m| {
         require_not_pending(keys, m)?;
         m.tags.extend(tags);
         if m.tags.len() > MAX_TAGS {
-            return Err(KmsError::new(ErrorKind::LimitExceeded, "A key can have at most 50 tags"));
+            return Err(KmsError::new(
+                ErrorKind::LimitExceeded,
+                "A key can have at most 50 tags",
+            ));
         }
         Ok(())
     })
@@ -52,7 +61,10 @@ pub(super) async fn tag_resource(keys: &KeyStore, req: TagResourceRequest) -> Re
     Ok(Empty {})
 }
 
-pub(super) async fn untag_resource(keys: &KeyStore, req: UntagResourceRequest) -> Result<Empty, KmsError> {
+pub(super) async fn untag_resource(
+    keys: &KeyStore,
+    req: UntagResourceRequest,
+) -> Result<Empty, KmsError> {
     let key_id = required(req.key_id, "keyId")?;
     let tag_keys = required(req.tag_keys, "tagKeys")?;
     keys.update(&key_id, |m| {
@@ -66,14 +78,29 @@ pub(super) async fn untag_resource(keys: &KeyStore, req: UntagResourceRequest) -
     Ok(Empty {})
 }
 
-pub(super) fn list_resource_tags(keys: &KeyStore, req: ListRequest) -> Result<ListResourceTagsResponse, KmsError> {
+pub(super) fn list_resource_tags(
+    keys: &KeyStore,
+    req: ListRequest,
+) -> Result<ListResourceTagsResponse, KmsError> {
     let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
     let page = page(req.limit, 50, 50, req.marker.as_deref())?;
     let items = meta
         .tags
         .iter()
-        .map(|(k, v)| (k.clone(), TagOut { tag_key: k.clone(), tag_value: v.clone() }))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                TagOut {
+                    tag_key: k.clone(),
+                    tag_value: v.clone(),
+                },
+            )
+        })
         .collect();
     let (tags, next_marker, truncated) = take_page(items, &page);
-    Ok(ListResourceTagsResponse { tags, next_marker, truncated })
+    Ok(ListResourceTagsResponse {
+        tags,
+        next_marker,
+        truncated,
+    })
 }

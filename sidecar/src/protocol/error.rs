@@ -158,7 +158,9 @@ impl KmsError {
             Origin::Client => &self.message,
             Origin::Server => match self.kind {
                 ErrorKind::DependencyTimeout => "the key backend did not respond in time",
-                ErrorKind::KeyUnavailable => "the key is unavailable: the key backend cannot use it now",
+                ErrorKind::KeyUnavailable => {
+                    "the key is unavailable: the key backend cannot use it now"
+                }
                 _ => "an internal error occurred",
             },
         }
@@ -203,7 +205,11 @@ mod tests {
     }
     #[test]
     fn incomplete_signature() {
-        check(ErrorKind::IncompleteSignature, "IncompleteSignatureException", 400);
+        check(
+            ErrorKind::IncompleteSignature,
+            "IncompleteSignatureException",
+            400,
+        );
     }
     #[test]
     fn incorrect_key() {
@@ -211,7 +217,11 @@ mod tests {
     }
     #[test]
     fn invalid_alias_name() {
-        check(ErrorKind::InvalidAliasName, "InvalidAliasNameException", 400);
+        check(
+            ErrorKind::InvalidAliasName,
+            "InvalidAliasNameException",
+            400,
+        );
     }
     #[test]
     fn invalid_arn() {
@@ -219,7 +229,11 @@ mod tests {
     }
     #[test]
     fn invalid_ciphertext() {
-        check(ErrorKind::InvalidCiphertext, "InvalidCiphertextException", 400);
+        check(
+            ErrorKind::InvalidCiphertext,
+            "InvalidCiphertextException",
+            400,
+        );
     }
     #[test]
     fn invalid_key_usage() {
@@ -231,7 +245,11 @@ mod tests {
     }
     #[test]
     fn invalid_signature() {
-        check(ErrorKind::InvalidSignature, "InvalidSignatureException", 400);
+        check(
+            ErrorKind::InvalidSignature,
+            "InvalidSignatureException",
+            400,
+        );
     }
     #[test]
     fn invalid_state() {
@@ -275,11 +293,19 @@ mod tests {
     }
     #[test]
     fn unknown_operation() {
-        check(ErrorKind::UnknownOperation, "UnknownOperationException", 400);
+        check(
+            ErrorKind::UnknownOperation,
+            "UnknownOperationException",
+            400,
+        );
     }
     #[test]
     fn unrecognized_client() {
-        check(ErrorKind::UnrecognizedClient, "UnrecognizedClientException", 400);
+        check(
+            ErrorKind::UnrecognizedClient,
+            "UnrecognizedClientException",
+            400,
+        );
     }
     #[test]
     fn unsupported_operation() {
@@ -299,7 +325,11 @@ mod tests {
     }
     #[test]
     fn dependency_timeout() {
-        check(ErrorKind::DependencyTimeout, "DependencyTimeoutException", 503);
+        check(
+            ErrorKind::DependencyTimeout,
+            "DependencyTimeoutException",
+            503,
+        );
     }
     #[test]
     fn internal() {

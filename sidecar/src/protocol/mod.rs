@@ -99,9 +99,13 @@ pub fn check_content_type(value: Option<&[u8]>) -> Result<(), KmsError> {
     };
     let media = value.split(|b| *b == b';').next().unwrap_or_default();
     let media = media.trim_ascii();
-    let ok = [CONTENT_TYPE, "application/x-amz-json-1.0", "application/json"]
-        .iter()
-        .any(|t| media.eq_ignore_ascii_case(t.as_bytes()));
+    let ok = [
+        CONTENT_TYPE,
+        "application/x-amz-json-1.0",
+        "application/json",
+    ]
+    .iter()
+    .any(|t| media.eq_ignore_ascii_case(t.as_bytes()));
     if ok {
         Ok(())
     } else {
