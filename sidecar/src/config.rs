@@ -14,9 +14,11 @@ use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::backend::pkcs11::Pkcs11Settings;
 use crate::datadir::RootKeySource;
 use crate::keys::ArnScope;
-use crate::observe::LogFormat;
+use crate::observe::keys::RotationPolicy;
+use crate::observe::{LogFormat, MetricsSettings};
 
 /// Default port of the KMS API.
 pub const DEFAULT_KMS_PORT: u16 = 7300;
@@ -116,10 +118,74 @@ pub struct Options {
     #[arg(long, env = "KMS_SIDECAR_MAINTENANCE_INTERVAL_SECS", global = true)]
     pub maintenance_interval_secs: Option<u64>,
 
+    /// Key backend: embedded (sealed keys in the data directory) or pkcs11 (an HSM) [default: embedded].
+    #[arg(long, env = "KMS_SIDECAR_BACKEND", global = true, value_enum)]
+    pub backend: Option<BackendKind>,
+
+    /// PKCS#11 module (shared library) [default: /usr/lib/softhsm/libsofthsm2.so].
+    #[arg(long, env = "KMS_SIDECAR_PKCS11_MODULE", global = true)]
+    pub pkcs11_module: Option<PathBuf>,
+
+    /// Label of the PKCS#11 token holding the keys (required with --backend pkcs11).
+    #[arg(long, env = "KMS_SIDECAR_PKCS11_TOKEN_LABEL", global = true)]
+    pub pkcs11_token_label: Option<String>,
+
+    /// File holding the token's user PIN (or set KMS_SIDECAR_PKCS11_PIN).
+    #[arg(long, env = "KMS_SIDECAR_PKCS11_PIN_FILE", global = true)]
+    pub pkcs11_pin_file: Option<PathBuf>,
+
+    /// Prefix of the token objects' labels, so sidecars can share a token [default: kms-sidecar].
+    #[arg(long, env = "KMS_SIDECAR_PKCS11_KEY_LABEL_PREFIX", global = true)]
+    pub pkcs11_key_label_prefix: Option<String>,
+
+    /// PKCS#11 sessions (and token worker threads), 1..=64 [default: 2].
+    #[arg(long, env = "KMS_SIDECAR_PKCS11_SESSIONS", global = true)]
+    pub pkcs11_sessions: Option<u64>,
+
+    /// Days after a rotation is due before the key counts as overdue, 0..=365 [default: 1].
+    #[arg(long, env = "KMS_SIDECAR_ROTATION_GRACE_DAYS", global = true)]
+    pub rotation_grace_days: Option<u64>,
+
+    /// Count keys without automatic rotation as non-compliant [default: false].
+    #[arg(long, env = "KMS_SIDECAR_ROTATION_REQUIRED", global = true)]
+    pub rotation_required: Option<bool>,
+
+    /// Keys with their own metric series; later keys share the `other` label, 1..=10000 [default: 100].
+    #[arg(long, env = "KMS_SIDECAR_METRICS_MAX_KEYS", global = true)]
+    pub metrics_max_keys: Option<u64>,
+
+    /// Price per 10,000 backend requests for the cost estimate, in dollars [default: 0.03, AWS's].
+    #[arg(long, env = "KMS_SIDECAR_PRICE_PER_10K_REQUESTS", global = true)]
+    pub price_per_10k_requests: Option<f64>,
+
+    /// Price per key and month for the cost estimate, in dollars [default: 1.0, AWS's].
+    #[arg(long, env = "KMS_SIDECAR_PRICE_PER_KEY_MONTH", global = true)]
+    pub price_per_key_month: Option<f64>,
+
     /// How long in-flight requests may take to finish at shutdown, in seconds, 0..=600 [default: 30].
     #[arg(long, env = "KMS_SIDECAR_SHUTDOWN_GRACE_SECS", global = true)]
     pub shutdown_grace_secs: Option<u64>,
 }
+
+/// Which key backend holds the master keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Embedded,
+    Pkcs11,
+}
+
+/// The validated backend choice.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    Embedded,
+    Pkcs11(Pkcs11Settings),
+}
+
+/// Environment variable that may hold the PKCS#11 user PIN.
+pub const PKCS11_PIN_ENV: &str = "KMS_SIDECAR_PKCS11_PIN";
+/// The PKCS#11 module used when none is configured.
+pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// A region name such as `us-east-1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +223,32 @@ impl AccountId {
     }
 }
 
+/// Secrets that come only from the environment (never flags), passed in so tests need not touch
+/// the process environment.
+#[derive(Default)]
+pub struct Secrets {
+    /// [`ROOT_KEY_ENV`].
+    pub root_key: Option<String>,
+    /// [`PKCS11_PIN_ENV`].
+    pub pkcs11_pin: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets([redacted])")
+    }
+}
+
+impl Secrets {
+    /// Reads both from the process environment.
+    pub fn from_env() -> Self {
+        Self {
+            root_key: std::env::var(ROOT_KEY_ENV).ok(),
+            pkcs11_pin: std::env::var(PKCS11_PIN_ENV).ok(),
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -172,6 +264,8 @@ pub struct Config {
     pub max_clock_skew: Duration,
     pub maintenance_interval: Duration,
     pub shutdown_grace: Duration,
+    pub backend: BackendConfig,
+    pub metrics: MetricsSettings,
 }
 
 fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> anyhow::Result<u64> {
@@ -201,15 +295,16 @@ impl Config {
     /// Merges flags/environment over the file (if any) over defaults, and validates.
     /// `root_key_env` is the value of [`ROOT_KEY_ENV`], passed in so tests need not touch the process
     /// environment.
-    pub fn load(cli: &Options, root_key_env: Option<String>) -> anyhow::Result<Self> {
+    pub fn load(cli: &Options, secrets: Secrets) -> anyhow::Result<Self> {
         let file = match &cli.config {
             Some(path) => read_file(path)?,
             None => Options::default(),
         };
-        Self::merge(cli.clone(), file, root_key_env)
+        Self::merge(cli.clone(), file, secrets)
     }
 
-    fn merge(cli: Options, file: Options, root_key_env: Option<String>) -> anyhow::Result<Self> {
+    fn merge(cli: Options, file: Options, secrets: Secrets) -> anyhow::Result<Self> {
+        let root_key_env = secrets.root_key;
         let listen = addr(
             "listen",
             cli.listen.or(file.listen).as_deref(),
@@ -234,7 +329,97 @@ impl Config {
             .unwrap_or_else(|| "info".to_string());
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .with_context(|| format!("log_level {log_level:?} is not a valid filter"))?;
+        let backend = match cli
+            .backend
+            .or(file.backend)
+            .unwrap_or(BackendKind::Embedded)
+        {
+            BackendKind::Embedded => BackendConfig::Embedded,
+            BackendKind::Pkcs11 => {
+                let token_label = cli
+                    .pkcs11_token_label
+                    .or(file.pkcs11_token_label)
+                    .context("backend pkcs11 needs pkcs11_token_label (--pkcs11-token-label)")?;
+                let pin = match (
+                    secrets.pkcs11_pin,
+                    cli.pkcs11_pin_file.or(file.pkcs11_pin_file),
+                ) {
+                    (Some(pin), _) => SecretString::from(pin),
+                    (None, Some(path)) => {
+                        let text =
+                            zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(
+                                || format!("cannot read PKCS#11 PIN file {}", path.display()),
+                            )?);
+                        SecretString::from(text.trim().to_string())
+                    }
+                    (None, None) => {
+                        bail!("backend pkcs11 needs a PIN: set {PKCS11_PIN_ENV} or pkcs11_pin_file")
+                    }
+                };
+                BackendConfig::Pkcs11(Pkcs11Settings {
+                    module: cli
+                        .pkcs11_module
+                        .or(file.pkcs11_module)
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_PKCS11_MODULE)),
+                    token_label,
+                    pin,
+                    label_prefix: cli
+                        .pkcs11_key_label_prefix
+                        .or(file.pkcs11_key_label_prefix)
+                        .unwrap_or_else(|| "kms-sidecar".to_string()),
+                    sessions: ranged(
+                        "pkcs11_sessions",
+                        cli.pkcs11_sessions.or(file.pkcs11_sessions),
+                        2,
+                        1,
+                        64,
+                    )? as usize,
+                })
+            }
+        };
+        let price = |name: &str, v: Option<f64>, default: f64| -> anyhow::Result<f64> {
+            let v = v.unwrap_or(default);
+            if !v.is_finite() || v < 0.0 {
+                bail!("{name} = {v} must be a non-negative number");
+            }
+            Ok(v)
+        };
+        let metrics = MetricsSettings {
+            max_keys: ranged(
+                "metrics_max_keys",
+                cli.metrics_max_keys.or(file.metrics_max_keys),
+                100,
+                1,
+                10_000,
+            )? as usize,
+            rotation: RotationPolicy {
+                grace_seconds: ranged(
+                    "rotation_grace_days",
+                    cli.rotation_grace_days.or(file.rotation_grace_days),
+                    1,
+                    0,
+                    365,
+                )? as f64
+                    * 86_400.0,
+                required: cli
+                    .rotation_required
+                    .or(file.rotation_required)
+                    .unwrap_or(false),
+            },
+            price_per_10k_requests: price(
+                "price_per_10k_requests",
+                cli.price_per_10k_requests.or(file.price_per_10k_requests),
+                crate::observe::backend::DEFAULT_PRICE_PER_10K_REQUESTS,
+            )?,
+            price_per_key_month: price(
+                "price_per_key_month",
+                cli.price_per_key_month.or(file.price_per_key_month),
+                crate::observe::backend::DEFAULT_PRICE_PER_KEY_MONTH,
+            )?,
+        };
         Ok(Self {
+            backend,
+            metrics,
             listen,
             admin_listen,
             data_dir: cli
@@ -305,7 +490,7 @@ mod tests {
 
     #[test]
     fn defaults_bind_loopback() {
-        let c = Config::merge(Options::default(), Options::default(), None).unwrap();
+        let c = Config::merge(Options::default(), Options::default(), Secrets::default()).unwrap();
         assert_eq!(c.listen, "127.0.0.1:7300".parse().unwrap());
         assert_eq!(c.admin_listen, "127.0.0.1:7301".parse().unwrap());
         assert_eq!(c.max_body_bytes, 65_536);
@@ -321,7 +506,7 @@ mod tests {
             region: Some("ap-south-2".into()),
             ..Options::default()
         };
-        let c = Config::merge(cli, f, None).unwrap();
+        let c = Config::merge(cli, f, Secrets::default()).unwrap();
         assert_eq!(c.region, Region("ap-south-2".into()));
         assert_eq!(c.account_id, AccountId("123456789012".into()));
     }
@@ -368,7 +553,7 @@ mod tests {
         for cli in bad {
             let dbg = format!("{cli:?}");
             assert!(
-                Config::merge(cli, Options::default(), None).is_err(),
+                Config::merge(cli, Options::default(), Secrets::default()).is_err(),
                 "{dbg}"
             );
         }
@@ -380,13 +565,21 @@ mod tests {
             root_key_file: Some("/k".into()),
             ..Options::default()
         };
-        let c = Config::merge(cli.clone(), Options::default(), Some("00".repeat(32))).unwrap();
+        let c = Config::merge(
+            cli.clone(),
+            Options::default(),
+            Secrets {
+                root_key: Some("00".repeat(32)),
+                pkcs11_pin: None,
+            },
+        )
+        .unwrap();
         assert!(matches!(c.root_key, RootKeySource::Hex(_)));
         assert!(
             !format!("{:?}", c.root_key).contains("0000"),
             "root key leaked in Debug"
         );
-        let c = Config::merge(cli, Options::default(), None).unwrap();
+        let c = Config::merge(cli, Options::default(), Secrets::default()).unwrap();
         assert!(matches!(c.root_key, RootKeySource::File(_)));
     }
 

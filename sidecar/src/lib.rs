@@ -7,8 +7,10 @@
 //! ([`datadir`]).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod datadir;

@@ -20,21 +20,27 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+use crate::admin;
 use crate::auth::clients::{self, ClientStore, Issued};
 use crate::auth::sigv4::{SignedRequest, Verifier};
 use crate::backend::Backend;
 use crate::backend::embedded::Embedded;
-use crate::config::Config;
+use crate::backend::observed::Observed;
+use crate::backend::pkcs11::Pkcs11;
+use crate::config::{BackendConfig, Config};
 use crate::datadir::{DataDir, DirLock};
 use crate::keys::{self, KeyStore};
-use crate::observe::metrics::{self, CacheOutcome, RequestMetrics};
+use crate::observe::Metrics;
+use crate::observe::metrics::CacheOutcome;
 use crate::ops::{Kms, Reply};
 use crate::protocol::{self, ErrorKind, KmsError, Operation, Origin};
+
+/// Response header naming the key version an operation used, so callers can verify rotation.
+pub const KEY_VERSION_HEADER: &str = "x-kms-sidecar-key-version";
 
 /// How long a client may take to send a request's headers or body.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,10 +96,12 @@ impl http_body::Body for Body {
 #[derive(Debug)]
 pub struct App {
     kms: Kms,
+    pub(crate) keys: Arc<KeyStore>,
     clients: Arc<ClientStore>,
     verifier: Verifier,
-    metrics: RequestMetrics,
-    registry: Registry,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) started: Instant,
+    pub(crate) readiness: admin::Readiness,
     max_body: usize,
     next_id: AtomicU64,
     id_prefix: u32,
@@ -102,6 +110,7 @@ pub struct App {
 /// What [`App::process`] learned about a request, for metrics and logs.
 struct Outcome {
     op: Option<Operation>,
+    key_version: Option<u32>,
     principal: Option<Arc<clients::Client>>,
     cache: CacheOutcome,
 }
@@ -172,6 +181,7 @@ impl App {
         let (parts, body) = req.into_parts();
         let mut out = Outcome {
             op: None,
+            key_version: None,
             principal: None,
             cache: CacheOutcome::None,
         };
@@ -180,7 +190,11 @@ impl App {
         let op_name = out.op.map_or("unknown", Operation::as_str);
         let principal = out.principal.as_ref().map_or("-", |c| c.name.as_str());
         let (status, body, outcome) = match result {
-            Ok(reply) => {
+            Ok(mut reply) => {
+                if let (Some(op), Some(used)) = (out.op, reply.key.as_ref()) {
+                    self.metrics.keys.record(&used.key_id, op);
+                }
+                out.key_version = reply.key.take().map(|k| k.version);
                 tracing::debug!(
                     request_id,
                     operation = op_name,
@@ -208,7 +222,9 @@ impl App {
                 (kind.status(), Zeroizing::new(err.to_body()), Some(kind))
             }
         };
-        self.metrics.record(out.op, outcome, out.cache, elapsed);
+        self.metrics
+            .requests
+            .record(out.op, outcome, out.cache, elapsed);
         let mut response = Response::new(Body::new(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -218,6 +234,9 @@ impl App {
         );
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             headers.insert("x-amzn-requestid", v);
+        }
+        if let Some(version) = out.key_version {
+            headers.insert(KEY_VERSION_HEADER, HeaderValue::from(version));
         }
         if let Some(kind) = outcome {
             headers.insert(
@@ -265,24 +284,6 @@ async fn read_body(
     }
 }
 
-async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics::render(&app.registry),
-        ),
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
-    };
-    let mut response = Response::new(Body::new(Zeroizing::new(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
 /// A started sidecar: listeners bound, data directory locked, not yet serving.
 #[derive(Debug)]
 pub struct Sidecar {
@@ -302,8 +303,31 @@ impl Sidecar {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let dir = Arc::new(DataDir::open(&config.data_dir, &config.root_key)?);
         let lock = dir.lock()?;
-        let backend: Arc<dyn Backend> = Arc::new(Embedded::open(dir.clone())?);
-        let keys = Arc::new(KeyStore::open(dir.clone(), backend, config.arn_scope())?);
+        let raw: Arc<dyn Backend> = match &config.backend {
+            BackendConfig::Embedded => Arc::new(Embedded::open(dir.clone())?),
+            BackendConfig::Pkcs11(settings) => Arc::new(Pkcs11::open(settings.clone())?),
+        };
+        let metrics =
+            Arc::new(Metrics::register(raw.name(), config.metrics).context("registering metrics")?);
+        // Every backend call is measured; later layers (breaker, retries) wrap this one.
+        let backend: Arc<dyn Backend> = Arc::new(Observed::new(raw, metrics.backend.clone()));
+        let keys = Arc::new(
+            KeyStore::open(dir.clone(), backend.clone(), config.arn_scope())?
+                .with_metrics(metrics.keys.clone()),
+        );
+        let foreign = keys
+            .snapshot()
+            .keys
+            .values()
+            .filter(|k| k.backend != backend.name())
+            .count();
+        if foreign > 0 {
+            anyhow::bail!(
+                "data directory {} holds {foreign} key(s) of another backend than {}: use one data directory per backend",
+                config.data_dir.display(),
+                backend.name()
+            );
+        }
         let clients = Arc::new(ClientStore::open(dir.clone())?);
         let issued = if clients.is_empty() {
             let issued = clients::add(&dir, "default")?;
@@ -312,8 +336,6 @@ impl Sidecar {
         } else {
             None
         };
-        let registry = Registry::new();
-        let metrics = RequestMetrics::register(&registry).context("registering metrics")?;
         let kms_listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (KMS API)", config.listen))?;
@@ -323,15 +345,17 @@ impl Sidecar {
         let kms_addr = kms_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let report = keys.maintain(keys::now()).await;
-        if !report.failed.is_empty() {
-            tracing::warn!(failed = ?report.failed, "maintenance at start left work for later");
+        if !report.rotation_failed.is_empty() || !report.deletion_failed.is_empty() {
+            tracing::warn!(rotation_failed = ?report.rotation_failed, deletion_failed = ?report.deletion_failed, "maintenance at start left work for later");
         }
         let app = Arc::new(App {
             kms: Kms::new(keys.clone()),
+            keys: keys.clone(),
             clients,
             verifier: Verifier::new(config.max_clock_skew),
             metrics,
-            registry,
+            started: Instant::now(),
+            readiness: admin::Readiness::default(),
             max_body: config.max_body_bytes,
             next_id: AtomicU64::new(0),
             id_prefix: getrandom::u32().unwrap_or_default(),
@@ -378,7 +402,7 @@ impl Sidecar {
             self.admin_listener,
             stop_rx.clone(),
             graceful.clone(),
-            move |req| admin(admin_app.clone(), req),
+            move |req| admin::handle(admin_app.clone(), req),
         ));
         let background = tokio::spawn(background(
             self.app.clone(),
@@ -458,10 +482,15 @@ async fn background(
     let mut maintenance_tick = tokio::time::interval(interval);
     clients_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     maintenance_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_charge = Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = clients_tick.tick() => {
+                // Keys cost money by the month: charge the time since the last tick.
+                let now = Instant::now();
+                app.metrics.backend.charge_keys(keys.snapshot().keys.len(), now - last_charge);
+                last_charge = now;
                 match app.clients.reload_if_changed() {
                     Ok(true) => tracing::info!("client credentials reloaded"),
                     Ok(false) => {}

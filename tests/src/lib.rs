@@ -21,7 +21,9 @@ use hyper_util::rt::TokioExecutor;
 /// Region the fixture signs for (the sidecar's default).
 pub const REGION: &str = "us-east-1";
 
-/// The path of the sidecar binary, built once per test binary so it is never stale.
+/// The sidecar binary the tests spawn (`src/bin/kms-sidecar-e2e-server.rs`, the same entry point as
+/// `kms-sidecar`). Cargo builds it before this package's integration tests; other packages that use
+/// this fixture get it built here on first use.
 pub fn binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -33,15 +35,24 @@ pub fn binary() -> PathBuf {
                 .and_then(Path::parent)
                 .expect("target dir")
                 .to_path_buf();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "kms-sidecar", "--bin", "kms-sidecar"]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
+            let bin = profile_dir.join("kms-sidecar-e2e-server");
+            if !bin.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut cmd = Command::new(cargo);
+                cmd.args([
+                    "build",
+                    "-p",
+                    "kms-sidecar-e2e",
+                    "--bin",
+                    "kms-sidecar-e2e-server",
+                ]);
+                if profile_dir.file_name().is_some_and(|n| n == "release") {
+                    cmd.arg("--release");
+                }
+                let status = cmd.status().expect("run cargo build");
+                assert!(status.success(), "building kms-sidecar-e2e-server failed");
             }
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "building kms-sidecar failed");
-            profile_dir.join("kms-sidecar")
+            bin
         })
         .clone()
 }
@@ -298,6 +309,25 @@ impl Raw {
         .await
     }
 
+    /// Like [`Raw::call`], also returning the response headers.
+    pub async fn call_with_headers(
+        &self,
+        target: &str,
+        body: &[u8],
+    ) -> (http::HeaderMap, RawResponse) {
+        let mut headers = http::HeaderMap::new();
+        let r = self
+            .send_inner(
+                Some(&format!("TrentService.{target}")),
+                body,
+                Sign::Valid { offset_secs: 0 },
+                &[],
+                &mut headers,
+            )
+            .await;
+        (headers, r)
+    }
+
     /// Full control: target header (or none), signature mode and extra headers.
     pub async fn send(
         &self,
@@ -305,6 +335,19 @@ impl Raw {
         body: &[u8],
         sign: Sign<'_>,
         extra: &[(&str, &str)],
+    ) -> RawResponse {
+        let mut ignored = http::HeaderMap::new();
+        self.send_inner(target, body, sign, extra, &mut ignored)
+            .await
+    }
+
+    async fn send_inner(
+        &self,
+        target: Option<&str>,
+        body: &[u8],
+        sign: Sign<'_>,
+        extra: &[(&str, &str)],
+        response_headers: &mut http::HeaderMap,
     ) -> RawResponse {
         let mut headers = http::HeaderMap::new();
         headers.insert("host", self.host.parse().unwrap());
@@ -371,6 +414,7 @@ impl Raw {
             .expect("request timed out")
             .expect("request failed");
         let status = resp.status().as_u16();
+        *response_headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);

@@ -7,6 +7,8 @@
 //! [`BackendErrorKind::Unavailable`] is retryable, and a failed authentication tag is never a fault.
 
 pub mod embedded;
+pub mod observed;
+pub mod pkcs11;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;

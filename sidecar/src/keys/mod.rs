@@ -19,6 +19,7 @@ use arc_swap::{ArcSwap, Guard};
 
 use crate::backend::{Backend, KeyRef};
 use crate::datadir::{self, DataDir};
+use crate::observe::keys::KeyMetrics;
 use crate::protocol::{ErrorKind, KmsError, Timestamp};
 pub use model::{AliasEntry, AliasFile, KeyMeta, KeyState, KeyVersion, RotationType};
 
@@ -48,7 +49,8 @@ pub struct Index {
 pub struct Maintenance {
     pub rotated: Vec<String>,
     pub deleted: Vec<String>,
-    pub failed: Vec<String>,
+    pub rotation_failed: Vec<String>,
+    pub deletion_failed: Vec<String>,
 }
 
 /// Key metadata store and lifecycle.
@@ -60,6 +62,7 @@ pub struct KeyStore {
     /// Serializes writers; readers never take it.
     write: tokio::sync::Mutex<()>,
     scope: ArnScope,
+    metrics: Option<Arc<KeyMetrics>>,
 }
 
 fn shorten(s: &str) -> &str {
@@ -125,7 +128,14 @@ impl KeyStore {
             index: ArcSwap::from_pointee(Index { keys, aliases }),
             write: tokio::sync::Mutex::new(()),
             scope,
+            metrics: None,
         })
+    }
+
+    /// Counts every rotation (automatic and on demand, ok or failed) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<KeyMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -289,12 +299,17 @@ impl KeyStore {
         let mut meta = KeyMeta::clone(&*self.resolve(key_id)?);
         check(&meta)?;
         let version = meta.current_version() + 1;
-        self.backend
+        let created = self
+            .backend
             .create_version(KeyRef {
                 key_id: &meta.id,
                 version,
             })
-            .await?;
+            .await;
+        if let Some(m) = &self.metrics {
+            m.rotation(&meta.id, created.is_ok(), trigger);
+        }
+        created?;
         meta.versions.push(KeyVersion {
             version,
             created: at,
@@ -390,7 +405,7 @@ impl KeyStore {
                     Ok(()) => done.deleted.push(meta.id.clone()),
                     Err(e) => {
                         tracing::error!(key = %meta.id, error = %e, source = ?std::error::Error::source(&e), "scheduled key deletion failed");
-                        done.failed.push(meta.id.clone());
+                        done.deletion_failed.push(meta.id.clone());
                     }
                 }
             } else if meta.rotation_due(now) {
@@ -410,7 +425,7 @@ impl KeyStore {
                     }
                     Err(e) => {
                         tracing::error!(key = %meta.id, error = %e, "automatic rotation failed");
-                        done.failed.push(meta.id.clone());
+                        done.rotation_failed.push(meta.id.clone());
                     }
                 }
             }

@@ -97,6 +97,14 @@ impl RequestMetrics {
         })
     }
 
+    /// The metric family names this module exports.
+    pub fn family_names() -> [&'static str; 2] {
+        [
+            "kms_sidecar_requests_total",
+            "kms_sidecar_request_duration_seconds",
+        ]
+    }
+
     /// Records one finished request.
     pub fn record(
         &self,

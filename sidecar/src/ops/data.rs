@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{in_range, require_enabled, required};
+use super::{KeyUse, in_range, require_enabled, required};
 use crate::backend::KeyRef;
 use crate::keys::ciphertext;
 use crate::keys::{KeyMeta, KeyStore};
@@ -43,7 +43,7 @@ async fn seal(
     meta: &KeyMeta,
     context: &EncryptionContext,
     plaintext: &[u8],
-) -> Result<Vec<u8>, KmsError> {
+) -> Result<(Vec<u8>, u32), KmsError> {
     let version = meta.current_version();
     let mut blob = ciphertext::encode_header(&meta.id, version);
     let aad = ciphertext::aad(&blob, context);
@@ -59,7 +59,7 @@ async fn seal(
         )
         .await?;
     blob.extend_from_slice(&sealed);
-    Ok(blob)
+    Ok((blob, version))
 }
 
 /// Decrypts a blob, enforcing the key-state rules and an optional expected key.
@@ -68,7 +68,7 @@ async fn open(
     blob: &[u8],
     context: &EncryptionContext,
     expected: Option<&str>,
-) -> Result<(Arc<KeyMeta>, SecretBlob), KmsError> {
+) -> Result<(Arc<KeyMeta>, SecretBlob, KeyUse), KmsError> {
     check_length(blob.len(), MAX_CIPHERTEXT, "ciphertextBlob")?;
     let parsed = ciphertext::parse(blob)?;
     let meta = keys
@@ -101,13 +101,17 @@ async fn open(
             parsed.sealed,
         )
         .await?;
-    Ok((meta, SecretBlob(plaintext)))
+    let used = KeyUse {
+        key_id: meta.id.clone(),
+        version: parsed.header.version,
+    };
+    Ok((meta, SecretBlob(plaintext), used))
 }
 
 pub(super) async fn encrypt(
     keys: &KeyStore,
     req: EncryptRequest,
-) -> Result<EncryptResponse, KmsError> {
+) -> Result<(EncryptResponse, KeyUse), KmsError> {
     let key_id = required(req.key_id, "keyId")?;
     let plaintext = required(req.plaintext, "plaintext")?;
     check_length(plaintext.as_slice().len(), MAX_PLAINTEXT, "plaintext")?;
@@ -115,33 +119,35 @@ pub(super) async fn encrypt(
     let meta = keys.resolve(&key_id)?;
     require_enabled(keys, &meta)?;
     let context = req.encryption_context.unwrap_or_default();
-    let blob = seal(keys, &meta, &context, plaintext.as_slice()).await?;
-    Ok(EncryptResponse {
+    let (blob, version) = seal(keys, &meta, &context, plaintext.as_slice()).await?;
+    let response = EncryptResponse {
         ciphertext_blob: Blob(blob),
         key_id: keys.key_arn(&meta.id),
         encryption_algorithm: ALGORITHM,
-    })
+    };
+    Ok((response, KeyUse::of(&meta, version)))
 }
 
 pub(super) async fn decrypt(
     keys: &KeyStore,
     req: DecryptRequest,
-) -> Result<DecryptResponse, KmsError> {
+) -> Result<(DecryptResponse, KeyUse), KmsError> {
     let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
     check_algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
     let context = req.encryption_context.unwrap_or_default();
-    let (meta, plaintext) = open(keys, &blob.0, &context, req.key_id.as_deref()).await?;
-    Ok(DecryptResponse {
+    let (meta, plaintext, used) = open(keys, &blob.0, &context, req.key_id.as_deref()).await?;
+    let response = DecryptResponse {
         key_id: keys.key_arn(&meta.id),
         plaintext,
         encryption_algorithm: ALGORITHM,
-    })
+    };
+    Ok((response, used))
 }
 
 pub(super) async fn re_encrypt(
     keys: &KeyStore,
     req: ReEncryptRequest,
-) -> Result<ReEncryptResponse, KmsError> {
+) -> Result<(ReEncryptResponse, KeyUse), KmsError> {
     let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
     let destination = required(req.destination_key_id, "destinationKeyId")?;
     check_algorithm(
@@ -154,25 +160,26 @@ pub(super) async fn re_encrypt(
     )?;
     let dest = keys.resolve(&destination)?;
     let source_context = req.source_encryption_context.unwrap_or_default();
-    let (source, plaintext) =
+    let (source, plaintext, _) =
         open(keys, &blob.0, &source_context, req.source_key_id.as_deref()).await?;
     require_enabled(keys, &dest)?;
     let dest_context = req.destination_encryption_context.unwrap_or_default();
-    let blob = seal(keys, &dest, &dest_context, plaintext.as_slice()).await?;
-    Ok(ReEncryptResponse {
+    let (blob, version) = seal(keys, &dest, &dest_context, plaintext.as_slice()).await?;
+    let response = ReEncryptResponse {
         ciphertext_blob: Blob(blob),
         source_key_id: keys.key_arn(&source.id),
         key_id: keys.key_arn(&dest.id),
         source_encryption_algorithm: ALGORITHM,
         destination_encryption_algorithm: ALGORITHM,
-    })
+    };
+    Ok((response, KeyUse::of(&dest, version)))
 }
 
 pub(super) async fn generate_data_key(
     keys: &KeyStore,
     req: GenerateDataKeyRequest,
     with_plaintext: bool,
-) -> Result<GenerateDataKeyResponse, KmsError> {
+) -> Result<(GenerateDataKeyResponse, KeyUse), KmsError> {
     let key_id = required(req.key_id, "keyId")?;
     let len = match (req.number_of_bytes, req.key_spec.as_deref()) {
         (Some(_), Some(_)) => {
@@ -198,12 +205,13 @@ pub(super) async fn generate_data_key(
     require_enabled(keys, &meta)?;
     let data_key = keys.backend().random(len).await?;
     let context = req.encryption_context.unwrap_or_default();
-    let blob = seal(keys, &meta, &context, &data_key).await?;
-    Ok(GenerateDataKeyResponse {
+    let (blob, version) = seal(keys, &meta, &context, &data_key).await?;
+    let response = GenerateDataKeyResponse {
         ciphertext_blob: Blob(blob),
         plaintext: with_plaintext.then(|| SecretBlob(data_key)),
         key_id: keys.key_arn(&meta.id),
-    })
+    };
+    Ok((response, KeyUse::of(&meta, version)))
 }
 
 pub(super) async fn generate_random(

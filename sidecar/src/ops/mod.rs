@@ -23,13 +23,39 @@ use crate::protocol::{self, ErrorKind, KmsError, Operation};
 pub struct Reply {
     pub body: Zeroizing<Vec<u8>>,
     pub cache: CacheOutcome,
+    /// The key version a cryptographic operation used (for metrics, the audit log and the
+    /// `x-kms-sidecar-key-version` header).
+    pub key: Option<KeyUse>,
+}
+
+/// Which key version served a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUse {
+    pub key_id: String,
+    pub version: u32,
+}
+
+impl KeyUse {
+    fn of(meta: &KeyMeta, version: u32) -> Self {
+        Self {
+            key_id: meta.id.clone(),
+            version,
+        }
+    }
 }
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Reply, KmsError> {
     Ok(Reply {
         body: Zeroizing::new(protocol::encode(value)?),
         cache: CacheOutcome::None,
+        key: None,
     })
+}
+
+fn reply_with_key<T: serde::Serialize>((value, key): (T, KeyUse)) -> Result<Reply, KmsError> {
+    let mut reply = reply(&value)?;
+    reply.key = Some(key);
+    Ok(reply)
 }
 
 /// The KMS service over a key store.
@@ -52,14 +78,14 @@ impl Kms {
         use protocol::decode;
         let k = &self.keys;
         match op {
-            Operation::Encrypt => reply(&data::encrypt(k, decode(body)?).await?),
-            Operation::Decrypt => reply(&data::decrypt(k, decode(body)?).await?),
-            Operation::ReEncrypt => reply(&data::re_encrypt(k, decode(body)?).await?),
+            Operation::Encrypt => reply_with_key(data::encrypt(k, decode(body)?).await?),
+            Operation::Decrypt => reply_with_key(data::decrypt(k, decode(body)?).await?),
+            Operation::ReEncrypt => reply_with_key(data::re_encrypt(k, decode(body)?).await?),
             Operation::GenerateDataKey => {
-                reply(&data::generate_data_key(k, decode(body)?, true).await?)
+                reply_with_key(data::generate_data_key(k, decode(body)?, true).await?)
             }
             Operation::GenerateDataKeyWithoutPlaintext => {
-                reply(&data::generate_data_key(k, decode(body)?, false).await?)
+                reply_with_key(data::generate_data_key(k, decode(body)?, false).await?)
             }
             Operation::GenerateRandom => reply(&data::generate_random(k, decode(body)?).await?),
             Operation::CreateKey => reply(&lifecycle::create_key(k, decode(body)?).await?),

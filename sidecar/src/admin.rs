@@ -1,0 +1,195 @@
+//! The admin API on its own port: `/metrics`, `/healthz`, `/readyz`, `/v1/status`, `/v1/keys`
+//! (schemas in `docs/admin-api.md`). It reads the sidecar's state and never returns key material.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::backend::KeyRef;
+use crate::keys::{self, Index, KeyState};
+use crate::observe::metrics;
+use crate::server::{App, Body};
+
+/// How long a readiness result is reused, so probes cannot flood the backend.
+const READINESS_TTL: Duration = Duration::from_secs(1);
+
+/// The cached result of the last readiness check.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
+}
+
+/// One key in `/v1/status` and `/v1/keys`: metadata only.
+#[derive(Debug, Serialize)]
+pub struct KeySummary {
+    pub key_id: String,
+    pub arn: String,
+    pub aliases: Vec<String>,
+    pub state: &'static str,
+    pub versions: usize,
+    pub rotation_enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_period_days: Option<u32>,
+    pub last_rotation: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<f64>,
+    pub rotation_overdue: bool,
+}
+
+fn key_summaries(app: &App, index: &Index, now: f64) -> Vec<KeySummary> {
+    let mut out: Vec<KeySummary> = index
+        .keys
+        .values()
+        .map(|m| KeySummary {
+            key_id: m.id.clone(),
+            arn: app.keys.key_arn(&m.id),
+            aliases: index
+                .aliases
+                .iter()
+                .filter(|(_, a)| a.target == m.id)
+                .map(|(name, _)| name.clone())
+                .collect(),
+            state: m.state.as_str(),
+            versions: m.versions.len(),
+            rotation_enabled: m.rotation_enabled,
+            rotation_period_days: m.rotation_period_days.filter(|_| m.rotation_enabled),
+            last_rotation: m.versions.last().map_or(m.created, |v| v.created),
+            next_rotation: m.next_rotation.filter(|_| m.rotation_enabled),
+            rotation_overdue: app.metrics.keys.is_overdue(m, now),
+        })
+        .collect();
+    out.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    out
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    version: &'static str,
+    uptime_seconds: f64,
+    backend: BackendStatus,
+    limits: Vec<serde_json::Value>,
+    cache: Option<serde_json::Value>,
+    keys: Vec<KeySummary>,
+}
+
+#[derive(Debug, Serialize)]
+struct BackendStatus {
+    name: &'static str,
+    /// No circuit breaker exists yet, so calls always go through: reported as closed.
+    circuit: &'static str,
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> (StatusCode, &'static str, Vec<u8>) {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => (status, "application/json", body),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            b"encoding failed\n".to_vec(),
+        ),
+    }
+}
+
+/// Runs (at most once per [`READINESS_TTL`]) a real round trip through the backend: random bytes,
+/// and an encrypt + decrypt under the current version of one enabled key if there is one.
+async fn readiness(app: &App) -> Vec<String> {
+    let mut last = app.readiness.last.lock().await;
+    if let Some((at, reasons)) = last.as_ref()
+        && at.elapsed() < READINESS_TTL
+    {
+        return reasons.clone();
+    }
+    let mut reasons = Vec::new();
+    let backend = app.keys.backend();
+    if let Err(e) = backend.random(16).await {
+        reasons.push(format!("backend random failed: {:?}", e.kind));
+    }
+    let probe = {
+        let index = app.keys.snapshot();
+        index
+            .keys
+            .values()
+            .filter(|m| m.state == KeyState::Enabled)
+            .min_by(|a, b| a.id.cmp(&b.id))
+            .map(|m| (m.id.clone(), m.current_version()))
+    };
+    if let Some((key_id, version)) = probe {
+        let key = KeyRef {
+            key_id: &key_id,
+            version,
+        };
+        let aad = b"kms-sidecar readiness probe";
+        match backend.encrypt(key, aad, b"ready").await {
+            Ok(sealed) => match backend.decrypt(key, aad, &sealed).await {
+                Ok(p) if p.as_slice() == b"ready" => {}
+                Ok(_) => reasons.push("backend round trip returned wrong bytes".into()),
+                Err(e) => reasons.push(format!("backend decrypt failed: {:?}", e.kind)),
+            },
+            Err(e) => reasons.push(format!("backend encrypt failed: {:?}", e.kind)),
+        }
+    }
+    *last = Some((Instant::now(), reasons.clone()));
+    reasons
+}
+
+/// Serves one admin request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let now = keys::now();
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            app.metrics.keys.refresh(&app.keys.snapshot(), now);
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics::render(&app.metrics.registry),
+            )
+        }
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+        (&Method::GET, "/readyz") => {
+            let reasons = readiness(&app).await;
+            if reasons.is_empty() {
+                (StatusCode::OK, "text/plain", b"ready\n".to_vec())
+            } else {
+                let text = format!("not ready:\n{}\n", reasons.join("\n"));
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    text.into_bytes(),
+                )
+            }
+        }
+        (&Method::GET, "/v1/status") => {
+            let index = app.keys.snapshot();
+            let status = Status {
+                version: env!("CARGO_PKG_VERSION"),
+                uptime_seconds: app.started.elapsed().as_secs_f64(),
+                backend: BackendStatus {
+                    name: app.keys.backend().name(),
+                    circuit: "closed",
+                },
+                limits: Vec::new(),
+                cache: None,
+                keys: key_summaries(&app, &index, now),
+            };
+            json(StatusCode::OK, &status)
+        }
+        (&Method::GET, "/v1/keys") => {
+            let index = app.keys.snapshot();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "keys": key_summaries(&app, &index, now) }),
+            )
+        }
+        _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+    };
+    let mut response = Response::new(Body::new(Zeroizing::new(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,126 @@
+//! The `kms-sidecar` command line: run the sidecar, or manage its client credentials. It lives in the
+//! library so the end-to-end tests run the very same entry point as the shipped binary.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use secrecy::ExposeSecret;
+
+use crate::auth::clients::{self, Issued};
+use crate::config::{Cli, ClientsCommand, Command, Config, Secrets};
+use crate::datadir::DataDir;
+use crate::observe;
+use crate::server::Sidecar;
+
+/// Parses the command line and runs; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kms-sidecar: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli.options, Secrets::from_env())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+        Command::Clients { command } => manage_clients(&config, command),
+    }
+}
+
+fn print_credentials(issued: &Issued, region: &str, endpoint: &str, note: &str) {
+    let secret = issued.secret.expose_secret();
+    println!("{note}");
+    println!("  principal:             {}", issued.name);
+    println!("  AWS_ACCESS_KEY_ID={}", issued.access_key_id);
+    println!("  AWS_SECRET_ACCESS_KEY={secret}");
+    println!("Try it (AWS CLI):");
+    println!(
+        "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={secret} aws kms create-key --region {region} --endpoint-url {endpoint}",
+        issued.access_key_id
+    );
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    observe::init_logging(config.log_format, &config.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let region = config.arn_scope().region;
+        let data_dir = config.data_dir.clone();
+        let mut sidecar = Sidecar::start(config).await?;
+        let endpoint = format!("http://{}", sidecar.kms_addr());
+        if let Some(issued) = sidecar.take_issued() {
+            print_credentials(
+                &issued,
+                &region,
+                &endpoint,
+                &format!(
+                    "kms-sidecar: first run: issued a client credential (shown once; stored sealed in {}):",
+                    data_dir.join("clients.json").display()
+                ),
+            );
+        }
+        println!(
+            "kms-sidecar: listening: kms={endpoint} admin=http://{} data_dir={}",
+            sidecar.admin_addr(),
+            data_dir.display()
+        );
+        tracing::info!(kms = %sidecar.kms_addr(), admin = %sidecar.admin_addr(), "serving");
+        sidecar.run(shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; only Ctrl-C stops the sidecar");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()> {
+    let dir = Arc::new(DataDir::open(&config.data_dir, &config.root_key)?);
+    match command {
+        ClientsCommand::Add { name } => {
+            let issued = clients::add(&dir, &name)?;
+            let endpoint = format!("http://{}", config.listen);
+            print_credentials(
+                &issued,
+                &config.arn_scope().region,
+                &endpoint,
+                "Issued a client credential (shown once):",
+            );
+        }
+        ClientsCommand::List => {
+            println!("{:<22} {:<24} created", "access key id", "principal");
+            for c in clients::list(&dir)? {
+                let created = time::OffsetDateTime::from_unix_timestamp(c.created as i64)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                println!("{:<22} {:<24} {created}", c.access_key_id, c.name);
+            }
+        }
+        ClientsCommand::Revoke { access_key_id } => {
+            clients::revoke(&dir, &access_key_id)?;
+            println!("Revoked {access_key_id}; a running sidecar rejects it within a second.");
+        }
+    }
+    Ok(())
+}
