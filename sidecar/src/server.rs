@@ -42,6 +42,9 @@ use crate::protocol::{self, ErrorKind, KmsError, Operation, Origin};
 /// Response header naming the key version an operation used, so callers can verify rotation.
 pub const KEY_VERSION_HEADER: &str = "x-kms-sidecar-key-version";
 
+/// Oversized bodies up to this size are drained before the error is sent (see `read_body`).
+const DRAIN_LIMIT: usize = 1 << 20;
+
 /// How long a client may take to send a request's headers or body.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -264,6 +267,11 @@ async fn read_body(
         .and_then(|v| v.parse::<u64>().ok())
         && len > max as u64
     {
+        // Read and discard a moderately oversized body so the client sees the 4xx instead of a
+        // reset connection; anything larger is refused without reading.
+        if len <= DRAIN_LIMIT as u64 {
+            let _ = tokio::time::timeout(READ_TIMEOUT, Limited::new(body, DRAIN_LIMIT).collect()).await;
+        }
         return Err(too_large());
     }
     let collected = tokio::time::timeout(READ_TIMEOUT, Limited::new(body, max).collect())

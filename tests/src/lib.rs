@@ -57,6 +57,143 @@ pub fn binary() -> PathBuf {
         .clone()
 }
 
+/// A SoftHSMv2 token in a temp directory, for sidecars running the PKCS#11 backend. The sidecar is a
+/// child process, so `SOFTHSM2_CONF` is set on it alone and every test gets its own token.
+#[derive(Debug)]
+pub struct SoftHsm {
+    _dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub label: String,
+    pub pin: String,
+}
+
+/// The module the tests load.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+impl SoftHsm {
+    /// A fresh token labelled `label`, or `None` (with a printed SKIPPED reason) where SoftHSMv2 is
+    /// not installed. The test script installs it, so in CI this always returns a token.
+    pub fn new(test: &str) -> Option<Self> {
+        if Command::new("softhsm2-util")
+            .arg("--version")
+            .output()
+            .is_err()
+            || !Path::new(SOFTHSM_MODULE).exists()
+        {
+            eprintln!(
+                "SKIPPED {test} on pkcs11: SoftHSMv2 is not installed (apt-get install softhsm2)"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir_all(&tokens).expect("token dir");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .expect("softhsm conf");
+        let label = format!("e2e-{}", &test[..test.len().min(27)]);
+        let pin = "1234".to_string();
+        let out = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                &label,
+                "--so-pin",
+                "5678",
+                "--pin",
+                &pin,
+            ])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .expect("softhsm2-util");
+        assert!(
+            out.status.success(),
+            "init token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Self {
+            _dir: dir,
+            conf,
+            label,
+            pin,
+        })
+    }
+
+    /// Start options for a sidecar on this token.
+    pub fn start(&self) -> Start {
+        Start {
+            args: vec![
+                "--backend".into(),
+                "pkcs11".into(),
+                "--pkcs11-token-label".into(),
+                self.label.clone(),
+                "--pkcs11-module".into(),
+                SOFTHSM_MODULE.into(),
+            ],
+            env: vec![
+                ("SOFTHSM2_CONF".into(), self.conf.display().to_string()),
+                ("KMS_SIDECAR_PKCS11_PIN".into(), self.pin.clone()),
+            ],
+            creds: None,
+        }
+    }
+}
+
+/// Which backend an end-to-end test runs against.
+#[derive(Debug, Clone)]
+pub enum BackendChoice {
+    Embedded,
+    Pkcs11(Arc<SoftHsm>),
+}
+
+impl BackendChoice {
+    /// The SoftHSM choice, or `None` (printed as SKIPPED) where SoftHSM is missing.
+    pub fn softhsm(test: &str) -> Option<Self> {
+        SoftHsm::new(test).map(|t| Self::Pkcs11(Arc::new(t)))
+    }
+
+    /// Start options for this backend.
+    pub fn start(&self) -> Start {
+        match self {
+            Self::Embedded => Start::default(),
+            Self::Pkcs11(token) => token.start(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Pkcs11(_) => "pkcs11",
+        }
+    }
+}
+
+/// Runs an async end-to-end case once per backend: `embedded` and `pkcs11` (SoftHSMv2).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($case:ident) => {
+        mod $case {
+            #[tokio::test]
+            async fn embedded() {
+                super::$case($crate::BackendChoice::Embedded).await;
+            }
+            #[tokio::test]
+            async fn pkcs11() {
+                if let Some(backend) = $crate::BackendChoice::softhsm(stringify!($case)) {
+                    super::$case(backend).await;
+                }
+            }
+        }
+    };
+}
+
 /// A client credential.
 #[derive(Clone, Debug)]
 pub struct Creds {
@@ -92,6 +229,7 @@ pub struct Sidecar {
     pub data_dir: PathBuf,
     pub creds: Creds,
     pub output: Output,
+    start: Start,
 }
 
 /// How to start a sidecar.
@@ -124,6 +262,7 @@ impl Sidecar {
         for (k, v) in &start.env {
             cmd.env(k, v);
         }
+        let start_copy = start.clone();
         let mut child = cmd.spawn().expect("spawn kms-sidecar");
         let output = Output::default();
         let (tx, rx) = mpsc::channel::<String>();
@@ -181,6 +320,7 @@ impl Sidecar {
                     _ => panic!("no credentials printed and none given"),
                 };
                 return Ok(Self {
+                    start: start_copy,
                     child,
                     kms_url: kms_url.expect("kms url"),
                     admin_url: admin_url.expect("admin url"),
@@ -206,20 +346,21 @@ impl Sidecar {
         (status.success(), self.output.clone())
     }
 
-    /// A restart on the same data directory, keeping the credentials.
+    /// A restart on the same data directory (and backend), keeping the credentials.
     pub fn restart(self) -> Self {
         let data_dir = self.data_dir.clone();
-        let creds = self.creds.clone();
+        let start = Start {
+            creds: Some(self.creds.clone()),
+            ..self.start.clone()
+        };
         let (ok, out) = self.stop();
         assert!(ok, "sidecar exited with an error:\n{}", out.all());
-        Self::start_with(
-            &data_dir,
-            Start {
-                creds: Some(creds),
-                ..Start::default()
-            },
-        )
-        .expect("restart")
+        Self::start_with(&data_dir, start).expect("restart")
+    }
+
+    /// Starts a sidecar on `backend`.
+    pub fn start_on(data_dir: &Path, backend: &BackendChoice) -> Self {
+        Self::start_with(data_dir, backend.start()).expect("sidecar start")
     }
 
     /// A raw HTTP client for this sidecar.

@@ -1,13 +1,14 @@
 //! Every supported operation through the official AWS SDK for Rust, pointed at a real sidecar process
 //! by endpoint URL only: success paths, KMS's validation and key-state errors, aliases in all four
-//! KeyId forms, encryption context, tampering, limits, rotation, paging and tags.
+//! KeyId forms, encryption context, tampering, limits, rotation, paging and tags. Every case runs on
+//! the embedded backend and on PKCS#11 (a SoftHSMv2 token).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_kms::Client;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeySpec, KeyState, RotationType, Tag};
-use kms_sidecar_e2e::Sidecar;
+use kms_sidecar_e2e::{BackendChoice, Sidecar, on_every_backend};
 
 /// The KMS error type of a failed call (panics if the call succeeded).
 fn code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
@@ -54,10 +55,9 @@ async fn decrypt(kms: &Client, blob: &[u8]) -> Vec<u8> {
     out.plaintext().unwrap().as_ref().to_vec()
 }
 
-#[tokio::test]
-async fn create_describe_encrypt_decrypt_reencrypt() {
+async fn create_describe_encrypt_decrypt_reencrypt(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path());
+    let sidecar = Sidecar::start_on(dir.path(), &backend);
     let kms = sidecar.sdk();
 
     let created = kms
@@ -210,10 +210,9 @@ async fn create_describe_encrypt_decrypt_reencrypt() {
     );
 }
 
-#[tokio::test]
-async fn data_keys_and_random() {
+async fn data_keys_and_random(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path());
+    let sidecar = Sidecar::start_on(dir.path(), &backend);
     let kms = sidecar.sdk();
     let key = new_key(&kms).await;
 
@@ -322,10 +321,9 @@ async fn data_keys_and_random() {
     assert_eq!(code(r), "NotFoundException");
 }
 
-#[tokio::test]
-async fn key_states_follow_kms_rules() {
+async fn key_states_follow_kms_rules(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path());
+    let sidecar = Sidecar::start_on(dir.path(), &backend);
     let kms = sidecar.sdk();
     let key = new_key(&kms).await;
     let blob = encrypt(&kms, &key, b"x").await;
@@ -466,10 +464,9 @@ async fn key_states_follow_kms_rules() {
     assert_eq!(s.pending_window_in_days(), Some(30));
 }
 
-#[tokio::test]
-async fn aliases_in_all_keyid_forms() {
+async fn aliases_in_all_keyid_forms(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path());
+    let sidecar = Sidecar::start_on(dir.path(), &backend);
     let kms = sidecar.sdk();
     let k1 = new_key(&kms).await;
     let k2 = new_key(&kms).await;
@@ -639,10 +636,9 @@ async fn aliases_in_all_keyid_forms() {
     );
 }
 
-#[tokio::test]
-async fn rotation_keeps_old_ciphertexts() {
+async fn rotation_keeps_old_ciphertexts(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path());
+    let sidecar = Sidecar::start_on(dir.path(), &backend);
     let kms = sidecar.sdk();
     let key = new_key(&kms).await;
 
@@ -767,10 +763,9 @@ async fn rotation_keeps_old_ciphertexts() {
     assert!(status.next_rotation_date().is_none());
 }
 
-#[tokio::test]
-async fn listing_paging_and_tags() {
+async fn listing_paging_and_tags(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path());
+    let sidecar = Sidecar::start_on(dir.path(), &backend);
     let kms = sidecar.sdk();
     let mut created = Vec::new();
     for _ in 0..5 {
@@ -856,3 +851,10 @@ async fn listing_paging_and_tags() {
     }
     assert_eq!(code(too_many.send().await), "LimitExceededException");
 }
+
+on_every_backend!(create_describe_encrypt_decrypt_reencrypt);
+on_every_backend!(data_keys_and_random);
+on_every_backend!(key_states_follow_kms_rules);
+on_every_backend!(aliases_in_all_keyid_forms);
+on_every_backend!(rotation_keeps_old_ciphertexts);
+on_every_backend!(listing_paging_and_tags);

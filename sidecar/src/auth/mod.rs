@@ -2,4 +2,5 @@
 //! proves a request came from one of them (`sigv4`). Key policies (authorization) arrive here too.
 
 pub mod clients;
+pub mod policy;
 pub mod sigv4;

@@ -1,6 +1,7 @@
 //! What the sidecar tells its operators: Prometheus metrics (registry passed explicitly, each module
 //! registers its own) and structured logs. Traces and the audit log join here in later work.
 
+pub mod audit;
 pub mod backend;
 pub mod keys;
 pub mod metrics;
