@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::backend::KeyRef;
 use crate::keys::{self, Index, KeyState};
+use crate::observe::audit::AuditQuery;
 use crate::observe::metrics;
 use crate::server::{App, Body};
 
@@ -104,6 +105,14 @@ async fn readiness(app: &App) -> Vec<String> {
         return reasons.clone();
     }
     let mut reasons = Vec::new();
+    if !app.audit.is_healthy() {
+        reasons.push(format!(
+            "audit log not writable: {}",
+            app.audit
+                .last_error()
+                .unwrap_or_else(|| "unknown error".into())
+        ));
+    }
     let backend = app.keys.backend();
     if let Err(e) = backend.random(16).await {
         reasons.push(format!("backend random failed: {:?}", e.kind));
@@ -176,6 +185,19 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 keys: key_summaries(&app, &index, now),
             };
             json(StatusCode::OK, &status)
+        }
+        (&Method::GET, "/v1/audit") => {
+            match AuditQuery::from_query_string(req.uri().query().unwrap_or_default()) {
+                Ok(query) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "records": app.audit.query(&query) }),
+                ),
+                Err(e) => (
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    format!("{e}\n").into_bytes(),
+                ),
+            }
         }
         (&Method::GET, "/v1/keys") => {
             let index = app.keys.snapshot();

@@ -8,9 +8,10 @@ use clap::Parser;
 use secrecy::ExposeSecret;
 
 use crate::auth::clients::{self, Issued};
-use crate::config::{Cli, ClientsCommand, Command, Config, Secrets};
+use crate::config::{AuditCommand, Cli, ClientsCommand, Command, Config, Secrets};
 use crate::datadir::DataDir;
 use crate::observe;
+use crate::observe::audit;
 use crate::server::Sidecar;
 
 /// Parses the command line and runs; the process exit code.
@@ -30,6 +31,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
         Command::Clients { command } => manage_clients(&config, command),
+        Command::Audit {
+            command: AuditCommand::Verify { path },
+        } => verify_audit(&path),
     }
 }
 
@@ -95,17 +99,45 @@ async fn shutdown_signal() {
     }
 }
 
+fn verify_audit(path: &std::path::Path) -> anyhow::Result<()> {
+    match audit::verify(path) {
+        Ok(report) => {
+            println!("audit chain intact: {report:?}");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("audit chain broken: {e}"),
+    }
+}
+
 fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()> {
     let dir = Arc::new(DataDir::open(&config.data_dir, &config.root_key)?);
     match command {
-        ClientsCommand::Add { name } => {
-            let issued = clients::add(&dir, &name)?;
+        ClientsCommand::Add { name, tags } => {
+            let tags = tags
+                .iter()
+                .map(|t| {
+                    t.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("--tag {t:?} must be KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let issued = clients::add(&dir, &name, tags)?;
             let endpoint = format!("http://{}", config.listen);
             print_credentials(
                 &issued,
                 &config.arn_scope().region,
                 &endpoint,
                 "Issued a client credential (shown once):",
+            );
+        }
+        ClientsCommand::RotateSecret { access_key_id } => {
+            let issued = clients::rotate_secret(&dir, &access_key_id)?;
+            let endpoint = format!("http://{}", config.listen);
+            print_credentials(
+                &issued,
+                &config.arn_scope().region,
+                &endpoint,
+                "Rotated the secret (shown once; the old one stops working within a second):",
             );
         }
         ClientsCommand::List => {

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::backend::pkcs11::Pkcs11Settings;
 use crate::datadir::RootKeySource;
 use crate::keys::ArnScope;
+use crate::observe::audit::{AuditConfig, FailureMode, FsyncPolicy};
 use crate::observe::keys::RotationPolicy;
 use crate::observe::{LogFormat, MetricsSettings};
 
@@ -53,12 +54,31 @@ pub enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of an audit log (a directory or its audit.jsonl); prints the first
+    /// broken record and exits 1 if the chain is broken.
+    Verify { path: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ClientsCommand {
     /// Issue a credential for principal NAME; prints the secret once.
-    Add { name: String },
+    Add {
+        name: String,
+        /// A principal attribute for key policies (`aws:PrincipalTag/KEY`), e.g. --tag tenant=a.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+    },
+    /// Issue a new secret for a credential (same access key id); prints it once.
+    RotateSecret { access_key_id: String },
     /// List issued credentials (never their secrets).
     List,
     /// Revoke a credential by access key id.
@@ -161,6 +181,36 @@ pub struct Options {
     /// Price per key and month for the cost estimate, in dollars [default: 1.0, AWS's].
     #[arg(long, env = "KMS_SIDECAR_PRICE_PER_KEY_MONTH", global = true)]
     pub price_per_key_month: Option<f64>,
+
+    /// Principals (client names) that may create keys and always manage policies and deletion;
+    /// repeatable or comma-separated [default: default].
+    #[arg(
+        long = "admin-principal",
+        env = "KMS_SIDECAR_ADMIN_PRINCIPALS",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub admin_principals: Option<Vec<String>>,
+
+    /// Directory of the audit log [default: <data-dir>/audit].
+    #[arg(long, env = "KMS_SIDECAR_AUDIT_DIR", global = true)]
+    pub audit_dir: Option<PathBuf>,
+
+    /// When the audit log is fsynced [default: every_flush].
+    #[arg(long, env = "KMS_SIDECAR_AUDIT_FSYNC", global = true, value_enum)]
+    pub audit_fsync: Option<FsyncPolicy>,
+
+    /// While the audit log cannot be written: closed refuses calls, open keeps serving [default: closed].
+    #[arg(long, env = "KMS_SIDECAR_AUDIT_ON_FAILURE", global = true, value_enum)]
+    pub audit_on_failure: Option<FailureMode>,
+
+    /// Rotate the audit file beyond this size, in bytes, 4096..=10737418240 [default: 104857600].
+    #[arg(long, env = "KMS_SIDECAR_AUDIT_MAX_BYTES", global = true)]
+    pub audit_max_bytes: Option<u64>,
+
+    /// Also log encryption-context values (not only keys) in the audit log [default: false].
+    #[arg(long, env = "KMS_SIDECAR_AUDIT_CONTEXT_VALUES", global = true)]
+    pub audit_include_context_values: Option<bool>,
 
     /// How long in-flight requests may take to finish at shutdown, in seconds, 0..=600 [default: 30].
     #[arg(long, env = "KMS_SIDECAR_SHUTDOWN_GRACE_SECS", global = true)]
@@ -266,6 +316,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub backend: BackendConfig,
     pub metrics: MetricsSettings,
+    pub admin_principals: Vec<String>,
+    pub audit: AuditConfig,
 }
 
 fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> anyhow::Result<u64> {
@@ -417,15 +469,46 @@ impl Config {
                 crate::observe::backend::DEFAULT_PRICE_PER_KEY_MONTH,
             )?,
         };
+        let data_dir = cli
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("kms-sidecar-data"));
+        let mut audit = AuditConfig::new(
+            cli.audit_dir
+                .or(file.audit_dir)
+                .unwrap_or_else(|| data_dir.join("audit")),
+        );
+        audit.fsync = cli.audit_fsync.or(file.audit_fsync).unwrap_or(audit.fsync);
+        audit.on_failure = cli
+            .audit_on_failure
+            .or(file.audit_on_failure)
+            .unwrap_or(audit.on_failure);
+        audit.max_bytes = ranged(
+            "audit_max_bytes",
+            cli.audit_max_bytes.or(file.audit_max_bytes),
+            audit.max_bytes,
+            4096,
+            10 * 1024 * 1024 * 1024,
+        )?;
+        audit.include_context_values = cli
+            .audit_include_context_values
+            .or(file.audit_include_context_values)
+            .unwrap_or(false);
+        let admin_principals = cli
+            .admin_principals
+            .or(file.admin_principals)
+            .unwrap_or_else(|| vec!["default".to_string()]);
+        if admin_principals.iter().any(|p| p.is_empty()) {
+            bail!("admin_principals must not contain an empty name");
+        }
         Ok(Self {
             backend,
             metrics,
+            admin_principals,
+            audit,
             listen,
             admin_listen,
-            data_dir: cli
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("kms-sidecar-data")),
+            data_dir,
             region: Region::parse(cli.region.or(file.region).as_deref().unwrap_or("us-east-1"))?,
             account_id: AccountId::parse(
                 cli.account_id

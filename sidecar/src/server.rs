@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 
 use crate::admin;
 use crate::auth::clients::{self, ClientStore, Issued};
-use crate::auth::sigv4::{SignedRequest, Verifier};
+use crate::auth::sigv4::{AuthFailure, SignedRequest, Verifier};
 use crate::backend::Backend;
 use crate::backend::embedded::Embedded;
 use crate::backend::observed::Observed;
@@ -34,9 +34,10 @@ use crate::backend::pkcs11::Pkcs11;
 use crate::config::{BackendConfig, Config};
 use crate::datadir::{DataDir, DirLock};
 use crate::keys::{self, KeyStore};
-use crate::observe::Metrics;
+use crate::observe::audit::{self, AuditEvent, AuditLog, Outcome as AuditOutcome};
 use crate::observe::metrics::CacheOutcome;
-use crate::ops::{Kms, Reply};
+use crate::observe::{Metrics, security};
+use crate::ops::{Caller, Kms, Observation, Reply};
 use crate::protocol::{self, ErrorKind, KmsError, Operation, Origin};
 
 /// Response header naming the key version an operation used, so callers can verify rotation.
@@ -103,6 +104,8 @@ pub struct App {
     clients: Arc<ClientStore>,
     verifier: Verifier,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) audit: AuditLog,
+    admins: Vec<String>,
     pub(crate) started: Instant,
     pub(crate) readiness: admin::Readiness,
     max_body: usize,
@@ -110,17 +113,21 @@ pub struct App {
     id_prefix: u32,
 }
 
-/// What [`App::process`] learned about a request, for metrics and logs.
+/// What [`App::process`] learned about a request, for metrics, the audit log and logs.
+#[derive(Default)]
 struct Outcome {
     op: Option<Operation>,
-    key_version: Option<u32>,
     principal: Option<Arc<clients::Client>>,
-    cache: CacheOutcome,
+    /// Why authentication failed, and the principal when it is known (revoked).
+    auth_failure: Option<(AuthFailure, Option<String>)>,
+    cache: Option<CacheOutcome>,
+    obs: Observation,
 }
 
 impl App {
-    /// The request pipeline. Order matters: cheap rejections first, then authentication of every
-    /// request before any key is touched.
+    /// The request pipeline, in order. Cheap rejections first; then every request is authenticated
+    /// before anything else, and the operation authorizes against the key policy before it touches
+    /// a key, so a revoked client or a tightened policy is refused on the very next call.
     async fn process(
         &self,
         parts: &http::request::Parts,
@@ -153,7 +160,7 @@ impl App {
             self.max_body,
         )
         .await?;
-        // 2. Authenticate: a valid SigV4 signature from an issued client, on every request.
+        // 2. Authenticate: a valid SigV4 signature from an issued, unrevoked client.
         let signed = SignedRequest {
             method: parts.method.as_str(),
             path: parts.uri.path(),
@@ -164,17 +171,58 @@ impl App {
         let client = self
             .verifier
             .verify(&self.clients, &signed, SystemTime::now())
-            .map_err(|e| e.error)?;
-        out.principal = Some(client);
-        // 3-8. Rate limits, key policies, caches, the circuit breaker and retries slot in here, in
-        //      that order, as they land (see docs/architecture.md).
-        // 9. The operation itself, against the backend.
-        let reply = self.kms.call(op, &body).await?;
-        out.cache = reply.cache;
+            .map_err(|e| {
+                out.auth_failure = Some((e.failure, e.principal));
+                e.error
+            })?;
+        out.principal = Some(client.clone());
+        // 3. Audit gate: with the audit log down and fail-closed configured, no key is used unaudited.
+        if self.audit.blocks_requests() {
+            return Err(
+                KmsError::new(ErrorKind::Internal, "the audit log cannot be written").with_source(
+                    std::io::Error::other(
+                        self.audit
+                            .last_error()
+                            .unwrap_or_else(|| "audit log unhealthy".into()),
+                    ),
+                ),
+            );
+        }
+        // 4-9. (Rate limits, caches, the circuit breaker and retries slot in here as they land.)
+        // 10. The operation: it authorizes against the key policy, then uses the backend.
+        let caller = Caller {
+            name: &client.name,
+            arn: &client.arn,
+            tags: &client.tags,
+            admin: self.admins.iter().any(|a| a == &client.name),
+        };
+        let reply = self.kms.call(op, &body, caller, &mut out.obs).await?;
+        out.cache = Some(reply.cache);
         Ok(reply)
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    /// Counts a refused call in `unauthorized_total` with bounded labels.
+    fn count_unauthorized(&self, out: &Outcome, reason: &'static str) {
+        let principal = match (&out.principal, &out.auth_failure) {
+            (Some(c), _) => c.name.as_str(),
+            (None, Some((_, Some(revoked)))) => revoked.as_str(),
+            _ => security::UNKNOWN_PRINCIPAL,
+        };
+        let key = out
+            .obs
+            .key_id
+            .as_deref()
+            .map(|k| self.metrics.keys.key_label(k));
+        let op = out.op.map_or("unknown", Operation::as_str);
+        self.metrics.unauthorized.record(
+            principal,
+            op,
+            key.as_deref().unwrap_or(security::NO_KEY),
+            reason,
+        );
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let request_id = format!(
             "{:08x}-{:012x}",
@@ -182,22 +230,16 @@ impl App {
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
         let (parts, body) = req.into_parts();
-        let mut out = Outcome {
-            op: None,
-            key_version: None,
-            principal: None,
-            cache: CacheOutcome::None,
-        };
+        let mut out = Outcome::default();
         let result = self.process(&parts, body, &mut out).await;
         let elapsed = started.elapsed();
         let op_name = out.op.map_or("unknown", Operation::as_str);
         let principal = out.principal.as_ref().map_or("-", |c| c.name.as_str());
         let (status, body, outcome) = match result {
-            Ok(mut reply) => {
-                if let (Some(op), Some(used)) = (out.op, reply.key.as_ref()) {
-                    self.metrics.keys.record(&used.key_id, op);
+            Ok(reply) => {
+                if let (Some(op), Some(key)) = (out.op, out.obs.key_id.as_deref()) {
+                    self.metrics.keys.record(key, op);
                 }
-                out.key_version = reply.key.take().map(|k| k.version);
                 tracing::debug!(
                     request_id,
                     operation = op_name,
@@ -225,9 +267,54 @@ impl App {
                 (kind.status(), Zeroizing::new(err.to_body()), Some(kind))
             }
         };
+        let reason = match (&out.auth_failure, out.obs.denied) {
+            (Some((failure, _)), _) => Some(failure.reason()),
+            (None, Some(denied)) => Some(denied.as_str()),
+            (None, None) => None,
+        };
+        if let Some(reason) = reason {
+            self.count_unauthorized(&out, reason);
+        }
+        let cache = out.cache.unwrap_or(CacheOutcome::None);
         self.metrics
             .requests
-            .record(out.op, outcome, out.cache, elapsed);
+            .record(out.op, outcome, cache, elapsed);
+        let audited = self.audit.record(AuditEvent {
+            time: audit::epoch_seconds(SystemTime::now()),
+            request_id: request_id.clone(),
+            principal: match (&out.principal, &out.auth_failure) {
+                (Some(c), _) => c.name.clone(),
+                (None, Some((_, Some(revoked)))) => revoked.clone(),
+                _ => security::UNKNOWN_PRINCIPAL.to_string(),
+            },
+            source: peer.to_string(),
+            operation: out.op,
+            key_id: out.obs.key_id.take(),
+            key_version: out.obs.key_version,
+            encryption_context: out.obs.context.take().unwrap_or_default(),
+            outcome: match (outcome, reason) {
+                (None, _) => AuditOutcome::Ok,
+                (Some(_), Some(_)) => AuditOutcome::Denied,
+                (Some(_), None) => AuditOutcome::Error,
+            },
+            error_type: outcome,
+            reason,
+            cache,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+        });
+        // Fail closed: a success whose audit record cannot be queued is not returned.
+        let (status, body, outcome) = match audited {
+            Err(e) if outcome.is_none() && self.audit.fails_closed() => {
+                let err = KmsError::from(e);
+                tracing::error!(request_id, operation = op_name, error = %err, "audit record lost; failing the call");
+                (
+                    err.kind().status(),
+                    Zeroizing::new(err.to_body()),
+                    Some(err.kind()),
+                )
+            }
+            _ => (status, body, outcome),
+        };
         let mut response = Response::new(Body::new(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -238,7 +325,7 @@ impl App {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             headers.insert("x-amzn-requestid", v);
         }
-        if let Some(version) = out.key_version {
+        if let (None, Some(version)) = (outcome, out.obs.key_version) {
             headers.insert(KEY_VERSION_HEADER, HeaderValue::from(version));
         }
         if let Some(kind) = outcome {
@@ -270,7 +357,8 @@ async fn read_body(
         // Read and discard a moderately oversized body so the client sees the 4xx instead of a
         // reset connection; anything larger is refused without reading.
         if len <= DRAIN_LIMIT as u64 {
-            let _ = tokio::time::timeout(READ_TIMEOUT, Limited::new(body, DRAIN_LIMIT).collect()).await;
+            let _ =
+                tokio::time::timeout(READ_TIMEOUT, Limited::new(body, DRAIN_LIMIT).collect()).await;
         }
         return Err(too_large());
     }
@@ -336,14 +424,22 @@ impl Sidecar {
                 backend.name()
             );
         }
-        let clients = Arc::new(ClientStore::open(dir.clone())?);
+        let scope = config.arn_scope();
+        let clients = Arc::new(ClientStore::open(dir.clone(), &scope.account)?);
         let issued = if clients.is_empty() {
-            let issued = clients::add(&dir, "default")?;
+            let issued = clients::add(&dir, "default", Default::default())?;
             clients.reload()?;
             Some(issued)
         } else {
             None
         };
+        let audit =
+            AuditLog::open(config.audit.clone(), metrics.audit.clone()).with_context(|| {
+                format!(
+                    "cannot open the audit log in {}",
+                    config.audit.dir.display()
+                )
+            })?;
         let kms_listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (KMS API)", config.listen))?;
@@ -357,7 +453,16 @@ impl Sidecar {
             tracing::warn!(rotation_failed = ?report.rotation_failed, deletion_failed = ?report.deletion_failed, "maintenance at start left work for later");
         }
         let app = Arc::new(App {
-            kms: Kms::new(keys.clone()),
+            kms: Kms::new(
+                keys.clone(),
+                config
+                    .admin_principals
+                    .iter()
+                    .map(|n| clients::principal_arn(&scope.account, n))
+                    .collect(),
+            ),
+            audit,
+            admins: config.admin_principals.clone(),
             keys: keys.clone(),
             clients,
             verifier: Verifier::new(config.max_clock_skew),
@@ -403,14 +508,14 @@ impl Sidecar {
             self.kms_listener,
             stop_rx.clone(),
             graceful.clone(),
-            move |req| kms_app.clone().handle(req),
+            move |req, peer| kms_app.clone().handle(req, peer),
         ));
         let admin_app = self.app.clone();
         let admin = tokio::spawn(accept_loop(
             self.admin_listener,
             stop_rx.clone(),
             graceful.clone(),
-            move |req| admin::handle(admin_app.clone(), req),
+            move |req, _peer| admin::handle(admin_app.clone(), req),
         ));
         let background = tokio::spawn(background(
             self.app.clone(),
@@ -443,7 +548,7 @@ async fn accept_loop<F, Fut>(
     graceful: Arc<GracefulShutdown>,
     handler: F,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     loop {
@@ -451,7 +556,7 @@ async fn accept_loop<F, Fut>(
             a = listener.accept() => a,
             _ = stop.changed() => return,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -463,7 +568,7 @@ async fn accept_loop<F, Fut>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
-            let fut = handler(req);
+            let fut = handler(req, peer);
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()

@@ -67,22 +67,25 @@ fn mutated_ciphertexts_never_decrypt() {
         region: "us-east-1".into(),
         account: "111122223333".into(),
     };
-    let kms = Kms::new(Arc::new(KeyStore::open(dir, backend, scope).unwrap()));
+    let kms = Kms::new(
+        Arc::new(KeyStore::open(dir, backend, scope).unwrap()),
+        Vec::new(),
+    );
     let blob = rt.block_on(async {
-        let body = kms.call(Operation::CreateKey, b"{}").await.unwrap().body;
+        let body = kms.call_internal(Operation::CreateKey, b"{}").await.unwrap().body;
         let key: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let key_id = key["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
         let req = json!({"KeyId": key_id, "Plaintext": B64.encode("attack at dawn"), "EncryptionContext": {"a": "b"}});
-        let body = kms.call(Operation::Encrypt, req.to_string().as_bytes()).await.unwrap().body;
+        let body = kms.call_internal(Operation::Encrypt, req.to_string().as_bytes()).await.unwrap().body;
         let out: serde_json::Value = serde_json::from_slice(&body).unwrap();
         // A second key exists, so a header mutation could name another real key id prefix.
-        kms.call(Operation::CreateKey, b"{}").await.unwrap();
+        kms.call_internal(Operation::CreateKey, b"{}").await.unwrap();
         B64.decode(out["CiphertextBlob"].as_str().unwrap()).unwrap()
     });
     // The unmutated blob decrypts, so a failure below is the mutation's doing.
     let ok = json!({"CiphertextBlob": B64.encode(&blob), "EncryptionContext": {"a": "b"}});
     assert!(
-        rt.block_on(kms.call(Operation::Decrypt, ok.to_string().as_bytes()))
+        rt.block_on(kms.call_internal(Operation::Decrypt, ok.to_string().as_bytes()))
             .is_ok()
     );
 
@@ -99,7 +102,7 @@ fn mutated_ciphertexts_never_decrypt() {
         let bad = apply(&blob, &m);
         prop_assume!(bad != blob);
         let req = json!({"CiphertextBlob": B64.encode(&bad), "EncryptionContext": {"a": "b"}});
-        let result = rt.block_on(kms.call(Operation::Decrypt, req.to_string().as_bytes()));
+        let result = rt.block_on(kms.call_internal(Operation::Decrypt, req.to_string().as_bytes()));
         match result {
             Ok(_) => prop_assert!(false, "mutation {:?} decrypted", m),
             // Truncation to nothing is a length violation (ValidationException), as in KMS.

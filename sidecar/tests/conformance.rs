@@ -92,7 +92,7 @@ impl Fixture {
         };
         let store = KeyStore::open(dir, backend.clone(), scope).unwrap();
         Stack {
-            kms: Kms::new(Arc::new(store)),
+            kms: Kms::new(Arc::new(store), Vec::new()),
             backend,
         }
     }
@@ -150,7 +150,7 @@ fn pkcs11_fixture(test: &str) -> Option<Fixture> {
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED {test}: softhsm2-util not found (install softhsm2)");
+        eprintln!("SKIPPED: softhsm2-util not found (install softhsm2) [{test}]");
         return None;
     }
     let hsm = tempfile::tempdir().unwrap();
@@ -255,7 +255,7 @@ conformance!(
 );
 
 async fn call(kms: &Kms, op: Operation, body: Value) -> Result<Value, ErrorKind> {
-    kms.call(op, &serde_json::to_vec(&body).unwrap())
+    kms.call_internal(op, &serde_json::to_vec(&body).unwrap())
         .await
         .map(|r| serde_json::from_slice(&r.body).unwrap())
         .map_err(|e| e.kind())
@@ -743,6 +743,7 @@ fn pkcs11_startup_errors_name_the_problem() {
         let module = Path::new(MODULE);
         let err = Pkcs11::open(Fixture::settings("no-such-token", PIN, module)).unwrap_err();
         let msg = format!("{err:#}");
+        eprintln!("wrong label: {msg}");
         assert!(
             msg.contains("no-such-token") && msg.contains(token.as_str()),
             "{msg}"
@@ -764,9 +765,31 @@ fn pkcs11_startup_errors_name_the_problem() {
     });
 }
 
+/// Decrypts `blob` until 16 calls in a row succeed. Failures on the way must be retryable
+/// (`DependencyTimeoutException`), and fewer than 32; returns how many there were.
+async fn until_recovered(kms: &Kms, blob: &[u8], want: &[u8]) -> usize {
+    let mut retryable = 0;
+    let mut ok_in_a_row = 0;
+    while ok_in_a_row < 16 {
+        match decrypt(kms, blob, json!({})).await {
+            Ok(plain) => {
+                assert_eq!(plain, want);
+                ok_in_a_row += 1;
+            }
+            Err(kind) => {
+                assert_eq!(kind, ErrorKind::DependencyTimeout);
+                ok_in_a_row = 0;
+                retryable += 1;
+                assert!(retryable < 32, "the backend does not recover");
+            }
+        }
+    }
+    retryable
+}
+
 /// Broken sessions are replaced: finalizing the module under the backend (every session and
 /// handle gone, as after a token reset) makes calls fail as retryable, and once the module is
-/// back the workers reconnect, log in, find their objects again and work.
+/// back the workers reconnect, log in, find their objects again and work. The same for a logout.
 #[test]
 fn pkcs11_recovers_from_a_token_reset() {
     with_token("pkcs11_recovers_from_a_token_reset", |fx| {
@@ -788,24 +811,18 @@ fn pkcs11_recovers_from_a_token_reset() {
             module
                 .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
                 .unwrap();
-            let mut retryable = 0;
-            let mut ok_in_a_row = 0;
-            while ok_in_a_row < 16 {
-                match decrypt(kms, &blob, json!({})).await {
-                    Ok(plain) => {
-                        assert_eq!(plain, b"survives");
-                        ok_in_a_row += 1;
-                    }
-                    Err(kind) => {
-                        assert_eq!(kind, ErrorKind::DependencyTimeout);
-                        ok_in_a_row = 0;
-                        retryable += 1;
-                        assert!(retryable < 32, "the backend does not recover");
-                    }
-                }
-            }
+            until_recovered(kms, &blob, b"survives").await;
             let again = encrypt(kms, &key, b"new", json!({})).await.unwrap();
             assert_eq!(decrypt(kms, &again, json!({})).await.unwrap(), b"new");
+
+            // A logout behind the backend's back hides every private object: that must look like
+            // a fault (retryable, the session is replaced and logs in), never like deleted keys.
+            let Kind::Pkcs11 { token } = &fx.kind else {
+                unreachable!()
+            };
+            token_session(token).logout().unwrap();
+            let retryable = until_recovered(kms, &blob, b"survives").await;
+            assert!(retryable > 0, "a logged-out session went unnoticed");
         });
     });
 }

@@ -24,11 +24,14 @@ fn open(path: &std::path::Path) -> Kms {
         region: "us-east-1".into(),
         account: "111122223333".into(),
     };
-    Kms::new(Arc::new(KeyStore::open(dir, backend, scope).unwrap()))
+    Kms::new(
+        Arc::new(KeyStore::open(dir, backend, scope).unwrap()),
+        Vec::new(),
+    )
 }
 
 async fn call(kms: &Kms, op: Operation, body: Value) -> Result<Value, ErrorKind> {
-    kms.call(op, &serde_json::to_vec(&body).unwrap())
+    kms.call_internal(op, &serde_json::to_vec(&body).unwrap())
         .await
         .map(|r| serde_json::from_slice(&r.body).unwrap())
         .map_err(|e| e.kind())

@@ -199,14 +199,14 @@ async fn create_describe_encrypt_decrypt_reencrypt(backend: BackendChoice) {
         .await;
     assert_eq!(code(r), "InvalidCiphertextException");
 
-    // Unsupported key kinds and policies are refused, never silently accepted.
+    // Unsupported key kinds are refused; a policy that does not parse is MalformedPolicyDocument.
     assert_eq!(
         code(kms.create_key().key_spec(KeySpec::Rsa2048).send().await),
         "UnsupportedOperationException"
     );
     assert_eq!(
         code(kms.create_key().policy("{}").send().await),
-        "UnsupportedOperationException"
+        "MalformedPolicyDocumentException"
     );
 }
 

@@ -4,7 +4,7 @@
 //! the file within a second of a change, so `kms-sidecar clients add|revoke` takes effect without a
 //! restart. Secrets are `SecretString`s: never printed by `Debug`, never logged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +43,13 @@ pub struct Client {
     pub access_key_id: String,
     /// The principal name the credential authenticates as.
     pub name: String,
+    /// The principal's ARN, `arn:aws:iam::<account>:user/<name>`, as key policies name it.
+    pub arn: String,
+    /// Principal attributes (`aws:PrincipalTag/<name>` in key policies), e.g. `tenant`.
+    pub tags: BTreeMap<String, String>,
     pub created: f64,
+    /// The sealed form of the secret, to notice a rotated secret on reload.
+    sealed: String,
     secret: SecretString,
     signing_key: ArcSwapOption<SigningKey>,
 }
@@ -73,6 +79,18 @@ struct Record {
     created: f64,
     /// The secret access key sealed under the root key (base64).
     sealed_secret: String,
+    /// Principal attributes (e.g. `tenant`), visible to key policies as `aws:PrincipalTag/<name>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    tags: BTreeMap<String, String>,
+}
+
+/// A revoked credential: kept (without its secret) so a later use is reported as revoked.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokedRecord {
+    access_key_id: String,
+    name: String,
+    revoked: f64,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -80,6 +98,8 @@ struct Record {
 struct File {
     format: u32,
     clients: Vec<Record>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    revoked: Vec<RevokedRecord>,
 }
 
 /// What `clients add` returns: shown once, then only the sealed copy exists.
@@ -107,6 +127,11 @@ pub struct Listed {
     pub created: f64,
 }
 
+/// The ARN of principal `name` in `account`.
+pub fn principal_arn(account: &str, name: &str) -> String {
+    format!("arn:aws:iam::{account}:user/{name}")
+}
+
 fn purpose(access_key_id: &str) -> String {
     format!("kms-sidecar/client-secret/{access_key_id}")
 }
@@ -118,6 +143,7 @@ fn read_file(path: &Path) -> anyhow::Result<File> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(File {
             format: 1,
             clients: Vec::new(),
+            revoked: Vec::new(),
         }),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -152,7 +178,14 @@ fn random_token(len: usize, alphabet: &[u8]) -> anyhow::Result<String> {
 }
 
 /// Issues a new credential for principal `name` and stores it sealed.
-pub fn add(dir: &DataDir, name: &str) -> anyhow::Result<Issued> {
+pub fn add(dir: &DataDir, name: &str, tags: BTreeMap<String, String>) -> anyhow::Result<Issued> {
+    for (k, v) in &tags {
+        if k.is_empty() || k.len() > 128 || v.len() > 256 {
+            bail!(
+                "principal tag {k:?} must have a 1-128 character name and a value of at most 256 characters"
+            );
+        }
+    }
     if name.is_empty()
         || name.len() > 64
         || !name
@@ -177,6 +210,7 @@ pub fn add(dir: &DataDir, name: &str) -> anyhow::Result<Issued> {
             name: name.to_string(),
             created: crate::keys::now(),
             sealed_secret: B64.encode(sealed),
+            tags,
         });
         write_file(path, &file)?;
         Ok(Issued {
@@ -191,12 +225,44 @@ pub fn add(dir: &DataDir, name: &str) -> anyhow::Result<Issued> {
 pub fn revoke(dir: &DataDir, access_key_id: &str) -> anyhow::Result<()> {
     with_lock(dir, |path| {
         let mut file = read_file(path)?;
-        let before = file.clients.len();
-        file.clients.retain(|c| c.access_key_id != access_key_id);
-        if file.clients.len() == before {
+        let Some(pos) = file
+            .clients
+            .iter()
+            .position(|c| c.access_key_id == access_key_id)
+        else {
             bail!("no client with access key id {access_key_id}");
-        }
+        };
+        let gone = file.clients.remove(pos);
+        file.revoked.push(RevokedRecord {
+            access_key_id: gone.access_key_id,
+            name: gone.name,
+            revoked: crate::keys::now(),
+        });
         write_file(path, &file)
+    })
+}
+
+/// Issues a new secret for an existing credential (same access key id and principal); the old
+/// secret stops working within a second.
+pub fn rotate_secret(dir: &DataDir, access_key_id: &str) -> anyhow::Result<Issued> {
+    with_lock(dir, |path| {
+        let mut file = read_file(path)?;
+        let Some(record) = file
+            .clients
+            .iter_mut()
+            .find(|c| c.access_key_id == access_key_id)
+        else {
+            bail!("no client with access key id {access_key_id}");
+        };
+        let secret = Zeroizing::new(B64.encode(&*crypto::random_bytes(30)?));
+        record.sealed_secret = B64.encode(dir.seal(&purpose(access_key_id), secret.as_bytes())?);
+        let name = record.name.clone();
+        write_file(path, &file)?;
+        Ok(Issued {
+            access_key_id: access_key_id.to_string(),
+            name,
+            secret: SecretString::from(secret.to_string()),
+        })
     })
 }
 
@@ -218,18 +284,23 @@ pub fn list(dir: &DataDir) -> anyhow::Result<Vec<Listed>> {
 pub struct ClientStore {
     dir: Arc<DataDir>,
     path: PathBuf,
+    account: String,
     clients: ArcSwap<HashMap<String, Arc<Client>>>,
+    /// Revoked access key id -> principal name.
+    revoked: ArcSwap<HashMap<String, String>>,
     /// (inode, size, mtime) of the file last loaded; a rename by `write_atomic` always changes the inode.
     stamp: std::sync::Mutex<Option<(u64, u64, i64, i64)>>,
 }
 
 impl ClientStore {
-    pub fn open(dir: Arc<DataDir>) -> anyhow::Result<Self> {
+    pub fn open(dir: Arc<DataDir>, account: &str) -> anyhow::Result<Self> {
         let path = dir.path().join(FILE);
         let store = Self {
             dir,
             path,
+            account: account.to_string(),
             clients: ArcSwap::from_pointee(HashMap::new()),
+            revoked: ArcSwap::from_pointee(HashMap::new()),
             stamp: std::sync::Mutex::new(None),
         };
         store.reload()?;
@@ -239,6 +310,20 @@ impl ClientStore {
     /// Looks up a credential by access key id (lock-free).
     pub fn get(&self, access_key_id: &str) -> Option<Arc<Client>> {
         self.clients.load().get(access_key_id).cloned()
+    }
+
+    /// The principal name of a revoked credential.
+    pub fn revoked_name(&self, access_key_id: &str) -> Option<String> {
+        self.revoked.load().get(access_key_id).cloned()
+    }
+
+    /// Principal names of all active credentials (the bounded set of `principal` label values).
+    pub fn names(&self) -> Vec<String> {
+        self.clients
+            .load()
+            .values()
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -269,7 +354,10 @@ impl ClientStore {
         let old = self.clients.load();
         let mut next = HashMap::with_capacity(file.clients.len());
         for r in file.clients {
-            if let Some(existing) = old.get(&r.access_key_id) {
+            if let Some(existing) = old
+                .get(&r.access_key_id)
+                .filter(|c| c.sealed == r.sealed_secret && c.tags == r.tags && c.name == r.name)
+            {
                 next.insert(r.access_key_id.clone(), existing.clone());
                 continue;
             }
@@ -296,7 +384,10 @@ impl ClientStore {
                 r.access_key_id.clone(),
                 Arc::new(Client {
                     access_key_id: r.access_key_id,
+                    arn: principal_arn(&self.account, &r.name),
                     name: r.name,
+                    tags: r.tags,
+                    sealed: r.sealed_secret,
                     created: r.created,
                     secret: SecretString::from(secret),
                     signing_key: ArcSwapOption::empty(),
@@ -304,6 +395,12 @@ impl ClientStore {
             );
         }
         self.clients.store(Arc::new(next));
+        self.revoked.store(Arc::new(
+            file.revoked
+                .into_iter()
+                .map(|r| (r.access_key_id, r.name))
+                .collect(),
+        ));
         if let Ok(mut s) = self.stamp.lock() {
             *s = stamp;
         }
@@ -321,16 +418,31 @@ mod tests {
     fn add_list_revoke_reload() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = Arc::new(DataDir::open(tmp.path(), &RootKeySource::DataDir).unwrap());
-        let store = ClientStore::open(dir.clone()).unwrap();
+        let store = ClientStore::open(dir.clone(), "111122223333").unwrap();
         assert!(store.is_empty());
-        let issued = add(&dir, "app").unwrap();
+        let issued = add(
+            &dir,
+            "app",
+            BTreeMap::from([("tenant".to_string(), "a".to_string())]),
+        )
+        .unwrap();
         assert!(issued.access_key_id.starts_with("AKSC") && issued.access_key_id.len() == 20);
         assert!(!format!("{issued:?}").contains(issued.secret.expose_secret()));
-        assert!(add(&dir, "app").is_err());
-        assert!(add(&dir, "bad name").is_err());
+        assert!(add(&dir, "app", BTreeMap::new()).is_err());
+        assert!(add(&dir, "bad name", BTreeMap::new()).is_err());
         assert!(store.reload_if_changed().unwrap());
         assert!(!store.reload_if_changed().unwrap());
         let client = store.get(&issued.access_key_id).unwrap();
+        assert_eq!(client.arn, "arn:aws:iam::111122223333:user/app");
+        assert_eq!(client.tags["tenant"], "a");
+        let rotated = rotate_secret(&dir, &issued.access_key_id).unwrap();
+        assert!(store.reload_if_changed().unwrap());
+        let client = store.get(&issued.access_key_id).unwrap();
+        assert_eq!(
+            client.secret().expose_secret(),
+            rotated.secret.expose_secret()
+        );
+        let issued = rotated;
         assert_eq!(
             client.secret().expose_secret(),
             issued.secret.expose_secret()
@@ -346,5 +458,9 @@ mod tests {
         assert!(revoke(&dir, &issued.access_key_id).is_err());
         assert!(store.reload_if_changed().unwrap());
         assert!(store.get(&issued.access_key_id).is_none());
+        assert_eq!(
+            store.revoked_name(&issued.access_key_id).as_deref(),
+            Some("app")
+        );
     }
 }

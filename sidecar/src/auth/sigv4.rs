@@ -27,6 +27,8 @@ pub enum AuthFailure {
     MissingToken,
     Incomplete,
     UnknownClient,
+    /// The access key id was issued and then revoked.
+    RevokedClient,
     BadSignature,
     Expired,
 }
@@ -37,6 +39,7 @@ impl AuthFailure {
             AuthFailure::MissingToken => "missing_signature",
             AuthFailure::Incomplete => "malformed_signature",
             AuthFailure::UnknownClient => "unknown_client",
+            AuthFailure::RevokedClient => "revoked_client",
             AuthFailure::BadSignature => "bad_signature",
             AuthFailure::Expired => "expired_signature",
         }
@@ -48,6 +51,8 @@ impl AuthFailure {
 pub struct AuthError {
     pub failure: AuthFailure,
     pub error: KmsError,
+    /// The principal, when the credential is known (a revoked client).
+    pub principal: Option<String>,
 }
 
 fn fail(
@@ -58,6 +63,7 @@ fn fail(
     AuthError {
         failure,
         error: KmsError::new(kind, message),
+        principal: None,
     }
 }
 
@@ -405,11 +411,19 @@ impl Verifier {
             ));
         }
         let Some(client) = clients.get(auth.access_key_id) else {
-            return Err(fail(
-                AuthFailure::UnknownClient,
+            let revoked = clients.revoked_name(auth.access_key_id);
+            let failure = if revoked.is_some() {
+                AuthFailure::RevokedClient
+            } else {
+                AuthFailure::UnknownClient
+            };
+            let mut err = fail(
+                failure,
                 ErrorKind::UnrecognizedClient,
                 "The security token included in the request is invalid.",
-            ));
+            );
+            err.principal = revoked;
+            return Err(err);
         };
 
         let payload_hash = hex::encode(Sha256::digest(req.body));

@@ -101,6 +101,11 @@ impl Backend for Embedded {
 
     async fn create_version(&self, key: KeyRef<'_>) -> Result<(), BackendError> {
         let _guard = self.write.lock().await;
+        // Idempotent: material that exists (a crash after writing it, before the key record) is
+        // kept, never overwritten, so no ciphertext made under it can be stranded.
+        if self.cipher(key).is_ok() {
+            return Ok(());
+        }
         let material = crypto::random_bytes(KEY_LEN)
             .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))?;
         let cipher =
@@ -158,7 +163,12 @@ impl Backend for Embedded {
             .await
             .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))?;
         let mut next = HashMap::clone(&self.keys.load());
-        next.remove(key_id);
+        if let Some(held) = next.get_mut(key_id) {
+            held.retain(|v, _| !versions.contains(v));
+            if held.is_empty() {
+                next.remove(key_id);
+            }
+        }
         self.keys.store(Arc::new(next));
         Ok(())
     }

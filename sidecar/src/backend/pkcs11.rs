@@ -26,7 +26,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::Ulong;
 use secrecy::SecretString;
@@ -168,6 +168,27 @@ struct WorkersStopped;
 #[error("a PKCS#11 call panicked")]
 struct JobPanicked;
 
+/// The session lost its login (someone called `C_Logout` on the token): private objects are
+/// invisible to it, so "not found" means nothing until it logs in again.
+#[derive(Debug, thiserror::Error)]
+#[error("the PKCS#11 session is not logged in")]
+struct NotLoggedIn;
+
+/// Believes "no such object" only from a logged-in session; otherwise the session is a fault
+/// (dropped and replaced by a logged-in one), so a logout can never make keys look deleted.
+fn check_logged_in(session: &Session) -> Result<(), BackendError> {
+    let info = session
+        .get_session_info()
+        .map_err(|e| token_error(e, false))?;
+    match info.session_state() {
+        SessionState::RoUser | SessionState::RwUser => Ok(()),
+        _ => Err(BackendError::with_source(
+            BackendErrorKind::Unavailable,
+            NotLoggedIn,
+        )),
+    }
+}
+
 /// The token returned a ciphertext of an unexpected length.
 #[derive(Debug, thiserror::Error)]
 #[error("the token returned {got} bytes of AES-GCM output, expected {expected}")]
@@ -261,9 +282,10 @@ impl Shared {
             .find(session, key_id, version)
             .map_err(|e| token_error(e, false))?;
         // Duplicates can only come from outside the sidecar; the first is as good as any other.
-        let handle = *found
-            .first()
-            .ok_or_else(|| BackendError::new(BackendErrorKind::MaterialMissing))?;
+        let Some(&handle) = found.first() else {
+            check_logged_in(session)?;
+            return Err(BackendError::new(BackendErrorKind::MaterialMissing));
+        };
         self.remember(key_id, version, handle);
         Ok(handle)
     }
@@ -297,6 +319,7 @@ impl Shared {
             self.remember(key.key_id, key.version, *handle);
             return Ok(());
         }
+        check_logged_in(session)?;
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::AES),
@@ -380,6 +403,8 @@ impl Shared {
         key_id: &str,
         versions: &[u32],
     ) -> Result<(), BackendError> {
+        // Logged out, nothing would be found and a deletion would "succeed" leaving the keys.
+        check_logged_in(session)?;
         for &version in versions {
             self.forget(key_id, version);
             for handle in self

@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use arc_swap::{ArcSwap, Guard};
 
+use crate::auth::policy::Policy;
 use crate::backend::{Backend, KeyRef};
 use crate::datadir::{self, DataDir};
 use crate::observe::keys::KeyMetrics;
@@ -42,6 +43,8 @@ pub struct ArnScope {
 pub struct Index {
     pub keys: HashMap<String, Arc<KeyMeta>>,
     pub aliases: BTreeMap<String, AliasEntry>,
+    /// Parsed key policies, by key id (parsed once, evaluated on every call).
+    pub policies: HashMap<String, Arc<Policy>>,
 }
 
 /// What one maintenance pass did.
@@ -82,6 +85,7 @@ impl KeyStore {
     ) -> anyhow::Result<Self> {
         let keys_dir = dir.path().join("keys");
         let mut keys = HashMap::new();
+        let mut policies = HashMap::new();
         for entry in fs::read_dir(&keys_dir)
             .with_context(|| format!("cannot read {}", keys_dir.display()))?
         {
@@ -102,6 +106,12 @@ impl KeyStore {
             })?;
             if meta.versions.is_empty() || format!("{}.json", meta.id) != name {
                 anyhow::bail!("key record {} is inconsistent", path.display());
+            }
+            if let Some(text) = &meta.policy {
+                let policy = Policy::parse(text).with_context(|| {
+                    format!("key record {} holds an invalid policy", path.display())
+                })?;
+                policies.insert(meta.id.clone(), Arc::new(policy));
             }
             keys.insert(meta.id.clone(), Arc::new(meta));
         }
@@ -125,7 +135,11 @@ impl KeyStore {
         Ok(Self {
             dir,
             backend,
-            index: ArcSwap::from_pointee(Index { keys, aliases }),
+            index: ArcSwap::from_pointee(Index {
+                keys,
+                aliases,
+                policies,
+            }),
             write: tokio::sync::Mutex::new(()),
             scope,
             metrics: None,
@@ -144,6 +158,11 @@ impl KeyStore {
 
     pub fn scope(&self) -> &ArnScope {
         &self.scope
+    }
+
+    /// The parsed policy of key `id` (`None` for keys that predate policies).
+    pub fn policy(&self, id: &str) -> Option<Arc<Policy>> {
+        self.index.load().policies.get(id).cloned()
     }
 
     /// A lock-free snapshot of all keys and aliases.
@@ -242,6 +261,7 @@ impl KeyStore {
         &self,
         description: String,
         tags: BTreeMap<String, String>,
+        policy: String,
     ) -> Result<Arc<KeyMeta>, KmsError> {
         let _guard = self.write.lock().await;
         let id = uuid::Uuid::new_v4().to_string();
@@ -270,6 +290,7 @@ impl KeyStore {
             rotation_period_days: None,
             next_rotation: None,
             tags,
+            policy: Some(policy),
         };
         self.publish_key(meta).await
     }
@@ -322,6 +343,13 @@ impl KeyStore {
     }
 
     async fn publish_key(&self, meta: KeyMeta) -> Result<Arc<KeyMeta>, KmsError> {
+        // Parsed before anything is written: a record on disk always holds a valid policy.
+        let policy = meta
+            .policy
+            .as_deref()
+            .map(Policy::parse)
+            .transpose()
+            .map_err(KmsError::from)?;
         let path = self.key_path(&meta.id);
         let bytes = serde_json::to_vec_pretty(&meta).map_err(KmsError::internal)?;
         datadir::blocking(move || datadir::write_atomic(&path, &bytes))
@@ -329,6 +357,10 @@ impl KeyStore {
             .map_err(|e| KmsError::internal(e.context("persisting key metadata")))?;
         let meta = Arc::new(meta);
         let mut next = Index::clone(&self.index.load());
+        match policy {
+            Some(p) => next.policies.insert(meta.id.clone(), Arc::new(p)),
+            None => next.policies.remove(&meta.id),
+        };
         next.keys.insert(meta.id.clone(), meta.clone());
         self.index.store(Arc::new(next));
         Ok(meta)
@@ -388,6 +420,7 @@ impl KeyStore {
             .await
             .map_err(|e| KmsError::internal(e.context("removing key metadata")))?;
         next.keys.remove(id);
+        next.policies.remove(id);
         self.index.store(Arc::new(next));
         Ok(())
     }

@@ -73,6 +73,9 @@ pub struct KeyMeta {
     pub rotation_period_days: Option<u32>,
     pub next_rotation: Option<Timestamp>,
     pub tags: BTreeMap<String, String>,
+    /// The key policy document (`None` for keys created before policies: admins only).
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 pub const RECORD_FORMAT: u32 = 1;

@@ -837,6 +837,11 @@ impl AuditLog {
         self.on_failure == FailureMode::Closed && !self.is_healthy()
     }
 
+    /// Whether the log is configured to fail closed (refuse what it cannot record).
+    pub fn fails_closed(&self) -> bool {
+        self.on_failure == FailureMode::Closed
+    }
+
     /// The last write failure, for `/readyz` reasons and logs.
     pub fn last_error(&self) -> Option<String> {
         lock(&self.shared.last_error).clone()

@@ -159,6 +159,12 @@ impl KeyMetrics {
         Some(counters)
     }
 
+    /// The bounded label of an existing key: its id, or `other` past the per-key bound.
+    pub fn key_label(&self, key_id: &str) -> String {
+        self.counters(key_id)
+            .map_or_else(|| OTHER.to_string(), |c| c.label.clone())
+    }
+
     /// Counts one successful `op` on `key_id`.
     pub fn record(&self, key_id: &str, op: Operation) {
         if let Some(counters) = self.counters(key_id)

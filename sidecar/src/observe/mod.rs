@@ -5,15 +5,18 @@ pub mod audit;
 pub mod backend;
 pub mod keys;
 pub mod metrics;
+pub mod security;
 
 use std::sync::Arc;
 
 use prometheus::{IntGaugeVec, Opts, Registry};
 use tracing_subscriber::EnvFilter;
 
+use self::audit::AuditMetrics;
 use self::backend::BackendMetrics;
 use self::keys::{KeyMetrics, RotationPolicy};
 use self::metrics::RequestMetrics;
+use self::security::UnauthorizedMetrics;
 
 /// Settings for metrics that need them.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +35,8 @@ pub struct Metrics {
     pub requests: RequestMetrics,
     pub backend: Arc<BackendMetrics>,
     pub keys: Arc<KeyMetrics>,
+    pub unauthorized: UnauthorizedMetrics,
+    pub audit: AuditMetrics,
 }
 
 impl Metrics {
@@ -67,6 +72,8 @@ impl Metrics {
                 settings.max_keys,
                 settings.rotation,
             )?),
+            unauthorized: UnauthorizedMetrics::register(&registry)?,
+            audit: AuditMetrics::register(&registry)?,
             registry,
         })
     }
@@ -77,6 +84,11 @@ impl Metrics {
         names.extend(RequestMetrics::family_names());
         names.extend(BackendMetrics::family_names());
         names.extend(KeyMetrics::family_names());
+        names.extend(UnauthorizedMetrics::family_names());
+        names.extend([
+            "kms_sidecar_audit_events_total",
+            "kms_sidecar_audit_write_errors_total",
+        ]);
         names.sort_unstable();
         names
     }
@@ -139,6 +151,8 @@ mod tests {
         m.keys.record("k1", Operation::Encrypt);
         m.keys
             .rotation("k1", true, crate::keys::RotationType::OnDemand);
+        m.unauthorized
+            .record("unknown", "Encrypt", "none", "bad_signature");
         let mut index = crate::keys::Index::default();
         let meta: crate::keys::KeyMeta = serde_json::from_value(serde_json::json!({
             "format": 1, "id": "k1", "backend": "embedded", "created": 0.0, "description": "",

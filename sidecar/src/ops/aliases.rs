@@ -1,7 +1,8 @@
 //! Aliases: CreateAlias, UpdateAlias, DeleteAlias, ListAliases, with KMS's alias-name rules.
 
-use super::{page, require_not_pending, required, take_page};
-use crate::keys::{self, AliasEntry, KeyStore};
+use super::{Cx, page, require_not_pending, required, take_page};
+use crate::auth::policy::Action;
+use crate::keys::{self, AliasEntry};
 use crate::protocol::shapes::*;
 use crate::protocol::{ErrorKind, KmsError};
 
@@ -28,11 +29,14 @@ fn check_alias_name(name: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
-pub(super) async fn create_alias(keys: &KeyStore, req: AliasRequest) -> Result<Empty, KmsError> {
+pub(super) async fn create_alias(cx: &mut Cx<'_>, req: AliasRequest) -> Result<Empty, KmsError> {
+    let keys = cx.keys;
     let name = required(req.alias_name, "aliasName")?;
     let target = required(req.target_key_id, "targetKeyId")?;
     check_alias_name(&name)?;
     let now = keys::now();
+    let meta = keys.resolve_key_only(&target)?;
+    cx.authorize(Action::CreateAlias, &meta, None)?;
     keys.update_aliases(|_, aliases| {
         let meta = keys.resolve_key_only(&target)?;
         require_not_pending(keys, &meta)?;
@@ -59,11 +63,19 @@ pub(super) async fn create_alias(keys: &KeyStore, req: AliasRequest) -> Result<E
     Ok(Empty {})
 }
 
-pub(super) async fn update_alias(keys: &KeyStore, req: AliasRequest) -> Result<Empty, KmsError> {
+pub(super) async fn update_alias(cx: &mut Cx<'_>, req: AliasRequest) -> Result<Empty, KmsError> {
+    let keys = cx.keys;
     let name = required(req.alias_name, "aliasName")?;
     let target = required(req.target_key_id, "targetKeyId")?;
     check_alias_name(&name)?;
     let now = keys::now();
+    // The caller needs UpdateAlias on both the alias's current key and its new one.
+    if let Some(current) = keys.snapshot().aliases.get(&name).map(|a| a.target.clone()) {
+        let old = keys.resolve_key_only(&current)?;
+        cx.authorize(Action::UpdateAlias, &old, None)?;
+    }
+    let new = keys.resolve_key_only(&target)?;
+    cx.authorize(Action::UpdateAlias, &new, None)?;
     keys.update_aliases(|_, aliases| {
         let meta = keys.resolve_key_only(&target)?;
         require_not_pending(keys, &meta)?;
@@ -81,9 +93,14 @@ pub(super) async fn update_alias(keys: &KeyStore, req: AliasRequest) -> Result<E
     Ok(Empty {})
 }
 
-pub(super) async fn delete_alias(keys: &KeyStore, req: AliasRequest) -> Result<Empty, KmsError> {
+pub(super) async fn delete_alias(cx: &mut Cx<'_>, req: AliasRequest) -> Result<Empty, KmsError> {
+    let keys = cx.keys;
     let name = required(req.alias_name, "aliasName")?;
     check_alias_name(&name)?;
+    if let Some(current) = keys.snapshot().aliases.get(&name).map(|a| a.target.clone()) {
+        let target = keys.resolve_key_only(&current)?;
+        cx.authorize(Action::DeleteAlias, &target, None)?;
+    }
     keys.update_aliases(|_, aliases| {
         aliases.remove(&name).map(|_| ()).ok_or_else(|| {
             KmsError::new(
@@ -97,9 +114,10 @@ pub(super) async fn delete_alias(keys: &KeyStore, req: AliasRequest) -> Result<E
 }
 
 pub(super) fn list_aliases(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: ListRequest,
 ) -> Result<ListAliasesResponse, KmsError> {
+    let keys = cx.keys;
     let page = page(req.limit, 100, 50, req.marker.as_deref())?;
     let filter = req
         .key_id

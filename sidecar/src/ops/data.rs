@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use super::{KeyUse, in_range, require_enabled, required};
+use super::{Cx, in_range, require_enabled, required};
+use crate::auth::policy::Action;
 use crate::backend::KeyRef;
+use crate::keys::KeyMeta;
 use crate::keys::ciphertext;
-use crate::keys::{KeyMeta, KeyStore};
 use crate::protocol::shapes::*;
 use crate::protocol::{Blob, EncryptionContext, ErrorKind, KmsError, SecretBlob};
 
@@ -37,38 +38,37 @@ fn check_length(len: usize, max: usize, member: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
-/// Encrypts `plaintext` under the current version of `meta`, returning the complete blob.
+/// Encrypts `plaintext` under the current version of `meta`, returning the complete blob and
+/// recording the version used.
 async fn seal(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     meta: &KeyMeta,
     context: &EncryptionContext,
     plaintext: &[u8],
-) -> Result<(Vec<u8>, u32), KmsError> {
+) -> Result<Vec<u8>, KmsError> {
     let version = meta.current_version();
     let mut blob = ciphertext::encode_header(&meta.id, version);
     let aad = ciphertext::aad(&blob, context);
-    let sealed = keys
-        .backend()
-        .encrypt(
-            KeyRef {
-                key_id: &meta.id,
-                version,
-            },
-            &aad,
-            plaintext,
-        )
-        .await?;
+    let key = KeyRef {
+        key_id: &meta.id,
+        version,
+    };
+    let sealed = cx.keys.backend().encrypt(key, &aad, plaintext).await?;
     blob.extend_from_slice(&sealed);
-    Ok((blob, version))
+    cx.obs.key_version = Some(version);
+    Ok(blob)
 }
 
-/// Decrypts a blob, enforcing the key-state rules and an optional expected key.
+/// Decrypts a blob: authorizes `action` on the key the blob names, then enforces the optional
+/// expected key and the key-state rules.
 async fn open(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
+    action: Action,
     blob: &[u8],
     context: &EncryptionContext,
     expected: Option<&str>,
-) -> Result<(Arc<KeyMeta>, SecretBlob, KeyUse), KmsError> {
+) -> Result<(Arc<KeyMeta>, SecretBlob), KmsError> {
+    let keys = cx.keys;
     check_length(blob.len(), MAX_CIPHERTEXT, "ciphertextBlob")?;
     let parsed = ciphertext::parse(blob)?;
     let meta = keys
@@ -77,6 +77,7 @@ async fn open(
         .get(parsed.header.key_id)
         .cloned()
         .ok_or_else(ciphertext::invalid)?;
+    cx.authorize(action, &meta, Some(context))?;
     if let Some(expected) = expected
         && keys.resolve(expected)?.id != meta.id
     {
@@ -90,64 +91,63 @@ async fn open(
         return Err(ciphertext::invalid());
     }
     let aad = ciphertext::aad(parsed.header_bytes, context);
-    let plaintext = keys
-        .backend()
-        .decrypt(
-            KeyRef {
-                key_id: &meta.id,
-                version: parsed.header.version,
-            },
-            &aad,
-            parsed.sealed,
-        )
-        .await?;
-    let used = KeyUse {
-        key_id: meta.id.clone(),
+    let key = KeyRef {
+        key_id: &meta.id,
         version: parsed.header.version,
     };
-    Ok((meta, SecretBlob(plaintext), used))
+    let plaintext = keys.backend().decrypt(key, &aad, parsed.sealed).await?;
+    cx.obs.key_version = Some(parsed.header.version);
+    Ok((meta, SecretBlob(plaintext)))
 }
 
 pub(super) async fn encrypt(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: EncryptRequest,
-) -> Result<(EncryptResponse, KeyUse), KmsError> {
+) -> Result<EncryptResponse, KmsError> {
     let key_id = required(req.key_id, "keyId")?;
     let plaintext = required(req.plaintext, "plaintext")?;
     check_length(plaintext.as_slice().len(), MAX_PLAINTEXT, "plaintext")?;
     check_algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
-    let meta = keys.resolve(&key_id)?;
-    require_enabled(keys, &meta)?;
     let context = req.encryption_context.unwrap_or_default();
-    let (blob, version) = seal(keys, &meta, &context, plaintext.as_slice()).await?;
-    let response = EncryptResponse {
+    let meta = cx.check(&key_id, Some(&context))?;
+    require_enabled(cx.keys, &meta)?;
+    let blob = seal(cx, &meta, &context, plaintext.as_slice()).await?;
+    cx.obs.context = Some(context);
+    Ok(EncryptResponse {
         ciphertext_blob: Blob(blob),
-        key_id: keys.key_arn(&meta.id),
+        key_id: cx.keys.key_arn(&meta.id),
         encryption_algorithm: ALGORITHM,
-    };
-    Ok((response, KeyUse::of(&meta, version)))
+    })
 }
 
 pub(super) async fn decrypt(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: DecryptRequest,
-) -> Result<(DecryptResponse, KeyUse), KmsError> {
+) -> Result<DecryptResponse, KmsError> {
     let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
     check_algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
     let context = req.encryption_context.unwrap_or_default();
-    let (meta, plaintext, used) = open(keys, &blob.0, &context, req.key_id.as_deref()).await?;
-    let response = DecryptResponse {
-        key_id: keys.key_arn(&meta.id),
+    let result = open(
+        cx,
+        Action::Decrypt,
+        &blob.0,
+        &context,
+        req.key_id.as_deref(),
+    )
+    .await;
+    cx.obs.context = Some(context);
+    let (meta, plaintext) = result?;
+    Ok(DecryptResponse {
+        key_id: cx.keys.key_arn(&meta.id),
         plaintext,
         encryption_algorithm: ALGORITHM,
-    };
-    Ok((response, used))
+    })
 }
 
 pub(super) async fn re_encrypt(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: ReEncryptRequest,
-) -> Result<(ReEncryptResponse, KeyUse), KmsError> {
+) -> Result<ReEncryptResponse, KmsError> {
     let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
     let destination = required(req.destination_key_id, "destinationKeyId")?;
     check_algorithm(
@@ -158,28 +158,36 @@ pub(super) async fn re_encrypt(
         req.destination_encryption_algorithm.as_deref(),
         "destinationEncryptionAlgorithm",
     )?;
-    let dest = keys.resolve(&destination)?;
     let source_context = req.source_encryption_context.unwrap_or_default();
-    let (source, plaintext, _) =
-        open(keys, &blob.0, &source_context, req.source_key_id.as_deref()).await?;
-    require_enabled(keys, &dest)?;
     let dest_context = req.destination_encryption_context.unwrap_or_default();
-    let (blob, version) = seal(keys, &dest, &dest_context, plaintext.as_slice()).await?;
-    let response = ReEncryptResponse {
+    let dest = cx.keys.resolve(&destination)?;
+    // Both keys' policies must agree: ReEncryptFrom on the source, ReEncryptTo on the destination.
+    let (source, plaintext) = open(
+        cx,
+        Action::ReEncryptFrom,
+        &blob.0,
+        &source_context,
+        req.source_key_id.as_deref(),
+    )
+    .await?;
+    cx.authorize(Action::ReEncryptTo, &dest, Some(&dest_context))?;
+    require_enabled(cx.keys, &dest)?;
+    let blob = seal(cx, &dest, &dest_context, plaintext.as_slice()).await?;
+    cx.obs.context = Some(dest_context);
+    Ok(ReEncryptResponse {
         ciphertext_blob: Blob(blob),
-        source_key_id: keys.key_arn(&source.id),
-        key_id: keys.key_arn(&dest.id),
+        source_key_id: cx.keys.key_arn(&source.id),
+        key_id: cx.keys.key_arn(&dest.id),
         source_encryption_algorithm: ALGORITHM,
         destination_encryption_algorithm: ALGORITHM,
-    };
-    Ok((response, KeyUse::of(&dest, version)))
+    })
 }
 
 pub(super) async fn generate_data_key(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: GenerateDataKeyRequest,
     with_plaintext: bool,
-) -> Result<(GenerateDataKeyResponse, KeyUse), KmsError> {
+) -> Result<GenerateDataKeyResponse, KmsError> {
     let key_id = required(req.key_id, "keyId")?;
     let len = match (req.number_of_bytes, req.key_spec.as_deref()) {
         (Some(_), Some(_)) => {
@@ -201,21 +209,21 @@ pub(super) async fn generate_data_key(
             ));
         }
     };
-    let meta = keys.resolve(&key_id)?;
-    require_enabled(keys, &meta)?;
-    let data_key = keys.backend().random(len).await?;
     let context = req.encryption_context.unwrap_or_default();
-    let (blob, version) = seal(keys, &meta, &context, &data_key).await?;
-    let response = GenerateDataKeyResponse {
+    let meta = cx.check(&key_id, Some(&context))?;
+    require_enabled(cx.keys, &meta)?;
+    let data_key = cx.keys.backend().random(len).await?;
+    let blob = seal(cx, &meta, &context, &data_key).await?;
+    cx.obs.context = Some(context);
+    Ok(GenerateDataKeyResponse {
         ciphertext_blob: Blob(blob),
         plaintext: with_plaintext.then(|| SecretBlob(data_key)),
-        key_id: keys.key_arn(&meta.id),
-    };
-    Ok((response, KeyUse::of(&meta, version)))
+        key_id: cx.keys.key_arn(&meta.id),
+    })
 }
 
 pub(super) async fn generate_random(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: GenerateRandomRequest,
 ) -> Result<GenerateRandomResponse, KmsError> {
     if req.custom_key_store_id.is_some() {
@@ -231,6 +239,6 @@ pub(super) async fn generate_random(
         "numberOfBytes",
     )?;
     Ok(GenerateRandomResponse {
-        plaintext: SecretBlob(keys.backend().random(n as usize).await?),
+        plaintext: SecretBlob(cx.keys.backend().random(n as usize).await?),
     })
 }

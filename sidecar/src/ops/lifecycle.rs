@@ -2,9 +2,10 @@
 //! rotation (Enable/DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand, ListKeyRotations),
 //! with the key-state rules KMS applies to each.
 
-use super::{in_range, page, require_enabled, require_not_pending, required, take_page};
+use super::{Cx, in_range, page, require_enabled, require_not_pending, required, take_page};
+use crate::auth::policy::{self, Policy};
 use crate::keys::model::days;
-use crate::keys::{self, KeyState, KeyStore, RotationType};
+use crate::keys::{self, KeyState, RotationType};
 use crate::protocol::shapes::*;
 use crate::protocol::{ErrorKind, KmsError};
 
@@ -39,9 +40,10 @@ fn check_key_spec(value: Option<&str>, member: &str) -> Result<(), KmsError> {
 }
 
 pub(super) async fn create_key(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: CreateKeyRequest,
 ) -> Result<KeyMetadataResponse, KmsError> {
+    let keys = cx.keys;
     match req.key_usage.as_deref() {
         None | Some("ENCRYPT_DECRYPT") => {}
         Some(v @ ("SIGN_VERIFY" | "GENERATE_VERIFY_MAC" | "KEY_AGREEMENT")) => {
@@ -82,13 +84,14 @@ pub(super) async fn create_key(
     if req.custom_key_store_id.is_some() || req.xks_key_id.is_some() {
         return Err(unsupported("a custom key store"));
     }
-    if req.policy.is_some() {
-        // Refused rather than stored and ignored: a policy that is not enforced is worse than none.
-        return Err(KmsError::new(
-            ErrorKind::UnsupportedOperation,
-            "key policies are not supported yet; every issued client may use every key",
-        ));
-    }
+    cx.require_admin()?;
+    let policy = match req.policy {
+        Some(text) => {
+            Policy::parse(&text)?;
+            text
+        }
+        None => policy::default_policy(&keys.scope().account, cx.caller.arn, &cx.admin_arns()),
+    };
     let description = req.description.unwrap_or_default();
     if description.chars().count() > 8192 {
         return Err(KmsError::validation(
@@ -96,23 +99,26 @@ pub(super) async fn create_key(
         ));
     }
     let tags = super::tags::validate_tags(req.tags.unwrap_or_default())?;
-    let meta = keys.create(description, tags.into_iter().collect()).await?;
+    let meta = keys.create(description, tags, policy).await?;
+    cx.obs.key_id = Some(meta.id.clone());
     Ok(KeyMetadataResponse {
         key_metadata: meta.to_wire(keys.key_arn(&meta.id), &keys.scope().account),
     })
 }
 
 pub(super) fn describe_key(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: KeyIdOnly,
 ) -> Result<KeyMetadataResponse, KmsError> {
-    let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
+    let keys = cx.keys;
+    let meta = cx.check(&required(req.key_id, "keyId")?, None)?;
     Ok(KeyMetadataResponse {
         key_metadata: meta.to_wire(keys.key_arn(&meta.id), &keys.scope().account),
     })
 }
 
-pub(super) fn list_keys(keys: &KeyStore, req: ListRequest) -> Result<ListKeysResponse, KmsError> {
+pub(super) fn list_keys(cx: &mut Cx<'_>, req: ListRequest) -> Result<ListKeysResponse, KmsError> {
+    let keys = cx.keys;
     let page = page(req.limit, 1000, 100, req.marker.as_deref())?;
     let index = keys.snapshot();
     let mut items: Vec<(String, KeyListEntry)> = index
@@ -137,8 +143,11 @@ pub(super) fn list_keys(keys: &KeyStore, req: ListRequest) -> Result<ListKeysRes
     })
 }
 
-pub(super) async fn enable_key(keys: &KeyStore, req: KeyIdOnly) -> Result<Empty, KmsError> {
-    keys.update(&required(req.key_id, "keyId")?, |m| {
+pub(super) async fn enable_key(cx: &mut Cx<'_>, req: KeyIdOnly) -> Result<Empty, KmsError> {
+    let keys = cx.keys;
+    let key_id = required(req.key_id, "keyId")?;
+    cx.check(&key_id, None)?;
+    keys.update(&key_id, |m| {
         require_not_pending(keys, m)?;
         m.state = KeyState::Enabled;
         Ok(())
@@ -147,8 +156,11 @@ pub(super) async fn enable_key(keys: &KeyStore, req: KeyIdOnly) -> Result<Empty,
     Ok(Empty {})
 }
 
-pub(super) async fn disable_key(keys: &KeyStore, req: KeyIdOnly) -> Result<Empty, KmsError> {
-    keys.update(&required(req.key_id, "keyId")?, |m| {
+pub(super) async fn disable_key(cx: &mut Cx<'_>, req: KeyIdOnly) -> Result<Empty, KmsError> {
+    let keys = cx.keys;
+    let key_id = required(req.key_id, "keyId")?;
+    cx.check(&key_id, None)?;
+    keys.update(&key_id, |m| {
         require_not_pending(keys, m)?;
         m.state = KeyState::Disabled;
         Ok(())
@@ -158,9 +170,10 @@ pub(super) async fn disable_key(keys: &KeyStore, req: KeyIdOnly) -> Result<Empty
 }
 
 pub(super) async fn schedule_key_deletion(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: ScheduleKeyDeletionRequest,
 ) -> Result<ScheduleKeyDeletionResponse, KmsError> {
+    let keys = cx.keys;
     let window = in_range(
         req.pending_window_in_days.unwrap_or(30),
         7,
@@ -168,8 +181,10 @@ pub(super) async fn schedule_key_deletion(
         "pendingWindowInDays",
     )?;
     let deletion_date = keys::now() + days(window);
+    let key_id = required(req.key_id, "keyId")?;
+    cx.check(&key_id, None)?;
     let meta = keys
-        .update(&required(req.key_id, "keyId")?, |m| {
+        .update(&key_id, |m| {
             require_not_pending(keys, m)?;
             m.state = KeyState::PendingDeletion;
             m.deletion_date = Some(deletion_date);
@@ -186,11 +201,14 @@ pub(super) async fn schedule_key_deletion(
 }
 
 pub(super) async fn cancel_key_deletion(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: KeyIdOnly,
 ) -> Result<KeyIdResponse, KmsError> {
+    let keys = cx.keys;
+    let key_id = required(req.key_id, "keyId")?;
+    cx.check(&key_id, None)?;
     let meta = keys
-        .update(&required(req.key_id, "keyId")?, |m| {
+        .update(&key_id, |m| {
             if m.state != KeyState::PendingDeletion {
                 return Err(KmsError::new(
                     ErrorKind::InvalidState,
@@ -210,9 +228,10 @@ pub(super) async fn cancel_key_deletion(
 }
 
 pub(super) async fn enable_key_rotation(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: EnableKeyRotationRequest,
 ) -> Result<Empty, KmsError> {
+    let keys = cx.keys;
     let period = in_range(
         req.rotation_period_in_days.unwrap_or(365),
         90,
@@ -220,7 +239,9 @@ pub(super) async fn enable_key_rotation(
         "rotationPeriodInDays",
     )?;
     let now = keys::now();
-    keys.update(&required(req.key_id, "keyId")?, |m| {
+    let key_id = required(req.key_id, "keyId")?;
+    cx.check(&key_id, None)?;
+    keys.update(&key_id, |m| {
         require_enabled(keys, m)?;
         m.rotation_enabled = true;
         m.rotation_period_days = Some(period);
@@ -232,10 +253,13 @@ pub(super) async fn enable_key_rotation(
 }
 
 pub(super) async fn disable_key_rotation(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: KeyIdOnly,
 ) -> Result<Empty, KmsError> {
-    keys.update(&required(req.key_id, "keyId")?, |m| {
+    let keys = cx.keys;
+    let key_id = required(req.key_id, "keyId")?;
+    cx.check(&key_id, None)?;
+    keys.update(&key_id, |m| {
         require_enabled(keys, m)?;
         m.rotation_enabled = false;
         m.next_rotation = None;
@@ -246,10 +270,11 @@ pub(super) async fn disable_key_rotation(
 }
 
 pub(super) fn get_key_rotation_status(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: KeyIdOnly,
 ) -> Result<GetKeyRotationStatusResponse, KmsError> {
-    let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
+    let keys = cx.keys;
+    let meta = cx.check(&required(req.key_id, "keyId")?, None)?;
     Ok(GetKeyRotationStatusResponse {
         key_rotation_enabled: meta.rotation_enabled,
         key_id: keys.key_arn(&meta.id),
@@ -260,11 +285,14 @@ pub(super) fn get_key_rotation_status(
 }
 
 pub(super) async fn rotate_key_on_demand(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: KeyIdOnly,
 ) -> Result<KeyIdResponse, KmsError> {
+    let keys = cx.keys;
+    let key_id = required(req.key_id, "keyId")?;
+    cx.check(&key_id, None)?;
     let meta = keys
-        .rotate(&required(req.key_id, "keyId")?, RotationType::OnDemand, keys::now(), |m| {
+        .rotate(&key_id, RotationType::OnDemand, keys::now(), |m| {
             require_enabled(keys, m)?;
             let on_demand = m.versions.iter().filter(|v| v.rotation == Some(RotationType::OnDemand)).count();
             if on_demand >= MAX_ON_DEMAND_ROTATIONS {
@@ -282,10 +310,11 @@ pub(super) async fn rotate_key_on_demand(
 }
 
 pub(super) fn list_key_rotations(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: ListRequest,
 ) -> Result<ListKeyRotationsResponse, KmsError> {
-    let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
+    let keys = cx.keys;
+    let meta = cx.check(&required(req.key_id, "keyId")?, None)?;
     let page = page(req.limit, 1000, 100, req.marker.as_deref())?;
     let arn = keys.key_arn(&meta.id);
     let items = meta

@@ -5,6 +5,7 @@
 mod aliases;
 mod data;
 mod lifecycle;
+mod policies;
 mod tags;
 
 use std::sync::Arc;
@@ -13,79 +14,210 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use zeroize::Zeroizing;
 
+use std::collections::BTreeMap;
+
+use crate::auth::policy::{self, Action, Decision, DenyReason, RequestContext};
 use crate::keys::{KeyMeta, KeyState, KeyStore};
 use crate::observe::metrics::CacheOutcome;
-use crate::protocol::{self, ErrorKind, KmsError, Operation};
+use crate::protocol::{self, EncryptionContext, ErrorKind, KmsError, Operation};
 
-/// A successful answer: the JSON body (zeroized after sending: it may hold plaintext) and what the
-/// metrics and logs need to know about it.
+/// A successful answer: the JSON body (zeroized after sending: it may hold plaintext) and whether a
+/// cache served it.
 #[derive(Debug)]
 pub struct Reply {
     pub body: Zeroizing<Vec<u8>>,
     pub cache: CacheOutcome,
-    /// The key version a cryptographic operation used (for metrics, the audit log and the
-    /// `x-kms-sidecar-key-version` header).
-    pub key: Option<KeyUse>,
-}
-
-/// Which key version served a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyUse {
-    pub key_id: String,
-    pub version: u32,
-}
-
-impl KeyUse {
-    fn of(meta: &KeyMeta, version: u32) -> Self {
-        Self {
-            key_id: meta.id.clone(),
-            version,
-        }
-    }
 }
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Reply, KmsError> {
     Ok(Reply {
         body: Zeroizing::new(protocol::encode(value)?),
         cache: CacheOutcome::None,
-        key: None,
     })
 }
 
-fn reply_with_key<T: serde::Serialize>((value, key): (T, KeyUse)) -> Result<Reply, KmsError> {
-    let mut reply = reply(&value)?;
-    reply.key = Some(key);
-    Ok(reply)
+/// Who is calling, as key policies see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The principal name (the client credential's name).
+    pub name: &'a str,
+    /// `arn:aws:iam::<account>:user/<name>`.
+    pub arn: &'a str,
+    /// Principal attributes (`aws:PrincipalTag/<name>`).
+    pub tags: &'a BTreeMap<String, String>,
+    /// A configured admin principal: may create keys and always manage policies and deletion.
+    pub admin: bool,
+}
+
+/// What an operation learned about its request, filled in as it goes (also on failure), for the
+/// audit log, the unauthorized-access metrics and the key-version header.
+#[derive(Debug, Default)]
+pub struct Observation {
+    /// The key the operation touched (the destination key for ReEncrypt).
+    pub key_id: Option<String>,
+    /// The key version that served a cryptographic operation.
+    pub key_version: Option<u32>,
+    /// The request's encryption context (the audit log records its keys).
+    pub context: Option<EncryptionContext>,
+    /// Why authorization denied the call.
+    pub denied: Option<DenyReason>,
+}
+
+/// Actions a configured admin principal may always perform on any key, whatever its policy:
+/// the way back from a policy that locks everyone out.
+const ADMIN_ACTIONS: [Action; 6] = [
+    Action::DescribeKey,
+    Action::GetKeyPolicy,
+    Action::ListKeyPolicies,
+    Action::PutKeyPolicy,
+    Action::ScheduleKeyDeletion,
+    Action::CancelKeyDeletion,
+];
+
+/// One call's context: the key store, the caller, and what is being observed.
+pub(crate) struct Cx<'a> {
+    keys: &'a KeyStore,
+    caller: Caller<'a>,
+    /// ARNs of the configured admin principals.
+    admins: &'a [String],
+    op: Operation,
+    obs: &'a mut Observation,
+}
+
+impl Cx<'_> {
+    /// Authorizes `action` on `meta` against its key policy. Runs before any key use, on every call.
+    fn authorize(
+        &mut self,
+        action: Action,
+        meta: &KeyMeta,
+        context: Option<&EncryptionContext>,
+    ) -> Result<(), KmsError> {
+        self.obs.key_id = Some(meta.id.clone());
+        if self.caller.admin && ADMIN_ACTIONS.contains(&action) {
+            return Ok(());
+        }
+        let key_arn = self.keys.key_arn(&meta.id);
+        let decision = match self.keys.policy(&meta.id) {
+            Some(p) => p.evaluate(&RequestContext {
+                principal_arn: self.caller.arn,
+                caller_account: &self.keys.scope().account,
+                action,
+                key_arn: &key_arn,
+                encryption_context: context,
+                principal_tags: self.caller.tags,
+            }),
+            // Keys created before policies existed: admins only.
+            None if self.caller.admin => Decision::Allow,
+            None => Decision::ImplicitDeny {
+                reason: DenyReason::PolicyDenied,
+            },
+        };
+        if decision.is_allowed() {
+            return Ok(());
+        }
+        self.obs.denied = decision.deny_reason();
+        Err(policy::access_denied(
+            self.caller.arn,
+            action,
+            &key_arn,
+            &decision,
+        ))
+    }
+
+    /// Resolves `key_id` (any form) and authorizes this call's operation on it.
+    fn check(
+        &mut self,
+        key_id: &str,
+        context: Option<&EncryptionContext>,
+    ) -> Result<Arc<KeyMeta>, KmsError> {
+        let meta = self.keys.resolve(key_id)?;
+        self.authorize(Action::for_operation(self.op), &meta, context)?;
+        Ok(meta)
+    }
+
+    /// ARNs of the configured admin principals that hold a credential (for default key policies).
+    fn admin_arns(&self) -> Vec<String> {
+        self.admins.to_vec()
+    }
+
+    /// Account-level operations that only admin principals may call (CreateKey).
+    fn require_admin(&mut self) -> Result<(), KmsError> {
+        if self.caller.admin {
+            return Ok(());
+        }
+        self.obs.denied = Some(DenyReason::PolicyDenied);
+        let action = Action::for_operation(self.op);
+        Err(KmsError::new(
+            ErrorKind::AccessDenied,
+            format!(
+                "User: {} is not authorized to perform: {} because it is not an admin principal of this kms-sidecar",
+                self.caller.arn,
+                action.name()
+            ),
+        ))
+    }
 }
 
 /// The KMS service over a key store.
 #[derive(Debug, Clone)]
 pub struct Kms {
     keys: Arc<KeyStore>,
+    /// ARNs of the configured admin principals, named in every default key policy.
+    admin_arns: Vec<String>,
 }
 
 impl Kms {
-    pub fn new(keys: Arc<KeyStore>) -> Self {
-        Self { keys }
+    pub fn new(keys: Arc<KeyStore>, admin_arns: Vec<String>) -> Self {
+        Self { keys, admin_arns }
     }
 
     pub fn keys(&self) -> &Arc<KeyStore> {
         &self.keys
     }
 
-    /// Runs `op` on a raw JSON body.
-    pub async fn call(&self, op: Operation, body: &[u8]) -> Result<Reply, KmsError> {
+    /// Runs `op` as the built-in admin principal `arn:aws:iam::<account>:user/kms-sidecar`: for
+    /// tools and tests that drive the service without a signed request.
+    pub async fn call_internal(&self, op: Operation, body: &[u8]) -> Result<Reply, KmsError> {
+        let arn = format!(
+            "arn:aws:iam::{}:user/kms-sidecar",
+            self.keys.scope().account
+        );
+        let tags = BTreeMap::new();
+        let caller = Caller {
+            name: "kms-sidecar",
+            arn: &arn,
+            tags: &tags,
+            admin: true,
+        };
+        self.call(op, body, caller, &mut Observation::default())
+            .await
+    }
+
+    /// Runs `op` on a raw JSON body for `caller`; `obs` records what was learned on the way.
+    pub async fn call(
+        &self,
+        op: Operation,
+        body: &[u8],
+        caller: Caller<'_>,
+        obs: &mut Observation,
+    ) -> Result<Reply, KmsError> {
         use protocol::decode;
-        let k = &self.keys;
+        let k = &mut Cx {
+            keys: &self.keys,
+            caller,
+            admins: &self.admin_arns,
+            op,
+            obs,
+        };
         match op {
-            Operation::Encrypt => reply_with_key(data::encrypt(k, decode(body)?).await?),
-            Operation::Decrypt => reply_with_key(data::decrypt(k, decode(body)?).await?),
-            Operation::ReEncrypt => reply_with_key(data::re_encrypt(k, decode(body)?).await?),
+            Operation::Encrypt => reply(&data::encrypt(k, decode(body)?).await?),
+            Operation::Decrypt => reply(&data::decrypt(k, decode(body)?).await?),
+            Operation::ReEncrypt => reply(&data::re_encrypt(k, decode(body)?).await?),
             Operation::GenerateDataKey => {
-                reply_with_key(data::generate_data_key(k, decode(body)?, true).await?)
+                reply(&data::generate_data_key(k, decode(body)?, true).await?)
             }
             Operation::GenerateDataKeyWithoutPlaintext => {
-                reply_with_key(data::generate_data_key(k, decode(body)?, false).await?)
+                reply(&data::generate_data_key(k, decode(body)?, false).await?)
             }
             Operation::GenerateRandom => reply(&data::generate_random(k, decode(body)?).await?),
             Operation::CreateKey => reply(&lifecycle::create_key(k, decode(body)?).await?),
@@ -119,6 +251,9 @@ impl Kms {
             Operation::TagResource => reply(&tags::tag_resource(k, decode(body)?).await?),
             Operation::UntagResource => reply(&tags::untag_resource(k, decode(body)?).await?),
             Operation::ListResourceTags => reply(&tags::list_resource_tags(k, decode(body)?)?),
+            Operation::PutKeyPolicy => reply(&policies::put_key_policy(k, decode(body)?).await?),
+            Operation::GetKeyPolicy => reply(&policies::get_key_policy(k, decode(body)?)?),
+            Operation::ListKeyPolicies => reply(&policies::list_key_policies(k, decode(body)?)?),
         }
     }
 }

@@ -2,8 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{page, require_not_pending, required, take_page};
-use crate::keys::KeyStore;
+use super::{Cx, page, require_not_pending, required, take_page};
 use crate::protocol::shapes::*;
 use crate::protocol::{ErrorKind, KmsError};
 
@@ -41,11 +40,13 @@ pub(super) fn validate_tags(tags: Vec<Tag>) -> Result<BTreeMap<String, String>, 
 }
 
 pub(super) async fn tag_resource(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: TagResourceRequest,
 ) -> Result<Empty, KmsError> {
+    let keys = cx.keys;
     let key_id = required(req.key_id, "keyId")?;
     let tags = validate_tags(required(req.tags, "tags")?)?;
+    cx.check(&key_id, None)?;
     keys.update(&key_id, |m| {
         require_not_pending(keys, m)?;
         m.tags.extend(tags);
@@ -62,11 +63,13 @@ pub(super) async fn tag_resource(
 }
 
 pub(super) async fn untag_resource(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: UntagResourceRequest,
 ) -> Result<Empty, KmsError> {
+    let keys = cx.keys;
     let key_id = required(req.key_id, "keyId")?;
     let tag_keys = required(req.tag_keys, "tagKeys")?;
+    cx.check(&key_id, None)?;
     keys.update(&key_id, |m| {
         require_not_pending(keys, m)?;
         for k in &tag_keys {
@@ -79,10 +82,10 @@ pub(super) async fn untag_resource(
 }
 
 pub(super) fn list_resource_tags(
-    keys: &KeyStore,
+    cx: &mut Cx<'_>,
     req: ListRequest,
 ) -> Result<ListResourceTagsResponse, KmsError> {
-    let meta = keys.resolve(&required(req.key_id, "keyId")?)?;
+    let meta = cx.check(&required(req.key_id, "keyId")?, None)?;
     let page = page(req.limit, 50, 50, req.marker.as_deref())?;
     let items = meta
         .tags

@@ -298,6 +298,29 @@ pub struct ListResourceTagsResponse {
     pub truncated: bool,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyPolicyRequest {
+    pub key_id: Option<String>,
+    pub policy_name: Option<String>,
+    pub policy: Option<String>,
+    pub bypass_policy_lockout_safety_check: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetKeyPolicyResponse {
+    pub policy: String,
+    pub policy_name: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListKeyPoliciesResponse {
+    pub policy_names: [&'static str; 1],
+    pub truncated: bool,
+}
+
 /// An empty response body (`{}`), for operations that return nothing.
 #[derive(Debug, Serialize)]
 pub struct Empty {}
