@@ -150,7 +150,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let now = keys::now();
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            app.metrics.keys.refresh(&app.keys.snapshot(), now);
+            let index = app.keys.snapshot();
+            app.metrics.keys.refresh(&index, now);
+            app.kms.cache().sync().await;
+            app.kms.cache().refresh_gauges(&index);
+            app.kms.pool().refresh_gauges();
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
@@ -181,7 +185,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                     circuit: "closed",
                 },
                 limits: Vec::new(),
-                cache: None,
+                cache: Some(
+                    serde_json::json!({ "enabled": app.kms.cache().enabled(), "pool_enabled": app.kms.pool().enabled() }),
+                ),
                 keys: key_summaries(&app, &index, now),
             };
             json(StatusCode::OK, &status)

@@ -15,6 +15,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::backend::pkcs11::Pkcs11Settings;
+use crate::cache::CacheSettings;
+use crate::cache::pool::PoolSettings;
 use crate::datadir::RootKeySource;
 use crate::keys::ArnScope;
 use crate::observe::audit::{AuditConfig, FailureMode, FsyncPolicy};
@@ -212,6 +214,35 @@ pub struct Options {
     #[arg(long, env = "KMS_SIDECAR_AUDIT_CONTEXT_VALUES", global = true)]
     pub audit_include_context_values: Option<bool>,
 
+    /// How long a decrypted plaintext is served from the cache, in seconds, 1..=86400 [default: 300].
+    #[arg(long, env = "KMS_SIDECAR_CACHE_TTL_SECS", global = true)]
+    pub cache_ttl_secs: Option<u64>,
+
+    /// Decrypt cache entries, 0 (off)..=10000000 [default: 10000].
+    #[arg(long, env = "KMS_SIDECAR_CACHE_MAX_ENTRIES", global = true)]
+    pub cache_max_entries: Option<u64>,
+
+    /// Decrypt cache size bound in bytes, 0 (off)..=17179869184 [default: 16777216].
+    #[arg(long, env = "KMS_SIDECAR_CACHE_MAX_BYTES", global = true)]
+    pub cache_max_bytes: Option<u64>,
+
+    /// Seconds past the TTL a cached plaintext may be served while the backend fails, 0..=86400
+    /// [default: 300].
+    #[arg(long, env = "KMS_SIDECAR_CACHE_STALE_GRACE_SECS", global = true)]
+    pub cache_stale_grace_secs: Option<u64>,
+
+    /// Drop a key's cached plaintexts when it is rotated on demand [default: true].
+    #[arg(long, env = "KMS_SIDECAR_CACHE_INVALIDATE_ON_ROTATION", global = true)]
+    pub cache_invalidate_on_rotation: Option<bool>,
+
+    /// Pre-generated data keys held per KMS key, 0 (off)..=1024 [default: 16].
+    #[arg(long, env = "KMS_SIDECAR_DATA_KEY_POOL_SIZE", global = true)]
+    pub data_key_pool_size: Option<u64>,
+
+    /// Refill a key's pool when fewer than this many remain [default: half the pool size].
+    #[arg(long, env = "KMS_SIDECAR_DATA_KEY_POOL_LOW_WATERMARK", global = true)]
+    pub data_key_pool_low_watermark: Option<u64>,
+
     /// How long in-flight requests may take to finish at shutdown, in seconds, 0..=600 [default: 30].
     #[arg(long, env = "KMS_SIDECAR_SHUTDOWN_GRACE_SECS", global = true)]
     pub shutdown_grace_secs: Option<u64>,
@@ -318,6 +349,9 @@ pub struct Config {
     pub metrics: MetricsSettings,
     pub admin_principals: Vec<String>,
     pub audit: AuditConfig,
+    pub cache: CacheSettings,
+    pub cache_invalidate_on_rotation: bool,
+    pub pool: PoolSettings,
 }
 
 fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> anyhow::Result<u64> {
@@ -501,11 +535,65 @@ impl Config {
         if admin_principals.iter().any(|p| p.is_empty()) {
             bail!("admin_principals must not contain an empty name");
         }
+        let cache = CacheSettings {
+            ttl: Duration::from_secs(ranged(
+                "cache_ttl_secs",
+                cli.cache_ttl_secs.or(file.cache_ttl_secs),
+                300,
+                1,
+                86_400,
+            )?),
+            max_entries: ranged(
+                "cache_max_entries",
+                cli.cache_max_entries.or(file.cache_max_entries),
+                10_000,
+                0,
+                10_000_000,
+            )?,
+            max_bytes: ranged(
+                "cache_max_bytes",
+                cli.cache_max_bytes.or(file.cache_max_bytes),
+                16 << 20,
+                0,
+                16 << 30,
+            )?,
+            stale_grace: Duration::from_secs(ranged(
+                "cache_stale_grace_secs",
+                cli.cache_stale_grace_secs.or(file.cache_stale_grace_secs),
+                300,
+                0,
+                86_400,
+            )?),
+        };
+        let pool_size = ranged(
+            "data_key_pool_size",
+            cli.data_key_pool_size.or(file.data_key_pool_size),
+            16,
+            0,
+            1024,
+        )?;
+        let low_watermark = ranged(
+            "data_key_pool_low_watermark",
+            cli.data_key_pool_low_watermark
+                .or(file.data_key_pool_low_watermark),
+            pool_size / 2,
+            0,
+            pool_size,
+        )?;
         Ok(Self {
             backend,
             metrics,
             admin_principals,
             audit,
+            cache,
+            cache_invalidate_on_rotation: cli
+                .cache_invalidate_on_rotation
+                .or(file.cache_invalidate_on_rotation)
+                .unwrap_or(true),
+            pool: PoolSettings {
+                size: pool_size as usize,
+                low_watermark: low_watermark as usize,
+            },
             listen,
             admin_listen,
             data_dir,

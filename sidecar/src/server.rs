@@ -31,11 +31,12 @@ use crate::backend::Backend;
 use crate::backend::embedded::Embedded;
 use crate::backend::observed::Observed;
 use crate::backend::pkcs11::Pkcs11;
+use crate::cache::DecryptCache;
+use crate::cache::pool::DataKeyPool;
 use crate::config::{BackendConfig, Config};
 use crate::datadir::{DataDir, DirLock};
 use crate::keys::{self, KeyStore};
 use crate::observe::audit::{self, AuditEvent, AuditLog, Outcome as AuditOutcome};
-use crate::observe::metrics::CacheOutcome;
 use crate::observe::{Metrics, security};
 use crate::ops::{Caller, Kms, Observation, Reply};
 use crate::protocol::{self, ErrorKind, KmsError, Operation, Origin};
@@ -99,7 +100,7 @@ impl http_body::Body for Body {
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]
 pub struct App {
-    kms: Kms,
+    pub(crate) kms: Kms,
     pub(crate) keys: Arc<KeyStore>,
     clients: Arc<ClientStore>,
     verifier: Verifier,
@@ -120,7 +121,6 @@ struct Outcome {
     principal: Option<Arc<clients::Client>>,
     /// Why authentication failed, and the principal when it is known (revoked).
     auth_failure: Option<(AuthFailure, Option<String>)>,
-    cache: Option<CacheOutcome>,
     obs: Observation,
 }
 
@@ -196,9 +196,7 @@ impl App {
             tags: &client.tags,
             admin: self.admins.iter().any(|a| a == &client.name),
         };
-        let reply = self.kms.call(op, &body, caller, &mut out.obs).await?;
-        out.cache = Some(reply.cache);
-        Ok(reply)
+        self.kms.call(op, &body, caller, &mut out.obs).await
     }
 
     /// Counts a refused call in `unauthorized_total` with bounded labels.
@@ -275,7 +273,7 @@ impl App {
         if let Some(reason) = reason {
             self.count_unauthorized(&out, reason);
         }
-        let cache = out.cache.unwrap_or(CacheOutcome::None);
+        let cache = out.obs.cache;
         self.metrics
             .requests
             .record(out.op, outcome, cache, elapsed);
@@ -453,13 +451,16 @@ impl Sidecar {
             tracing::warn!(rotation_failed = ?report.rotation_failed, deletion_failed = ?report.deletion_failed, "maintenance at start left work for later");
         }
         let app = Arc::new(App {
-            kms: Kms::new(
+            kms: Kms::with_caches(
                 keys.clone(),
                 config
                     .admin_principals
                     .iter()
                     .map(|n| clients::principal_arn(&scope.account, n))
                     .collect(),
+                DecryptCache::new(config.cache, metrics.cache.for_cache("decrypt")),
+                DataKeyPool::new(config.pool, metrics.cache.for_cache("data_key_pool")),
+                config.cache_invalidate_on_rotation,
             ),
             audit,
             admins: config.admin_principals.clone(),

@@ -19,11 +19,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Whether a response came from the cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CacheOutcome {
     Hit,
     Miss,
     /// The operation does not use a cache.
+    #[default]
     None,
 }
 

@@ -17,6 +17,7 @@ use self::backend::BackendMetrics;
 use self::keys::{KeyMetrics, RotationPolicy};
 use self::metrics::RequestMetrics;
 use self::security::UnauthorizedMetrics;
+use crate::cache::CacheFamilies;
 
 /// Settings for metrics that need them.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +38,7 @@ pub struct Metrics {
     pub keys: Arc<KeyMetrics>,
     pub unauthorized: UnauthorizedMetrics,
     pub audit: AuditMetrics,
+    pub cache: CacheFamilies,
 }
 
 impl Metrics {
@@ -73,6 +75,7 @@ impl Metrics {
                 settings.rotation,
             )?),
             unauthorized: UnauthorizedMetrics::register(&registry)?,
+            cache: CacheFamilies::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
             registry,
         })
@@ -85,6 +88,7 @@ impl Metrics {
         names.extend(BackendMetrics::family_names());
         names.extend(KeyMetrics::family_names());
         names.extend(UnauthorizedMetrics::family_names());
+        names.extend(CacheFamilies::family_names());
         names.extend([
             "kms_sidecar_audit_events_total",
             "kms_sidecar_audit_write_errors_total",
@@ -153,6 +157,7 @@ mod tests {
             .rotation("k1", true, crate::keys::RotationType::OnDemand);
         m.unauthorized
             .record("unknown", "Encrypt", "none", "bad_signature");
+        let _ = m.cache.for_cache("decrypt");
         let mut index = crate::keys::Index::default();
         let meta: crate::keys::KeyMeta = serde_json::from_value(serde_json::json!({
             "format": 1, "id": "k1", "backend": "embedded", "created": 0.0, "description": "",

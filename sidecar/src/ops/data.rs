@@ -6,8 +6,10 @@ use std::sync::Arc;
 use super::{Cx, in_range, require_enabled, required};
 use crate::auth::policy::Action;
 use crate::backend::KeyRef;
-use crate::keys::KeyMeta;
+use crate::cache::pool::{DataKeyPool, POOLED_LEN, Pooled};
 use crate::keys::ciphertext;
+use crate::keys::{KeyMeta, KeyStore};
+use crate::observe::metrics::CacheOutcome;
 use crate::protocol::shapes::*;
 use crate::protocol::{Blob, EncryptionContext, ErrorKind, KmsError, SecretBlob};
 
@@ -38,14 +40,13 @@ fn check_length(len: usize, max: usize, member: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
-/// Encrypts `plaintext` under the current version of `meta`, returning the complete blob and
-/// recording the version used.
-async fn seal(
-    cx: &mut Cx<'_>,
+/// Encrypts `plaintext` under the current version of `meta`: the complete blob and the version.
+async fn seal_raw(
+    keys: &KeyStore,
     meta: &KeyMeta,
     context: &EncryptionContext,
     plaintext: &[u8],
-) -> Result<Vec<u8>, KmsError> {
+) -> Result<(Vec<u8>, u32), KmsError> {
     let version = meta.current_version();
     let mut blob = ciphertext::encode_header(&meta.id, version);
     let aad = ciphertext::aad(&blob, context);
@@ -53,10 +54,50 @@ async fn seal(
         key_id: &meta.id,
         version,
     };
-    let sealed = cx.keys.backend().encrypt(key, &aad, plaintext).await?;
+    let sealed = keys.backend().encrypt(key, &aad, plaintext).await?;
     blob.extend_from_slice(&sealed);
+    Ok((blob, version))
+}
+
+/// [`seal_raw`], recording the version used.
+async fn seal(
+    cx: &mut Cx<'_>,
+    meta: &KeyMeta,
+    context: &EncryptionContext,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, KmsError> {
+    let (blob, version) = seal_raw(cx.keys, meta, context, plaintext).await?;
     cx.obs.key_version = Some(version);
     Ok(blob)
+}
+
+/// Fills `key`'s data-key pool in the background (fresh keys for the empty context).
+fn spawn_refill(keys: Arc<KeyStore>, pool: Arc<DataKeyPool>, meta: Arc<KeyMeta>) {
+    tokio::spawn(async move {
+        let wanted = pool.wanted(&meta.id);
+        let mut made = Vec::with_capacity(wanted);
+        for _ in 0..wanted {
+            let made_one = async {
+                let plaintext = keys.backend().random(POOLED_LEN).await?;
+                let (blob, version) =
+                    seal_raw(&keys, &meta, &EncryptionContext::new(), &plaintext).await?;
+                Ok::<_, KmsError>(Pooled {
+                    plaintext,
+                    blob,
+                    version,
+                })
+            };
+            match made_one.await {
+                Ok(p) => made.push(p),
+                Err(e) => {
+                    tracing::warn!(key = %meta.id, error = %e, "data-key pool refill stopped early");
+                    break;
+                }
+            }
+        }
+        pool.put(&meta.id, made);
+        pool.refill_done(&meta.id);
+    });
 }
 
 /// Decrypts a blob: authorizes `action` on the key the blob names, then enforces the optional
@@ -90,13 +131,29 @@ async fn open(
     if !meta.has_version(parsed.header.version) {
         return Err(ciphertext::invalid());
     }
+    let version = parsed.header.version;
     let aad = ciphertext::aad(parsed.header_bytes, context);
-    let key = KeyRef {
-        key_id: &meta.id,
-        version: parsed.header.version,
+    let load = async {
+        let key = KeyRef {
+            key_id: &meta.id,
+            version,
+        };
+        keys.backend()
+            .decrypt(key, &aad, parsed.sealed)
+            .await
+            .map_err(KmsError::from)
     };
-    let plaintext = keys.backend().decrypt(key, &aad, parsed.sealed).await?;
-    cx.obs.key_version = Some(parsed.header.version);
+    let cache = &cx.kms.cache;
+    let cache_key = if cache.enabled() {
+        crate::cache::cache_key(blob, context, &meta.id, ALGORITHM)
+    } else {
+        [0; 32]
+    };
+    let (plaintext, outcome) = cache
+        .get_or_load(cache_key, &meta.id, version, false, load)
+        .await?;
+    cx.obs.cache = outcome;
+    cx.obs.key_version = Some(version);
     Ok((meta, SecretBlob(plaintext)))
 }
 
@@ -212,6 +269,23 @@ pub(super) async fn generate_data_key(
     let context = req.encryption_context.unwrap_or_default();
     let meta = cx.check(&key_id, Some(&context))?;
     require_enabled(cx.keys, &meta)?;
+    if context.is_empty() && len == POOLED_LEN && cx.kms.pool.enabled() {
+        let (taken, refill) = cx.kms.pool.take(&meta.id, meta.current_version());
+        if refill {
+            spawn_refill(cx.kms.keys.clone(), cx.kms.pool.clone(), meta.clone());
+        }
+        cx.obs.cache = CacheOutcome::Miss;
+        if let Some(pooled) = taken {
+            cx.obs.cache = CacheOutcome::Hit;
+            cx.obs.key_version = Some(pooled.version);
+            cx.obs.context = Some(context);
+            return Ok(GenerateDataKeyResponse {
+                ciphertext_blob: Blob(pooled.blob),
+                plaintext: with_plaintext.then(|| SecretBlob(pooled.plaintext)),
+                key_id: cx.keys.key_arn(&meta.id),
+            });
+        }
+    }
     let data_key = cx.keys.backend().random(len).await?;
     let blob = seal(cx, &meta, &context, &data_key).await?;
     cx.obs.context = Some(context);

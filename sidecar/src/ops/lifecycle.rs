@@ -160,12 +160,14 @@ pub(super) async fn disable_key(cx: &mut Cx<'_>, req: KeyIdOnly) -> Result<Empty
     let keys = cx.keys;
     let key_id = required(req.key_id, "keyId")?;
     cx.check(&key_id, None)?;
-    keys.update(&key_id, |m| {
-        require_not_pending(keys, m)?;
-        m.state = KeyState::Disabled;
-        Ok(())
-    })
-    .await?;
+    let meta = keys
+        .update(&key_id, |m| {
+            require_not_pending(keys, m)?;
+            m.state = KeyState::Disabled;
+            Ok(())
+        })
+        .await?;
+    cx.kms.invalidate(&meta.id);
     Ok(Empty {})
 }
 
@@ -192,6 +194,7 @@ pub(super) async fn schedule_key_deletion(
             Ok(())
         })
         .await?;
+    cx.kms.invalidate(&meta.id);
     Ok(ScheduleKeyDeletionResponse {
         key_id: keys.key_arn(&meta.id),
         deletion_date,
@@ -304,6 +307,9 @@ pub(super) async fn rotate_key_on_demand(
             Ok(())
         })
         .await?;
+    if cx.kms.invalidate_on_rotation {
+        cx.kms.cache.invalidate_key(&meta.id);
+    }
     Ok(KeyIdResponse {
         key_id: meta.id.clone(),
     })

@@ -17,22 +17,21 @@ use zeroize::Zeroizing;
 use std::collections::BTreeMap;
 
 use crate::auth::policy::{self, Action, Decision, DenyReason, RequestContext};
+use crate::cache::DecryptCache;
+use crate::cache::pool::DataKeyPool;
 use crate::keys::{KeyMeta, KeyState, KeyStore};
 use crate::observe::metrics::CacheOutcome;
 use crate::protocol::{self, EncryptionContext, ErrorKind, KmsError, Operation};
 
-/// A successful answer: the JSON body (zeroized after sending: it may hold plaintext) and whether a
-/// cache served it.
+/// A successful answer: the JSON body, zeroized after sending (it may hold plaintext).
 #[derive(Debug)]
 pub struct Reply {
     pub body: Zeroizing<Vec<u8>>,
-    pub cache: CacheOutcome,
 }
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Reply, KmsError> {
     Ok(Reply {
         body: Zeroizing::new(protocol::encode(value)?),
-        cache: CacheOutcome::None,
     })
 }
 
@@ -61,6 +60,8 @@ pub struct Observation {
     pub context: Option<EncryptionContext>,
     /// Why authorization denied the call.
     pub denied: Option<DenyReason>,
+    /// Whether a cache (decrypt cache, data-key pool) served the call.
+    pub cache: CacheOutcome,
 }
 
 /// Actions a configured admin principal may always perform on any key, whatever its policy:
@@ -77,6 +78,7 @@ const ADMIN_ACTIONS: [Action; 6] = [
 /// One call's context: the key store, the caller, and what is being observed.
 pub(crate) struct Cx<'a> {
     keys: &'a KeyStore,
+    kms: &'a Kms,
     caller: Caller<'a>,
     /// ARNs of the configured admin principals.
     admins: &'a [String],
@@ -159,16 +161,60 @@ impl Cx<'_> {
 }
 
 /// The KMS service over a key store.
+/// Clones share the key store and the caches.
 #[derive(Debug, Clone)]
 pub struct Kms {
     keys: Arc<KeyStore>,
     /// ARNs of the configured admin principals, named in every default key policy.
     admin_arns: Vec<String>,
+    cache: DecryptCache,
+    pool: Arc<DataKeyPool>,
+    /// Drop a key's cached plaintexts when it rotates (they stay valid; this trades hits for
+    /// freshness).
+    invalidate_on_rotation: bool,
 }
 
 impl Kms {
+    /// A service without caches (tools and tests); the server uses [`Kms::with_caches`].
     pub fn new(keys: Arc<KeyStore>, admin_arns: Vec<String>) -> Self {
-        Self { keys, admin_arns }
+        Self::with_caches(
+            keys,
+            admin_arns,
+            DecryptCache::disabled(),
+            DataKeyPool::disabled(),
+            true,
+        )
+    }
+
+    /// A service with a decrypt cache and a data-key pool.
+    pub fn with_caches(
+        keys: Arc<KeyStore>,
+        admin_arns: Vec<String>,
+        cache: DecryptCache,
+        pool: DataKeyPool,
+        invalidate_on_rotation: bool,
+    ) -> Self {
+        Self {
+            keys,
+            admin_arns,
+            cache,
+            pool: Arc::new(pool),
+            invalidate_on_rotation,
+        }
+    }
+
+    pub fn cache(&self) -> &DecryptCache {
+        &self.cache
+    }
+
+    pub fn pool(&self) -> &DataKeyPool {
+        &self.pool
+    }
+
+    /// Drops everything cached for `key_id` (its state or policy changed).
+    fn invalidate(&self, key_id: &str) {
+        self.cache.invalidate_key(key_id);
+        self.pool.invalidate_key(key_id);
     }
 
     pub fn keys(&self) -> &Arc<KeyStore> {
@@ -204,6 +250,7 @@ impl Kms {
         use protocol::decode;
         let k = &mut Cx {
             keys: &self.keys,
+            kms: self,
             caller,
             admins: &self.admin_arns,
             op,

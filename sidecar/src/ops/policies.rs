@@ -29,12 +29,15 @@ pub(super) async fn put_key_policy(
     check_name(req.policy_name.as_deref())?;
     Policy::parse(&text)?;
     cx.check(&key_id, None)?;
-    keys.update(&key_id, |m| {
-        require_not_pending(keys, m)?;
-        m.policy = Some(text);
-        Ok(())
-    })
-    .await?;
+    let meta = keys
+        .update(&key_id, |m| {
+            require_not_pending(keys, m)?;
+            m.policy = Some(text);
+            Ok(())
+        })
+        .await?;
+    // Authorization runs before every cache lookup anyway; dropping the entries also frees them.
+    cx.kms.invalidate(&meta.id);
     Ok(Empty {})
 }
 

@@ -1,0 +1,26 @@
+//! kms-loadtest: an open-loop load tester for kms-sidecar.
+//!
+//! Requests are planned at `start + i / rate` and latency is measured from the planned time
+//! (coordinated-omission correction), recorded in HDR histograms; late starts are counted, never
+//! hidden. Traffic is real KMS JSON 1.1, SigV4-signed with issued credentials, in an operation mix
+//! over several keys and principals. Modes: `run`, `probe` (throttle knee vs the configured limit),
+//! `baseline` (same-run ratio against a bare responder) and `max`. Load only goes to loopback
+//! addresses unless explicitly allowed.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod kms;
+pub mod mix;
+pub mod modes;
+pub mod progress;
+pub mod report;
+pub mod responder;
+pub mod schedule;
+pub mod stats;
+pub mod target;
+
+pub use error::LoadError;
+pub use report::Report;
