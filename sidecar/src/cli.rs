@@ -51,7 +51,11 @@ fn print_credentials(issued: &Issued, region: &str, endpoint: &str, note: &str) 
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    observe::init_logging(config.log_format, &config.log_level);
+    let _telemetry = observe::telemetry::init(
+        config.log_format,
+        &config.log_level,
+        config.otlp_endpoint.as_deref(),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

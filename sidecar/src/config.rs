@@ -128,6 +128,10 @@ pub struct Options {
     #[arg(long, env = "KMS_SIDECAR_LOG_LEVEL", global = true)]
     pub log_level: Option<String>,
 
+    /// OTLP/HTTP endpoint for traces, e.g. http://127.0.0.1:4318/v1/traces; unset: no traces.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+
     /// Largest request body accepted, in bytes, 1024..=1048576 [default: 65536].
     #[arg(long, env = "KMS_SIDECAR_MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<u64>,
@@ -341,6 +345,7 @@ pub struct Config {
     pub root_key: RootKeySource,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub otlp_endpoint: Option<String>,
     pub max_body_bytes: usize,
     pub max_clock_skew: Duration,
     pub maintenance_interval: Duration,
@@ -610,6 +615,7 @@ impl Config {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
             log_level,
+            otlp_endpoint: cli.otlp_endpoint.or(file.otlp_endpoint),
             max_body_bytes: ranged(
                 "max_body_bytes",
                 cli.max_body_bytes.or(file.max_body_bytes),

@@ -37,9 +37,10 @@ use crate::config::{BackendConfig, Config};
 use crate::datadir::{DataDir, DirLock};
 use crate::keys::{self, KeyStore};
 use crate::observe::audit::{self, AuditEvent, AuditLog, Outcome as AuditOutcome};
-use crate::observe::{Metrics, security};
+use crate::observe::{Metrics, security, telemetry};
 use crate::ops::{Caller, Kms, Observation, Reply};
 use crate::protocol::{self, ErrorKind, KmsError, Operation, Origin};
+use tracing::Instrument as _;
 
 /// Response header naming the key version an operation used, so callers can verify rotation.
 pub const KEY_VERSION_HEADER: &str = "x-kms-sidecar-key-version";
@@ -108,6 +109,8 @@ pub struct App {
     pub(crate) audit: AuditLog,
     admins: Vec<String>,
     pub(crate) started: Instant,
+    /// Continue callers' W3C trace context (only when traces are exported).
+    trace_propagation: bool,
     pub(crate) readiness: admin::Readiness,
     max_body: usize,
     next_id: AtomicU64,
@@ -228,8 +231,12 @@ impl App {
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
         let (parts, body) = req.into_parts();
+        let span = telemetry::request_span(&parts.headers, &request_id, self.trace_propagation);
         let mut out = Outcome::default();
-        let result = self.process(&parts, body, &mut out).await;
+        let result = self
+            .process(&parts, body, &mut out)
+            .instrument(span.clone())
+            .await;
         let elapsed = started.elapsed();
         let op_name = out.op.map_or("unknown", Operation::as_str);
         let principal = out.principal.as_ref().map_or("-", |c| c.name.as_str());
@@ -274,6 +281,20 @@ impl App {
             self.count_unauthorized(&out, reason);
         }
         let cache = out.obs.cache;
+        if !span.is_disabled() {
+            span.record("operation", op_name);
+            span.record("principal", principal);
+            span.record("cache", cache.as_str());
+            if let Some(k) = &out.obs.key_id {
+                span.record("key_id", k.as_str());
+            }
+            if let Some(v) = out.obs.key_version {
+                span.record("key_version", v);
+            }
+            if let Some(kind) = outcome {
+                span.record("error_type", kind.aws_type());
+            }
+        }
         self.metrics
             .requests
             .record(out.op, outcome, cache, elapsed);
@@ -469,6 +490,7 @@ impl Sidecar {
             verifier: Verifier::new(config.max_clock_skew),
             metrics,
             started: Instant::now(),
+            trace_propagation: config.otlp_endpoint.is_some(),
             readiness: admin::Readiness::default(),
             max_body: config.max_body_bytes,
             next_id: AtomicU64::new(0),

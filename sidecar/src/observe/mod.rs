@@ -6,11 +6,11 @@ pub mod backend;
 pub mod keys;
 pub mod metrics;
 pub mod security;
+pub mod telemetry;
 
 use std::sync::Arc;
 
 use prometheus::{IntGaugeVec, Opts, Registry};
-use tracing_subscriber::EnvFilter;
 
 use self::audit::AuditMetrics;
 use self::backend::BackendMetrics;
@@ -104,22 +104,6 @@ impl Metrics {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// Installs the global log subscriber (stderr). `level` is an `EnvFilter` directive such as `info`
-/// or `kms_sidecar=debug`; `RUST_LOG` overrides it.
-pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests) is harmless: the first subscriber stays.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
 }
 
 #[cfg(test)]
