@@ -80,8 +80,35 @@ struct Status {
 #[derive(Debug, Serialize)]
 struct BackendStatus {
     name: &'static str,
-    /// No circuit breaker exists yet, so calls always go through: reported as closed.
+    /// `closed`, `half_open` or `open`.
     circuit: &'static str,
+}
+
+/// The configured inbound limits and outbound budget, as `/v1/status` lists them.
+fn limits(config: &crate::config::Config) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut push = |scope: &str, name: &str, windows: &[crate::limits::WindowSpec]| {
+        for w in windows {
+            out.push(serde_json::json!({
+                "scope": scope,
+                "name": name,
+                "rate_per_second": w.rate / w.period.as_secs_f64(),
+                "burst": w.burst,
+            }));
+        }
+    };
+    push("global", "global", &config.rate.global);
+    push("principal", "default", &config.rate.principal_default);
+    for (name, w) in &config.rate.principal_overrides {
+        push("principal", name, w);
+    }
+    push("key", "default", &config.rate.key_default);
+    if let Some(b) = &config.outbound {
+        out.push(serde_json::json!({
+            "scope": "backend", "name": "outbound", "rate_per_second": b.per_second, "burst": b.burst,
+        }));
+    }
+    out
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> (StatusCode, &'static str, Vec<u8>) {
@@ -182,9 +209,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 uptime_seconds: app.started.elapsed().as_secs_f64(),
                 backend: BackendStatus {
                     name: app.keys.backend().name(),
-                    circuit: "closed",
+                    circuit: app.kms.breaker_state().map_or("closed", |s| s.as_str()),
                 },
-                limits: Vec::new(),
+                limits: limits(&app.config),
                 cache: Some(
                     serde_json::json!({ "enabled": app.kms.cache().enabled(), "pool_enabled": app.kms.pool().enabled() }),
                 ),

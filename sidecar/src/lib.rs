@@ -16,6 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod datadir;
 pub mod keys;
+pub mod limits;
 pub mod observe;
 pub mod ops;
 pub mod protocol;

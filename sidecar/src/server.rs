@@ -31,15 +31,18 @@ use crate::backend::Backend;
 use crate::backend::embedded::Embedded;
 use crate::backend::observed::Observed;
 use crate::backend::pkcs11::Pkcs11;
+use crate::backend::resilient::{Resilience, Resilient};
 use crate::cache::DecryptCache;
 use crate::cache::pool::DataKeyPool;
 use crate::config::{BackendConfig, Config};
 use crate::datadir::{DataDir, DirLock};
 use crate::keys::{self, KeyStore};
+use crate::limits::{Breaker, OutboundBudget, RateLimits, RetryBudget, RetryPolicy, ValidRateSpec};
 use crate::observe::audit::{self, AuditEvent, AuditLog, Outcome as AuditOutcome};
 use crate::observe::{Metrics, security, telemetry};
-use crate::ops::{Caller, Kms, Observation, Reply};
+use crate::ops::{Caller, Kms, Observation, RateLimiting, Reply};
 use crate::protocol::{self, ErrorKind, KmsError, Operation, Origin};
+use arc_swap::ArcSwap;
 use tracing::Instrument as _;
 
 /// Response header naming the key version an operation used, so callers can verify rotation.
@@ -107,6 +110,7 @@ pub struct App {
     verifier: Verifier,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) audit: AuditLog,
+    pub(crate) config: Config,
     admins: Vec<String>,
     pub(crate) started: Instant,
     /// Continue callers' W3C trace context (only when traces are exported).
@@ -357,6 +361,25 @@ impl App {
     }
 }
 
+/// Builds the inbound rate limits for the configured spec and the principals known now (issued
+/// clients and admins get their own limiters; any other name shares `other`), and exports them.
+fn build_rate_limits(
+    config: &Config,
+    clients: &ClientStore,
+    metrics: &Metrics,
+) -> anyhow::Result<RateLimits> {
+    let mut spec = config.rate.clone();
+    spec.principals.extend(clients.names());
+    spec.principals
+        .extend(config.admin_principals.iter().cloned());
+    spec.principals.sort();
+    spec.principals.dedup();
+    let valid = ValidRateSpec::try_from(spec).map_err(|e| anyhow::anyhow!("rate limits: {e}"))?;
+    let limits = RateLimits::new(&valid);
+    limits.export(&metrics.rate);
+    Ok(limits)
+}
+
 async fn read_body(
     body: Incoming,
     length: Option<&HeaderValue>,
@@ -424,8 +447,31 @@ impl Sidecar {
         };
         let metrics =
             Arc::new(Metrics::register(raw.name(), config.metrics).context("registering metrics")?);
-        // Every backend call is measured; later layers (breaker, retries) wrap this one.
-        let backend: Arc<dyn Backend> = Arc::new(Observed::new(raw, metrics.backend.clone()));
+        // Every backend attempt is measured (Observed); retries, the outbound budget and the circuit
+        // breaker wrap that (Resilient), so each attempt shows in backend_requests_total.
+        let observed: Arc<dyn Backend> = Arc::new(Observed::new(raw, metrics.backend.clone()));
+        let breaker = Arc::new(Breaker::new(
+            observed.name(),
+            config.breaker,
+            &metrics.breaker,
+        )?);
+        let outbound = config
+            .outbound
+            .map(OutboundBudget::new)
+            .transpose()?
+            .map(Arc::new);
+        if let Some(budget) = &outbound {
+            budget.export(&metrics.rate, observed.name());
+        }
+        let resilience = Resilience {
+            breaker: breaker.clone(),
+            retry: Arc::new(RetryPolicy::new(config.retry)?),
+            retry_budget: Arc::new(RetryBudget::new(config.retry_budget)?),
+            outbound,
+            request_timeout: config.backend_timeout,
+            retries: Some(metrics.retry.for_backend(observed.name())),
+        };
+        let backend: Arc<dyn Backend> = Arc::new(Resilient::new(observed, resilience));
         let keys = Arc::new(
             KeyStore::open(dir.clone(), backend.clone(), config.arn_scope())?
                 .with_metrics(metrics.keys.clone()),
@@ -452,6 +498,10 @@ impl Sidecar {
         } else {
             None
         };
+        let rate = Arc::new(RateLimiting {
+            limits: ArcSwap::from_pointee(build_rate_limits(&config, &clients, &metrics)?),
+            metrics: metrics.rate.clone(),
+        });
         let audit =
             AuditLog::open(config.audit.clone(), metrics.audit.clone()).with_context(|| {
                 format!(
@@ -482,8 +532,10 @@ impl Sidecar {
                 DecryptCache::new(config.cache, metrics.cache.for_cache("decrypt")),
                 DataKeyPool::new(config.pool, metrics.cache.for_cache("data_key_pool")),
                 config.cache_invalidate_on_rotation,
-            ),
+            )
+            .with_limits(rate, Some(breaker)),
             audit,
+            config: config.clone(),
             admins: config.admin_principals.clone(),
             keys: keys.clone(),
             clients,
@@ -628,7 +680,16 @@ async fn background(
                 app.metrics.backend.charge_keys(keys.snapshot().keys.len(), now - last_charge);
                 last_charge = now;
                 match app.clients.reload_if_changed() {
-                    Ok(true) => tracing::info!("client credentials reloaded"),
+                    Ok(true) => {
+                        tracing::info!("client credentials reloaded");
+                        // New principals get limiters of their own (counters restart; see docs/resilience.md).
+                        if let Some(rate) = app.kms.rate() {
+                            match build_rate_limits(&app.config, &app.clients, &app.metrics) {
+                                Ok(limits) => rate.limits.store(Arc::new(limits)),
+                                Err(e) => tracing::error!(error = %format!("{e:#}"), "rate limits not rebuilt"),
+                            }
+                        }
+                    }
                     Ok(false) => {}
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "client credentials reload failed; keeping the previous set"),
                 }

@@ -9,6 +9,7 @@
 pub mod embedded;
 pub mod observed;
 pub mod pkcs11;
+pub mod resilient;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
@@ -71,6 +72,14 @@ impl From<BackendError> for KmsError {
             ),
             BackendErrorKind::MaterialMissing => {
                 KmsError::new(ErrorKind::KeyUnavailable, "key material unavailable").with_source(e)
+            }
+            // The outbound budget ran dry: the caller is throttled, as by the backend's own quota.
+            BackendErrorKind::Unavailable
+                if e.source
+                    .as_deref()
+                    .is_some_and(|s| s.is::<crate::limits::BudgetExhausted>()) =>
+            {
+                KmsError::new(ErrorKind::Throttling, "Rate exceeded").with_source(e)
             }
             BackendErrorKind::Unavailable => {
                 KmsError::new(ErrorKind::DependencyTimeout, "backend unavailable")

@@ -18,6 +18,7 @@ use self::keys::{KeyMetrics, RotationPolicy};
 use self::metrics::RequestMetrics;
 use self::security::UnauthorizedMetrics;
 use crate::cache::CacheFamilies;
+use crate::limits::{BreakerMetrics, RateMetrics, RetryMetrics};
 
 /// Settings for metrics that need them.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +40,9 @@ pub struct Metrics {
     pub unauthorized: UnauthorizedMetrics,
     pub audit: AuditMetrics,
     pub cache: CacheFamilies,
+    pub rate: Arc<RateMetrics>,
+    pub breaker: BreakerMetrics,
+    pub retry: RetryMetrics,
 }
 
 impl Metrics {
@@ -76,6 +80,9 @@ impl Metrics {
             )?),
             unauthorized: UnauthorizedMetrics::register(&registry)?,
             cache: CacheFamilies::register(&registry)?,
+            rate: Arc::new(RateMetrics::register(&registry)?),
+            breaker: BreakerMetrics::register(&registry)?,
+            retry: RetryMetrics::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
             registry,
         })
@@ -89,6 +96,7 @@ impl Metrics {
         names.extend(KeyMetrics::family_names());
         names.extend(UnauthorizedMetrics::family_names());
         names.extend(CacheFamilies::family_names());
+        names.extend(crate::limits::family_names());
         names.extend([
             "kms_sidecar_audit_events_total",
             "kms_sidecar_audit_write_errors_total",
@@ -142,6 +150,16 @@ mod tests {
         m.unauthorized
             .record("unknown", "Encrypt", "none", "bad_signature");
         let _ = m.cache.for_cache("decrypt");
+        m.rate.throttled("p", crate::limits::Scope::Global);
+        m.rate
+            .set_limit(crate::limits::Scope::Global, "global", 1.0);
+        let _breaker = crate::limits::Breaker::new(
+            "embedded",
+            crate::limits::BreakerSpec::default(),
+            &m.breaker,
+        )
+        .unwrap();
+        let _ = m.retry.for_backend("embedded");
         let mut index = crate::keys::Index::default();
         let meta: crate::keys::KeyMeta = serde_json::from_value(serde_json::json!({
             "format": 1, "id": "k1", "backend": "embedded", "created": 0.0, "description": "",

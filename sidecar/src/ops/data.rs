@@ -150,7 +150,7 @@ async fn open(
         [0; 32]
     };
     let (plaintext, outcome) = cache
-        .get_or_load(cache_key, &meta.id, version, false, load)
+        .get_or_load(cache_key, &meta.id, version, cx.kms.backend_failing(), load)
         .await?;
     cx.obs.cache = outcome;
     cx.obs.key_version = Some(version);

@@ -20,6 +20,7 @@ use crate::auth::policy::{self, Action, Decision, DenyReason, RequestContext};
 use crate::cache::DecryptCache;
 use crate::cache::pool::DataKeyPool;
 use crate::keys::{KeyMeta, KeyState, KeyStore};
+use crate::limits::{Breaker, RateLimits, RateMetrics, State};
 use crate::observe::metrics::CacheOutcome;
 use crate::protocol::{self, EncryptionContext, ErrorKind, KmsError, Operation};
 
@@ -84,6 +85,8 @@ pub(crate) struct Cx<'a> {
     admins: &'a [String],
     op: Operation,
     obs: &'a mut Observation,
+    /// Whether this call has been charged to the rate limits.
+    rate_checked: bool,
 }
 
 impl Cx<'_> {
@@ -95,6 +98,8 @@ impl Cx<'_> {
         context: Option<&EncryptionContext>,
     ) -> Result<(), KmsError> {
         self.obs.key_id = Some(meta.id.clone());
+        // Rate limits (principal, key, global) are charged once per call, at the first key it names.
+        self.rate_limit(Some(&meta.id))?;
         if self.caller.admin && ADMIN_ACTIONS.contains(&action) {
             return Ok(());
         }
@@ -124,6 +129,22 @@ impl Cx<'_> {
             &key_arn,
             &decision,
         ))
+    }
+
+    /// Charges this call to the inbound rate limits, once; over a limit is `ThrottlingException`.
+    fn rate_limit(&mut self, key: Option<&str>) -> Result<(), KmsError> {
+        if self.rate_checked {
+            return Ok(());
+        }
+        self.rate_checked = true;
+        match &self.kms.rate {
+            Some(rate) => rate
+                .limits
+                .load()
+                .check_recorded(&rate.metrics, self.caller.name, key)
+                .map_err(KmsError::from),
+            None => Ok(()),
+        }
     }
 
     /// Resolves `key_id` (any form) and authorizes this call's operation on it.
@@ -172,6 +193,18 @@ pub struct Kms {
     /// Drop a key's cached plaintexts when it rotates (they stay valid; this trades hits for
     /// freshness).
     invalidate_on_rotation: bool,
+    /// Inbound rate limits, swappable on reload.
+    rate: Option<Arc<RateLimiting>>,
+    /// The backend's circuit breaker: while it is open, cached plaintexts past their TTL are served
+    /// within the stale grace.
+    breaker: Option<Arc<Breaker>>,
+}
+
+/// Inbound rate limits and their metrics.
+#[derive(Debug)]
+pub struct RateLimiting {
+    pub limits: arc_swap::ArcSwap<RateLimits>,
+    pub metrics: Arc<RateMetrics>,
 }
 
 impl Kms {
@@ -200,7 +233,33 @@ impl Kms {
             cache,
             pool: Arc::new(pool),
             invalidate_on_rotation,
+            rate: None,
+            breaker: None,
         }
+    }
+
+    /// Adds inbound rate limits and the backend's breaker (for stale-if-error).
+    pub fn with_limits(mut self, rate: Arc<RateLimiting>, breaker: Option<Arc<Breaker>>) -> Self {
+        self.rate = Some(rate);
+        self.breaker = breaker;
+        self
+    }
+
+    /// The inbound rate limits, if configured.
+    pub fn rate(&self) -> Option<&Arc<RateLimiting>> {
+        self.rate.as_ref()
+    }
+
+    /// The backend's circuit breaker state, when there is a breaker.
+    pub fn breaker_state(&self) -> Option<State> {
+        self.breaker.as_ref().map(|b| b.state())
+    }
+
+    /// Whether the backend's breaker is open (the backend is failing).
+    pub fn backend_failing(&self) -> bool {
+        self.breaker
+            .as_ref()
+            .is_some_and(|b| b.state() == State::Open)
     }
 
     pub fn cache(&self) -> &DecryptCache {
@@ -255,7 +314,19 @@ impl Kms {
             admins: &self.admin_arns,
             op,
             obs,
+            rate_checked: false,
         };
+        // Calls that name no key are charged to the principal and global limits up front; the
+        // others are charged when their key is resolved (so the key's own limit applies too).
+        if matches!(
+            op,
+            Operation::CreateKey
+                | Operation::ListKeys
+                | Operation::ListAliases
+                | Operation::GenerateRandom
+        ) {
+            k.rate_limit(None)?;
+        }
         match op {
             Operation::Encrypt => reply(&data::encrypt(k, decode(body)?).await?),
             Operation::Decrypt => reply(&data::decrypt(k, decode(body)?).await?),

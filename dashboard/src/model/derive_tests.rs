@@ -1,0 +1,139 @@
+//! Exact numbers for the derived view data, from hand-written scrapes.
+
+use super::*;
+use crate::model::prom::parse;
+use crate::model::store::ModelConfig;
+
+fn req(ok: u64, throttled: u64, invalid: u64) -> String {
+    format!(
+        "# TYPE kms_sidecar_requests_total counter\n\
+kms_sidecar_requests_total{{operation=\"Decrypt\",outcome=\"ok\"}} {ok}\n\
+kms_sidecar_requests_total{{operation=\"Decrypt\",outcome=\"ThrottlingException\"}} {throttled}\n\
+kms_sidecar_requests_total{{operation=\"Decrypt\",outcome=\"InvalidCiphertextException\"}} {invalid}\n"
+    )
+}
+
+fn settings(window: f64, slo: f64) -> Settings {
+    Settings {
+        window_secs: window,
+        slo,
+        p95_target_secs: 0.025,
+    }
+}
+
+#[test]
+fn availability_budget_and_burn_over_windows() {
+    let mut m = Model::new(ModelConfig::default());
+    m.ingest("s", 0.0, &parse(&req(1000, 0, 0)).unwrap());
+    // 600 s later: 9 980 ok, 10 throttled, 10 invalid ciphertexts (client errors are fine)
+    m.ingest("s", 600.0, &parse(&req(10_980, 10, 10)).unwrap());
+    let d = Derived::compute(&m, settings(600.0, 0.99), 600.0);
+    assert_eq!(d.requests, Some(10_000.0));
+    assert_eq!(d.bad_requests, Some(10.0));
+    assert!((d.availability.unwrap() - 0.999).abs() < 1e-12);
+    // error ratio 0.001 against an allowed 0.01: budget 90 % left, burn 0.1
+    assert!((d.budget_left.unwrap() - 0.9).abs() < 1e-9);
+    for b in d.burn {
+        assert!((b.unwrap() - 0.1).abs() < 1e-9, "{b:?}");
+    }
+    assert_eq!(d.slo_health, Health::Good);
+    assert!((d.request_rate.unwrap() - 10_000.0 / 600.0).abs() < 1e-9);
+    assert_eq!(d.outcomes["InvalidCiphertextException"], 10.0);
+    // a 1 h window over 10 minutes of data: the rate is per second of data, not of window
+    let d = Derived::compute(&m, settings(3600.0, 0.99), 600.0);
+    assert!((d.request_rate.unwrap() - 10_000.0 / 600.0).abs() < 1e-9);
+    // at 99.9 % the same traffic spends exactly the budget: red
+    let d = Derived::compute(&m, settings(600.0, 0.999), 600.0);
+    assert!(d.budget_left.unwrap().abs() < 1e-9);
+    assert_eq!(d.slo_health, Health::Bad);
+}
+
+#[test]
+fn burn_rate_windows_see_different_traffic() {
+    let mut m = Model::new(ModelConfig::default());
+    m.ingest("s", 0.0, &parse(&req(0, 0, 0)).unwrap());
+    // first hour: 36 000 ok; then 5 minutes with 300 throttled of 3 000
+    m.ingest("s", 3300.0, &parse(&req(36_000, 0, 0)).unwrap());
+    m.ingest("s", 3600.0, &parse(&req(38_700, 300, 0)).unwrap());
+    let d = Derived::compute(&m, settings(3600.0, 0.999), 3600.0);
+    // 5 m: 300 / 3 000 = 10 % errors / 0.1 % allowed = 100
+    assert!((d.burn[0].unwrap() - 100.0).abs() < 1e-6);
+    // 1 h: 300 / 39 000
+    assert!((d.burn[1].unwrap() - 300.0 / 39_000.0 / 0.001).abs() < 1e-6);
+    assert_eq!(d.burn[1], d.burn[2]);
+    assert_eq!(d.slo_health, Health::Bad);
+}
+
+#[test]
+fn empty_model_is_all_no_data() {
+    let d = Derived::compute(&Model::default(), Settings::default(), 1000.0);
+    assert_eq!(d.requests, None);
+    assert_eq!(d.availability, None);
+    assert_eq!(d.burn, [None; 3]);
+    assert_eq!(d.slo_health, Health::Unknown);
+    assert_eq!(d.p95, None);
+    assert_eq!(d.unauthorized, None);
+    assert_eq!(d.throttled, None);
+    assert_eq!(d.overdue_keys, None);
+    assert_eq!(d.compliance, None);
+    assert_eq!(d.rotation_source, RotationSource::None);
+    assert_eq!(d.audit, EndpointState::Waiting);
+    assert!(d.requests_by_class.is_empty() && d.backends.is_empty() && d.caches.is_empty());
+}
+
+#[test]
+fn full_contract_families_reach_every_view() {
+    let mut m = Model::new(ModelConfig::default());
+    let text = |i: u64| {
+        format!(
+            "kms_sidecar_throttled_total{{principal=\"batch\",scope=\"principal\"}} {t}\n\
+kms_sidecar_rate_limit_per_second{{principal=\"global\",scope=\"global\"}} 100\n\
+kms_sidecar_requests_total{{operation=\"Encrypt\",outcome=\"ok\"}} {r}\n\
+kms_sidecar_unauthorized_total{{principal=\"eve\",operation=\"Decrypt\",key=\"k1\",reason=\"policy_denied\"}} {u}\n\
+kms_sidecar_cache_requests_total{{cache=\"decrypt\",result=\"hit\"}} {h}\n\
+kms_sidecar_cache_requests_total{{cache=\"decrypt\",result=\"miss\"}} {mi}\n\
+kms_sidecar_cache_entries{{cache=\"decrypt\"}} 42\n\
+kms_sidecar_circuit_state{{backend=\"embedded\"}} 2\n\
+kms_sidecar_backend_cost_dollars_total{{backend=\"embedded\"}} {c}\n\
+kms_sidecar_key_rotation_enabled{{key=\"k1\",alias=\"alias/a\"}} 1\n\
+kms_sidecar_key_last_rotation_timestamp_seconds{{key=\"k1\",alias=\"alias/a\"}} 0\n\
+kms_sidecar_key_rotation_period_seconds{{key=\"k1\",alias=\"alias/a\"}} 50\n\
+kms_sidecar_key_rotation_overdue{{key=\"k1\",alias=\"alias/a\"}} 1\n",
+            t = 3 * i,
+            r = 60 * i,
+            u = 2 * i,
+            h = 9 * i,
+            mi = i,
+            c = 0.5 * i as f64,
+        )
+    };
+    m.ingest("s", 0.0, &parse(&text(0)).unwrap());
+    m.ingest("s", 60.0, &parse(&text(10)).unwrap());
+    m.ingest("s", 120.0, &parse(&text(20)).unwrap());
+    let d = Derived::compute(&m, settings(120.0, 0.999), 120.0);
+    assert_eq!(d.throttled, Some(60.0));
+    assert_eq!(d.throttle_rows[0].principal, "batch");
+    assert_eq!(d.throttle_rows[0].per_second, 0.5);
+    // global limit 100/s, 1 200 calls in the last minute = 10/s: 90 % headroom
+    assert_eq!(d.limits[0].observed, Some(10.0));
+    assert!((d.limits[0].headroom.unwrap() - 0.9).abs() < 1e-12);
+    assert_eq!(d.unauthorized, Some(40.0));
+    assert_eq!(d.top_principals, vec![("eve".to_string(), 40.0)]);
+    assert_eq!(d.top_keys, vec![("k1".to_string(), 40.0)]);
+    assert_eq!(d.cache_hit_ratio, Some(0.9));
+    assert_eq!(d.caches[0].entries, Some(42.0));
+    assert_eq!(d.backends[0].circuit, Some(Circuit::Open));
+    assert_eq!(d.backends[0].cost, Some(10.0));
+    assert_eq!(d.cost_per_hour, Some(300.0));
+    assert_eq!(d.rotation_source, RotationSource::Metrics);
+    assert_eq!(d.overdue_keys, Some(1));
+    assert_eq!(d.compliance, Some(0.0));
+    assert_eq!(d.denials_by_reason[0].name, "policy_denied");
+    // rates over time: 20 denials a minute, 1/3 per second at every grid point
+    assert!(
+        d.denials_by_reason[0]
+            .points
+            .iter()
+            .all(|p| (p[1] - 1.0 / 3.0).abs() < 1e-9)
+    );
+}

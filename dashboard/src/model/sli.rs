@@ -1,0 +1,119 @@
+//! Service-level arithmetic: availability, error budget and burn rate, as defined in
+//! `docs/dashboard.md` and used by the alert rules (multi-window burn rates).
+
+/// Outcomes that count against availability: the sidecar failed (server errors), or refused
+/// work it should have done (throttling). Client mistakes such as `InvalidCiphertextException`
+/// or `AccessDeniedException` are correct answers and count as available.
+pub const BAD_OUTCOMES: [&str; 4] = [
+    "KMSInternalException",
+    "DependencyTimeoutException",
+    "KeyUnavailableException",
+    "ThrottlingException",
+];
+
+/// True for an outcome label that counts against availability.
+pub fn is_bad(outcome: &str) -> bool {
+    BAD_OUTCOMES.contains(&outcome)
+}
+
+/// Good / all; `None` without traffic (no traffic is not 100 %).
+pub fn availability(total: f64, bad: f64) -> Option<f64> {
+    (total > 0.0).then(|| ((total - bad) / total).clamp(0.0, 1.0))
+}
+
+/// How fast the error budget burns: the error ratio divided by the allowed ratio `1 - slo`.
+/// A burn rate of 1 spends exactly the budget over the SLO period.
+pub fn burn_rate(total: f64, bad: f64, slo: f64) -> Option<f64> {
+    let allowed = 1.0 - slo;
+    (total > 0.0 && allowed > 0.0).then(|| (bad / total) / allowed)
+}
+
+/// Share of the window's error budget still unspent: 1 is untouched, 0 spent, below 0 overspent.
+pub fn budget_left(availability: f64, slo: f64) -> Option<f64> {
+    let allowed = 1.0 - slo;
+    (allowed > 0.0).then(|| 1.0 - (1.0 - availability) / allowed)
+}
+
+/// Traffic-light state used by every view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Within target.
+    Good,
+    /// Needs a look.
+    Warn,
+    /// Out of target.
+    Bad,
+    /// Nothing to judge.
+    Unknown,
+}
+
+impl Health {
+    /// At least amber: keeps red, turns anything else amber.
+    pub fn at_least_warn(self) -> Self {
+        match self {
+            Health::Bad => Health::Bad,
+            _ => Health::Warn,
+        }
+    }
+}
+
+/// Page when the 1 h burn rate reaches 14.4 (2 % of a 30-day budget in an hour) or the budget is
+/// gone; warn at a 6 h burn of 6 or any window burning faster than 1.
+pub fn slo_health(budget_left: Option<f64>, burns: [Option<f64>; 3]) -> Health {
+    let [b5m, b1h, b6h] = burns;
+    if budget_left.is_none() && burns.iter().all(Option::is_none) {
+        return Health::Unknown;
+    }
+    if budget_left.is_some_and(|l| l <= 0.0) || b1h.is_some_and(|b| b >= 14.4) {
+        return Health::Bad;
+    }
+    if b6h.is_some_and(|b| b >= 6.0) || [b5m, b1h, b6h].iter().flatten().any(|b| *b > 1.0) {
+        return Health::Warn;
+    }
+    Health::Good
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn availability_budget_and_burn() {
+        // 10 000 calls, 5 bad, SLO 99.9 %: availability 99.95 %, half the budget left, burn 0.5
+        let a = availability(10_000.0, 5.0).unwrap();
+        assert!((a - 0.9995).abs() < 1e-12);
+        assert!((budget_left(a, 0.999).unwrap() - 0.5).abs() < 1e-9);
+        assert!((burn_rate(10_000.0, 5.0, 0.999).unwrap() - 0.5).abs() < 1e-9);
+        // 144 bad of 10 000 at 99.9 %: burn 14.4, budget overspent by 13.4 budgets
+        assert!((burn_rate(10_000.0, 144.0, 0.999).unwrap() - 14.4).abs() < 1e-9);
+        let a = availability(10_000.0, 144.0).unwrap();
+        assert!((budget_left(a, 0.999).unwrap() + 13.4).abs() < 1e-9);
+        assert_eq!(availability(0.0, 0.0), None);
+        assert_eq!(burn_rate(0.0, 0.0, 0.999), None);
+        assert_eq!(burn_rate(10.0, 1.0, 1.0), None);
+    }
+
+    #[test]
+    fn which_outcomes_are_bad() {
+        assert!(is_bad("ThrottlingException"));
+        assert!(is_bad("KMSInternalException"));
+        assert!(!is_bad("ok"));
+        assert!(!is_bad("InvalidCiphertextException"));
+        assert!(!is_bad("AccessDeniedException"));
+    }
+
+    #[test]
+    fn traffic_lights() {
+        assert_eq!(slo_health(None, [None; 3]), Health::Unknown);
+        assert_eq!(slo_health(Some(0.5), [Some(0.5); 3]), Health::Good);
+        assert_eq!(
+            slo_health(Some(0.5), [Some(2.0), Some(0.5), Some(0.5)]),
+            Health::Warn
+        );
+        assert_eq!(
+            slo_health(Some(0.5), [Some(20.0), Some(14.4), Some(1.0)]),
+            Health::Bad
+        );
+        assert_eq!(slo_health(Some(-0.1), [Some(0.1); 3]), Health::Bad);
+    }
+}

@@ -1,0 +1,134 @@
+//! Overview: is the sidecar fleet meeting its SLO, and is anything on fire (breakers, denials,
+//! overdue keys)? Red/amber/green on every tile.
+
+use egui::Ui;
+
+use super::{Unit, fmt, plot, section, table, tile};
+use crate::model::Derived;
+use crate::model::sli::Health;
+
+/// Draws the Overview.
+pub fn show(ui: &mut Ui, d: &Derived) {
+    ui.heading("Overview");
+    let w = fmt::window(d.settings.window_secs);
+    ui.horizontal_wrapped(|ui| {
+        tile(
+            ui,
+            &format!("Availability ({w})"),
+            &fmt::pct(d.availability, 3),
+            &format!("SLO {}", fmt::pct(Some(d.settings.slo), 2)),
+            match d.availability {
+                None => Health::Unknown,
+                Some(a) if a >= d.settings.slo => Health::Good,
+                Some(_) => d.slo_health.at_least_warn(),
+            },
+        );
+        tile(
+            ui,
+            "Error budget left",
+            &fmt::pct(d.budget_left, 1),
+            "of this window's budget",
+            d.slo_health,
+        );
+        let burn = |i: usize| fmt::num(d.burn[i], 2);
+        tile(
+            ui,
+            "Burn rate 5m / 1h / 6h",
+            &format!("{} / {} / {}", burn(0), burn(1), burn(2)),
+            "1 = budget lasts exactly",
+            d.slo_health,
+        );
+        tile(
+            ui,
+            "Request rate",
+            &fmt::rate(d.request_rate),
+            &format!("{} calls", fmt::count(d.requests)),
+            if d.requests.is_some() {
+                Health::Good
+            } else {
+                Health::Unknown
+            },
+        );
+        tile(
+            ui,
+            "p95 latency",
+            &fmt::secs(d.p95),
+            &format!("target {}", fmt::secs(Some(d.settings.p95_target_secs))),
+            d.p95_health,
+        );
+        tile(
+            ui,
+            "Cache hit ratio",
+            &fmt::pct(d.cache_hit_ratio, 1),
+            "",
+            Health::Unknown,
+        );
+        tile(
+            ui,
+            &format!("Unauthorized ({w})"),
+            &fmt::count(d.unauthorized),
+            "denied calls",
+            match d.unauthorized {
+                None => Health::Unknown,
+                Some(0.0) => Health::Good,
+                Some(_) => Health::Warn,
+            },
+        );
+        tile(
+            ui,
+            "Overdue keys",
+            &d.overdue_keys
+                .map_or(fmt::NO_DATA.to_string(), |n| n.to_string()),
+            &format!("compliance {}", fmt::pct(d.compliance, 0)),
+            match d.overdue_keys {
+                None => Health::Unknown,
+                Some(0) => Health::Good,
+                Some(_) => Health::Bad,
+            },
+        );
+        let breakers: Vec<_> = d.breakers().collect();
+        if breakers.is_empty() {
+            tile(ui, "Circuit breaker", fmt::NO_DATA, "", Health::Unknown);
+        }
+        for (backend, c) in breakers {
+            tile(
+                ui,
+                &format!("Breaker: {backend}"),
+                c.map_or(fmt::NO_DATA, |c| c.label()),
+                "",
+                c.map_or(Health::Unknown, |c| c.health()),
+            );
+        }
+    });
+    plot(
+        ui,
+        "overview_requests",
+        "Requests per second by outcome class",
+        &d.requests_by_class,
+        Unit::PerSecond,
+    );
+    section(ui, &format!("Outcomes in the last {w}"));
+    if d.outcomes.values().all(|n| *n <= 0.0) {
+        super::no_data(ui, "no requests counted in this window");
+        return;
+    }
+    let total: f64 = d.outcomes.values().sum();
+    table(
+        ui,
+        "outcomes",
+        &["outcome", "calls", "share", "counts against SLO"],
+        |ui| {
+            for (outcome, n) in d.outcomes.iter().filter(|(_, n)| **n > 0.0) {
+                ui.label(outcome);
+                ui.label(fmt::count(Some(*n)));
+                ui.label(fmt::pct((total > 0.0).then(|| n / total), 2));
+                ui.label(if crate::model::sli::is_bad(outcome) {
+                    "yes"
+                } else {
+                    "no"
+                });
+                ui.end_row();
+            }
+        },
+    );
+}

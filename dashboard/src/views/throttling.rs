@@ -1,0 +1,100 @@
+//! Throttling: who is being throttled, at which scope, and how close traffic runs to each
+//! configured limit (headroom), including the outbound budget towards the backend.
+
+use egui::{RichText, Ui};
+
+use super::{ALERT, Unit, fmt, no_data, plot, section, table, tile};
+use crate::model::Derived;
+use crate::model::sli::Health;
+
+/// Draws the Throttling view.
+pub fn show(ui: &mut Ui, d: &Derived) {
+    ui.heading("Throttling");
+    let w = fmt::window(d.settings.window_secs);
+    ui.horizontal_wrapped(|ui| {
+        tile(
+            ui,
+            &format!("Throttled calls ({w})"),
+            &fmt::count(d.throttled),
+            "ThrottlingException answers",
+            match d.throttled {
+                None => Health::Unknown,
+                Some(0.0) => Health::Good,
+                Some(_) => Health::Warn,
+            },
+        );
+    });
+    plot(
+        ui,
+        "thr_scope",
+        "Throttled per second by scope",
+        &d.throttled_by_scope,
+        Unit::PerSecond,
+    );
+    plot(
+        ui,
+        "thr_principal",
+        "Throttled per second by principal",
+        &d.throttled_by_principal,
+        Unit::PerSecond,
+    );
+    section(ui, &format!("Throttled by scope and principal, last {w}"));
+    if d.throttle_rows.is_empty() {
+        no_data(ui, "kms_sidecar_throttled_total not exported yet");
+    } else {
+        table(
+            ui,
+            "thr_rows",
+            &["scope", "principal", "throttled", "per second"],
+            |ui| {
+                for r in &d.throttle_rows {
+                    ui.label(&r.scope);
+                    ui.label(&r.principal);
+                    ui.label(fmt::count(Some(r.count)));
+                    ui.label(fmt::rate(Some(r.per_second)));
+                    ui.end_row();
+                }
+            },
+        );
+    }
+    section(
+        ui,
+        "Configured limits and headroom (observed over the last minute)",
+    );
+    if d.limits.is_empty() {
+        no_data(
+            ui,
+            "no limits exported (rate_limit_per_second or /v1/status)",
+        );
+        return;
+    }
+    table(
+        ui,
+        "limits",
+        &["scope", "name", "limit", "burst", "observed", "headroom"],
+        |ui| {
+            for l in &d.limits {
+                ui.label(&l.scope);
+                ui.label(&l.name);
+                ui.label(fmt::rate(Some(l.rate_per_second)));
+                ui.label(l.burst.map_or("—".into(), |b| fmt::count(Some(b))));
+                ui.label(
+                    l.observed
+                        .map_or("not measured".into(), |o| fmt::rate(Some(o))),
+                );
+                match l.headroom {
+                    Some(h) if h < 0.1 => {
+                        ui.label(RichText::new(fmt::pct(Some(h), 0)).color(ALERT));
+                    }
+                    Some(h) => {
+                        ui.label(fmt::pct(Some(h), 0));
+                    }
+                    None => {
+                        ui.label("—");
+                    }
+                }
+                ui.end_row();
+            }
+        },
+    );
+}

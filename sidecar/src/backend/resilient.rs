@@ -1,0 +1,404 @@
+//! A [`Backend`] wrapper that applies the outbound limits of [`crate::limits`] to every call: a retry
+//! loop (backoff, retry budget, request deadline) around attempts that each take an outbound-budget
+//! token and a circuit-breaker permit and run under a per-attempt timeout. Wrap an
+//! [`Observed`](super::observed::Observed) backend with it so that every attempt is measured:
+//! `Resilient(Observed(real))`.
+//!
+//! Failures keep the backend's classification. A refusal by the open breaker is a retryable
+//! `Unavailable` error (the client may retry later; this loop does not), which the error mapping turns
+//! into `DependencyTimeoutException`. An empty outbound budget is also `Unavailable`, with
+//! [`BudgetExhausted`] as its source: [`to_kms_error`] maps it to `ThrottlingException`.
+//!
+//! `create_version` is attempted once: after a timeout its outcome is unknown, and a blind retry could
+//! write key material twice.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use super::{Backend, BackendError, BackendErrorKind, KeyRef};
+use crate::limits::budget::BudgetExhausted;
+use crate::limits::retry::{Attempt, RetryCounters, Retryable, retry_observed};
+use crate::limits::{Breaker, OutboundBudget, RetryBudget, RetryPolicy};
+use crate::protocol::KmsError;
+
+/// Default for [`Resilience::request_timeout`]: AWS SDKs time out after a few seconds too, and a
+/// caller is better served by an error than by a longer wait.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The outbound limits of one backend.
+#[derive(Debug, Clone)]
+pub struct Resilience {
+    pub breaker: Arc<Breaker>,
+    pub retry: Arc<RetryPolicy>,
+    pub retry_budget: Arc<RetryBudget>,
+    /// `None`: the backend has no quota to respect.
+    pub outbound: Option<Arc<OutboundBudget>>,
+    /// Time a call may take in all, retries and waits for tokens included.
+    pub request_timeout: Duration,
+    /// `backend_retries_total` counters of this backend.
+    pub retries: Option<RetryCounters>,
+}
+
+/// A backend behind retries, a circuit breaker and an outbound budget.
+#[derive(Debug)]
+pub struct Resilient {
+    inner: Arc<dyn Backend>,
+    limits: Resilience,
+}
+
+/// Maps a backend error to the client's error, turning an exhausted outbound budget into
+/// `ThrottlingException` (everything else as `From<BackendError> for KmsError` does).
+pub fn to_kms_error(e: BackendError) -> KmsError {
+    if e.source
+        .as_deref()
+        .is_some_and(|s| s.is::<BudgetExhausted>())
+    {
+        return BudgetExhausted.into();
+    }
+    e.into()
+}
+
+impl Resilient {
+    pub fn new(inner: Arc<dyn Backend>, limits: Resilience) -> Self {
+        Self { inner, limits }
+    }
+
+    pub fn limits(&self) -> &Resilience {
+        &self.limits
+    }
+
+    /// One attempt: a token, a permit, the call under the attempt's deadline; the breaker is told
+    /// how it went (a timeout is a failure).
+    async fn attempt<T>(
+        &self,
+        attempt: Attempt,
+        call: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        if let Some(budget) = &self.limits.outbound {
+            budget
+                .acquire(attempt.deadline)
+                .await
+                .map_err(|e| BackendError::with_source(BackendErrorKind::Unavailable, e))?;
+        }
+        let permit = self
+            .limits
+            .breaker
+            .allow()
+            .map_err(|e| BackendError::with_source(BackendErrorKind::Unavailable, e))?;
+        let result = match tokio::time::timeout_at(attempt.deadline, call).await {
+            Ok(r) => r,
+            Err(_elapsed) => Err(BackendError::timed_out()),
+        };
+        permit.record(&result);
+        result
+    }
+
+    /// When a call starting now must be done (the timeout is clamped to a day so it cannot overflow).
+    fn deadline(&self, now: Instant) -> Instant {
+        now + self.limits.request_timeout.min(Duration::from_secs(86_400))
+    }
+
+    async fn call<T, F, Fut>(&self, mut op: F) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let deadline = self.deadline(Instant::now());
+        retry_observed(
+            &self.limits.retry,
+            &self.limits.retry_budget,
+            deadline,
+            self.limits.retries.as_ref(),
+            |attempt| self.attempt(attempt, op()),
+        )
+        .await
+    }
+
+    async fn once<T>(
+        &self,
+        call: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let now = Instant::now();
+        let deadline = self.deadline(now);
+        let deadline = self
+            .limits
+            .retry
+            .spec()
+            .attempt_timeout
+            .map_or(deadline, |t| (now + t).min(deadline));
+        self.attempt(Attempt { index: 0, deadline }, call).await
+    }
+}
+
+#[async_trait]
+impl Backend for Resilient {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn create_version(&self, key: KeyRef<'_>) -> Result<(), BackendError> {
+        self.once(self.inner.create_version(key)).await
+    }
+
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        self.call(|| self.inner.encrypt(key, aad, plaintext)).await
+    }
+
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        self.call(|| self.inner.decrypt(key, aad, sealed)).await
+    }
+
+    async fn destroy(&self, key_id: &str, versions: &[u32]) -> Result<(), BackendError> {
+        // Destroying what is already gone succeeds, so a retry is safe.
+        self.call(|| self.inner.destroy(key_id, versions)).await
+    }
+
+    async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        self.call(|| self.inner.random(n)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::limits::{
+        BreakerMetrics, BreakerSpec, BudgetSpec, RetryBudgetSpec, RetrySpec, State,
+    };
+    use crate::protocol::ErrorKind;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Mode {
+        Ok,
+        Fail(BackendErrorKind),
+        /// Fail with `Unavailable` this many times, then succeed.
+        FailTimes(u32),
+        Hang,
+    }
+
+    #[derive(Debug)]
+    struct Fake {
+        calls: AtomicU32,
+        mode: Mutex<Mode>,
+    }
+
+    impl Fake {
+        fn new(mode: Mode) -> Arc<Self> {
+            Arc::new(Self {
+                calls: AtomicU32::new(0),
+                mode: Mutex::new(mode),
+            })
+        }
+
+        fn set(&self, mode: Mode) {
+            *self.mode.lock().unwrap() = mode;
+        }
+
+        fn calls(&self) -> u32 {
+            self.calls.load(Ordering::SeqCst)
+        }
+
+        async fn run(&self) -> Result<(), BackendError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mode = *self.mode.lock().unwrap();
+            match mode {
+                Mode::Ok => Ok(()),
+                Mode::Fail(kind) => Err(BackendError::new(kind)),
+                Mode::FailTimes(0) => Ok(()),
+                Mode::FailTimes(n) => {
+                    self.set(Mode::FailTimes(n - 1));
+                    Err(BackendError::new(BackendErrorKind::Unavailable))
+                }
+                Mode::Hang => std::future::pending().await,
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        async fn create_version(&self, _key: KeyRef<'_>) -> Result<(), BackendError> {
+            self.run().await
+        }
+        async fn encrypt(
+            &self,
+            _key: KeyRef<'_>,
+            _aad: &[u8],
+            plaintext: &[u8],
+        ) -> Result<Vec<u8>, BackendError> {
+            self.run().await.map(|()| plaintext.to_vec())
+        }
+        async fn decrypt(
+            &self,
+            _key: KeyRef<'_>,
+            _aad: &[u8],
+            sealed: &[u8],
+        ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+            self.run().await.map(|()| Zeroizing::new(sealed.to_vec()))
+        }
+        async fn destroy(&self, _key_id: &str, _versions: &[u32]) -> Result<(), BackendError> {
+            self.run().await
+        }
+        async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+            self.run().await.map(|()| Zeroizing::new(vec![0; n]))
+        }
+    }
+
+    const KEY: KeyRef<'static> = KeyRef {
+        key_id: "k",
+        version: 1,
+    };
+
+    fn resilient(fake: &Arc<Fake>, outbound: Option<BudgetSpec>) -> Resilient {
+        let registry = prometheus::Registry::new();
+        let breaker = Breaker::new(
+            "fake",
+            BreakerSpec {
+                consecutive_failures: 3,
+                cool_down: Duration::from_secs(5),
+                half_open_probes: 1,
+                ..BreakerSpec::default()
+            },
+            &BreakerMetrics::register(&registry).unwrap(),
+        )
+        .unwrap();
+        let retry = RetryPolicy::with_seed(
+            RetrySpec {
+                base: Duration::from_millis(10),
+                cap: Duration::from_millis(100),
+                max_attempts: 3,
+                attempt_timeout: Some(Duration::from_millis(200)),
+            },
+            7,
+        )
+        .unwrap();
+        Resilient::new(
+            fake.clone(),
+            Resilience {
+                breaker: Arc::new(breaker),
+                retry: Arc::new(retry),
+                retry_budget: Arc::new(RetryBudget::new(RetryBudgetSpec::default()).unwrap()),
+                outbound: outbound.map(|s| Arc::new(OutboundBudget::new(s).unwrap())),
+                request_timeout: Duration::from_secs(2),
+                retries: None,
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_a_blip_and_succeeds() {
+        let fake = Fake::new(Mode::FailTimes(2));
+        let r = resilient(&fake, None);
+        let out = r.decrypt(KEY, b"", b"secret").await.unwrap();
+        assert_eq!(out.as_slice(), b"secret");
+        assert_eq!(fake.calls(), 3);
+        // Two failures then a success: the run of failures was reset, the breaker stays closed.
+        assert_eq!(r.limits().breaker.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_opens_the_breaker_and_calls_then_fail_fast() {
+        let fake = Fake::new(Mode::Fail(BackendErrorKind::Unavailable));
+        let r = resilient(&fake, None);
+        let err = r.encrypt(KEY, b"", b"x").await.unwrap_err();
+        assert!(err.is_retryable());
+        assert_eq!(fake.calls(), 3, "every attempt reached the backend");
+        assert_eq!(r.limits().breaker.state(), State::Open);
+
+        let start = Instant::now();
+        for _ in 0..20 {
+            let err = r.encrypt(KEY, b"", b"x").await.unwrap_err();
+            assert_eq!(err.kind, BackendErrorKind::Unavailable);
+            assert!(
+                err.source
+                    .as_deref()
+                    .is_some_and(|s| s.is::<crate::limits::Open>())
+            );
+            assert_eq!(KmsError::from(err).kind(), ErrorKind::DependencyTimeout);
+        }
+        assert_eq!(Instant::now(), start, "no backoff while open");
+        assert_eq!(fake.calls(), 3, "the backend was left alone");
+
+        // Recovery: after the cool-down one probe goes through and closes the breaker.
+        fake.set(Mode::Ok);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        r.encrypt(KEY, b"", b"x").await.unwrap();
+        assert_eq!(r.limits().breaker.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_are_not_retried_and_never_trip_the_breaker() {
+        let fake = Fake::new(Mode::Fail(BackendErrorKind::InvalidCiphertext));
+        let r = resilient(&fake, None);
+        for _ in 0..10 {
+            let err = r.decrypt(KEY, b"", b"x").await.unwrap_err();
+            assert_eq!(err.kind, BackendErrorKind::InvalidCiphertext);
+        }
+        assert_eq!(fake.calls(), 10);
+        assert_eq!(r.limits().breaker.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hung_attempts_time_out_and_count_as_failures() {
+        let fake = Fake::new(Mode::Hang);
+        let r = resilient(&fake, None);
+        let start = Instant::now();
+        let err = r.random(32).await.unwrap_err();
+        assert_eq!(
+            err.retry_reason(),
+            Some(crate::limits::RetryReason::Timeout)
+        );
+        assert_eq!(fake.calls(), 3);
+        // Three 200 ms attempts plus backoff, well inside the 2 s request timeout.
+        assert!(Instant::now() - start < Duration::from_secs(1));
+        assert_eq!(r.limits().breaker.state(), State::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn create_version_is_attempted_once() {
+        let fake = Fake::new(Mode::Fail(BackendErrorKind::Unavailable));
+        let r = resilient(&fake, None);
+        assert!(r.create_version(KEY).await.is_err());
+        assert_eq!(fake.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_outbound_budget_is_a_throttle() {
+        let fake = Fake::new(Mode::Ok);
+        let r = resilient(
+            &fake,
+            Some(BudgetSpec {
+                per_second: 1.0,
+                burst: 1,
+            }),
+        );
+        r.destroy("k", &[1]).await.unwrap();
+        // The next token is 1 s away, past the 200 ms attempt deadline: refused at once, not retried.
+        let err = r.destroy("k", &[1]).await.unwrap_err();
+        assert_eq!(fake.calls(), 1);
+        assert_eq!(to_kms_error(err).kind(), ErrorKind::Throttling);
+        assert_eq!(
+            to_kms_error(BackendError::new(BackendErrorKind::Unavailable)).kind(),
+            ErrorKind::DependencyTimeout
+        );
+    }
+}

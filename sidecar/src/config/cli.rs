@@ -1,0 +1,303 @@
+//! The command line: the clap [`Cli`], its subcommands, and [`Options`] (the settings a flag, the
+//! environment or the config file may give).
+//!
+//! Kept apart from validation so the raw, all-optional surface that users type is in one place and
+//! [`Config`](super::Config) only deals with what it becomes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use super::BackendKind;
+use crate::observe::LogFormat;
+use crate::observe::audit::{FailureMode, FsyncPolicy};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kms-sidecar",
+    version,
+    about = "A localhost AWS KMS API sidecar: point an AWS SDK's endpoint URL at it.",
+    after_help = "Every option can also be set in the TOML file given by --config (same names, snake_case), \
+and in the environment variable shown. Precedence: flag > environment > file > default.\n\
+The root key that seals the data directory is read from KMS_SIDECAR_ROOT_KEY (64 hex characters), \
+--root-key-file, or <data-dir>/root.key (created on first run)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub options: Options,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar (the default when no command is given).
+    Serve,
+    /// Manage client credentials (changes reach a running sidecar within a second).
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of an audit log (a directory or its audit.jsonl); prints the first
+    /// broken record and exits 1 if the chain is broken.
+    Verify { path: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Issue a credential for principal NAME; prints the secret once.
+    Add {
+        name: String,
+        /// A principal attribute for key policies (`aws:PrincipalTag/KEY`), e.g. --tag tenant=a.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+    },
+    /// Issue a new secret for a credential (same access key id); prints it once.
+    RotateSecret { access_key_id: String },
+    /// List issued credentials (never their secrets).
+    List,
+    /// Revoke a credential by access key id.
+    Revoke { access_key_id: String },
+}
+
+/// Settings from flags and environment; each may also come from the config file.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// TOML configuration file.
+    #[arg(long, env = "KMS_SIDECAR_CONFIG", global = true)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Data directory holding keys, aliases, clients and the root key [default: ./kms-sidecar-data].
+    #[arg(long, env = "KMS_SIDECAR_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address of the KMS API [default: 127.0.0.1:7300]. Port 0 picks a free port.
+    #[arg(long, env = "KMS_SIDECAR_LISTEN", global = true)]
+    pub listen: Option<String>,
+
+    /// Address of the admin API: /metrics, /healthz [default: 127.0.0.1:7301].
+    #[arg(long, env = "KMS_SIDECAR_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<String>,
+
+    /// AWS region used in key and alias ARNs [default: us-east-1].
+    #[arg(long, env = "KMS_SIDECAR_REGION", global = true)]
+    pub region: Option<String>,
+
+    /// 12-digit AWS account id used in ARNs [default: 111122223333].
+    #[arg(long, env = "KMS_SIDECAR_ACCOUNT_ID", global = true)]
+    pub account_id: Option<String>,
+
+    /// File holding the root key (64 hex characters) instead of <data-dir>/root.key.
+    #[arg(long, env = "KMS_SIDECAR_ROOT_KEY_FILE", global = true)]
+    pub root_key_file: Option<PathBuf>,
+
+    /// Log format [default: text].
+    #[arg(long, env = "KMS_SIDECAR_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, e.g. info or kms_sidecar=debug [default: info]. RUST_LOG overrides it.
+    #[arg(long, env = "KMS_SIDECAR_LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+
+    /// OTLP/HTTP endpoint for traces, e.g. http://127.0.0.1:4318/v1/traces; unset: no traces.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+
+    /// Largest request body accepted, in bytes, 1024..=1048576 [default: 65536].
+    #[arg(long, env = "KMS_SIDECAR_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<u64>,
+
+    /// Allowed clock skew of signed requests, in seconds, 1..=3600 [default: 300].
+    #[arg(long, env = "KMS_SIDECAR_MAX_CLOCK_SKEW_SECS", global = true)]
+    pub max_clock_skew_secs: Option<u64>,
+
+    /// How often due rotations and deletions run, in seconds, 1..=86400 [default: 60].
+    #[arg(long, env = "KMS_SIDECAR_MAINTENANCE_INTERVAL_SECS", global = true)]
+    pub maintenance_interval_secs: Option<u64>,
+
+    /// Key backend: embedded (sealed keys in the data directory) or pkcs11 (an HSM) [default: embedded].
+    #[arg(long, env = "KMS_SIDECAR_BACKEND", global = true, value_enum)]
+    pub backend: Option<BackendKind>,
+
+    /// PKCS#11 module (shared library) [default: /usr/lib/softhsm/libsofthsm2.so].
+    #[arg(long, env = "KMS_SIDECAR_PKCS11_MODULE", global = true)]
+    pub pkcs11_module: Option<PathBuf>,
+
+    /// Label of the PKCS#11 token holding the keys (required with --backend pkcs11).
+    #[arg(long, env = "KMS_SIDECAR_PKCS11_TOKEN_LABEL", global = true)]
+    pub pkcs11_token_label: Option<String>,
+
+    /// File holding the token's user PIN (or set KMS_SIDECAR_PKCS11_PIN).
+    #[arg(long, env = "KMS_SIDECAR_PKCS11_PIN_FILE", global = true)]
+    pub pkcs11_pin_file: Option<PathBuf>,
+
+    /// Prefix of the token objects' labels, so sidecars can share a token [default: kms-sidecar].
+    #[arg(long, env = "KMS_SIDECAR_PKCS11_KEY_LABEL_PREFIX", global = true)]
+    pub pkcs11_key_label_prefix: Option<String>,
+
+    /// PKCS#11 sessions (and token worker threads), 1..=64 [default: 2].
+    #[arg(long, env = "KMS_SIDECAR_PKCS11_SESSIONS", global = true)]
+    pub pkcs11_sessions: Option<u64>,
+
+    /// Days after a rotation is due before the key counts as overdue, 0..=365 [default: 1].
+    #[arg(long, env = "KMS_SIDECAR_ROTATION_GRACE_DAYS", global = true)]
+    pub rotation_grace_days: Option<u64>,
+
+    /// Count keys without automatic rotation as non-compliant [default: false].
+    #[arg(long, env = "KMS_SIDECAR_ROTATION_REQUIRED", global = true)]
+    pub rotation_required: Option<bool>,
+
+    /// Keys with their own metric series; later keys share the `other` label, 1..=10000 [default: 100].
+    #[arg(long, env = "KMS_SIDECAR_METRICS_MAX_KEYS", global = true)]
+    pub metrics_max_keys: Option<u64>,
+
+    /// Price per 10,000 backend requests for the cost estimate, in dollars [default: 0.03, AWS's].
+    #[arg(long, env = "KMS_SIDECAR_PRICE_PER_10K_REQUESTS", global = true)]
+    pub price_per_10k_requests: Option<f64>,
+
+    /// Price per key and month for the cost estimate, in dollars [default: 1.0, AWS's].
+    #[arg(long, env = "KMS_SIDECAR_PRICE_PER_KEY_MONTH", global = true)]
+    pub price_per_key_month: Option<f64>,
+
+    /// Principals (client names) that may create keys and always manage policies and deletion;
+    /// repeatable or comma-separated [default: default].
+    #[arg(
+        long = "admin-principal",
+        env = "KMS_SIDECAR_ADMIN_PRINCIPALS",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub admin_principals: Option<Vec<String>>,
+
+    /// Directory of the audit log [default: <data-dir>/audit].
+    #[arg(long, env = "KMS_SIDECAR_AUDIT_DIR", global = true)]
+    pub audit_dir: Option<PathBuf>,
+
+    /// When the audit log is fsynced [default: every_flush].
+    #[arg(long, env = "KMS_SIDECAR_AUDIT_FSYNC", global = true, value_enum)]
+    pub audit_fsync: Option<FsyncPolicy>,
+
+    /// While the audit log cannot be written: closed refuses calls, open keeps serving [default: closed].
+    #[arg(long, env = "KMS_SIDECAR_AUDIT_ON_FAILURE", global = true, value_enum)]
+    pub audit_on_failure: Option<FailureMode>,
+
+    /// Rotate the audit file beyond this size, in bytes, 4096..=10737418240 [default: 104857600].
+    #[arg(long, env = "KMS_SIDECAR_AUDIT_MAX_BYTES", global = true)]
+    pub audit_max_bytes: Option<u64>,
+
+    /// Also log encryption-context values (not only keys) in the audit log [default: false].
+    #[arg(long, env = "KMS_SIDECAR_AUDIT_CONTEXT_VALUES", global = true)]
+    pub audit_include_context_values: Option<bool>,
+
+    /// How long a decrypted plaintext is served from the cache, in seconds, 1..=86400 [default: 300].
+    #[arg(long, env = "KMS_SIDECAR_CACHE_TTL_SECS", global = true)]
+    pub cache_ttl_secs: Option<u64>,
+
+    /// Decrypt cache entries, 0 (off)..=10000000 [default: 10000].
+    #[arg(long, env = "KMS_SIDECAR_CACHE_MAX_ENTRIES", global = true)]
+    pub cache_max_entries: Option<u64>,
+
+    /// Decrypt cache size bound in bytes, 0 (off)..=17179869184 [default: 16777216].
+    #[arg(long, env = "KMS_SIDECAR_CACHE_MAX_BYTES", global = true)]
+    pub cache_max_bytes: Option<u64>,
+
+    /// Seconds past the TTL a cached plaintext may be served while the backend fails, 0..=86400
+    /// [default: 300].
+    #[arg(long, env = "KMS_SIDECAR_CACHE_STALE_GRACE_SECS", global = true)]
+    pub cache_stale_grace_secs: Option<u64>,
+
+    /// Drop a key's cached plaintexts when it is rotated on demand [default: true].
+    #[arg(long, env = "KMS_SIDECAR_CACHE_INVALIDATE_ON_ROTATION", global = true)]
+    pub cache_invalidate_on_rotation: Option<bool>,
+
+    /// Pre-generated data keys held per KMS key, 0 (off)..=1024 [default: 16].
+    #[arg(long, env = "KMS_SIDECAR_DATA_KEY_POOL_SIZE", global = true)]
+    pub data_key_pool_size: Option<u64>,
+
+    /// Refill a key's pool when fewer than this many remain [default: half the pool size].
+    #[arg(long, env = "KMS_SIDECAR_DATA_KEY_POOL_LOW_WATERMARK", global = true)]
+    pub data_key_pool_low_watermark: Option<u64>,
+
+    /// Global inbound limit, calls per second (unset: none; see also --emulate-aws-quotas).
+    #[arg(long, env = "KMS_SIDECAR_RATE_LIMIT_GLOBAL", global = true)]
+    pub rate_limit_global: Option<f64>,
+
+    /// Burst of the global limit [default: one second's worth].
+    #[arg(long, env = "KMS_SIDECAR_RATE_LIMIT_GLOBAL_BURST", global = true)]
+    pub rate_limit_global_burst: Option<u32>,
+
+    /// Inbound limit per principal, calls per second (unset: none).
+    #[arg(long, env = "KMS_SIDECAR_RATE_LIMIT_PER_PRINCIPAL", global = true)]
+    pub rate_limit_per_principal: Option<f64>,
+
+    /// Burst of the per-principal limit [default: one second's worth].
+    #[arg(
+        long,
+        env = "KMS_SIDECAR_RATE_LIMIT_PER_PRINCIPAL_BURST",
+        global = true
+    )]
+    pub rate_limit_per_principal_burst: Option<u32>,
+
+    /// Inbound limit per key, calls per second (unset: none).
+    #[arg(long, env = "KMS_SIDECAR_RATE_LIMIT_PER_KEY", global = true)]
+    pub rate_limit_per_key: Option<f64>,
+
+    /// Burst of the per-key limit [default: one second's worth].
+    #[arg(long, env = "KMS_SIDECAR_RATE_LIMIT_PER_KEY_BURST", global = true)]
+    pub rate_limit_per_key_burst: Option<u32>,
+
+    /// Per-principal limits in calls per second, overriding the default (config file only, e.g.
+    /// `rate_limit_principals = { billing = 50.0 }`).
+    #[arg(skip)]
+    pub rate_limit_principals: Option<std::collections::BTreeMap<String, f64>>,
+
+    /// Apply AWS KMS's shared quota for symmetric cryptographic operations (10,000 req/s per account
+    /// and Region) as the global limit, so throttling looks as in production [default: false].
+    #[arg(long, env = "KMS_SIDECAR_EMULATE_AWS_QUOTAS", global = true)]
+    pub emulate_aws_quotas: Option<bool>,
+
+    /// Outbound budget: backend calls per second (unset: none; an upstream KMS should set a share of
+    /// the account quota).
+    #[arg(long, env = "KMS_SIDECAR_OUTBOUND_PER_SECOND", global = true)]
+    pub outbound_per_second: Option<f64>,
+
+    /// Time a backend call may take, retries included, in milliseconds [default: 5000].
+    #[arg(long, env = "KMS_SIDECAR_BACKEND_TIMEOUT_MS", global = true)]
+    pub backend_timeout_ms: Option<u64>,
+
+    /// Backend attempts per call, the first included (1: no retries) [default: 3].
+    #[arg(long, env = "KMS_SIDECAR_RETRY_MAX_ATTEMPTS", global = true)]
+    pub retry_max_attempts: Option<u32>,
+
+    /// Upper bound of the first retry delay, in milliseconds (full jitter) [default: 25].
+    #[arg(long, env = "KMS_SIDECAR_RETRY_BASE_MS", global = true)]
+    pub retry_base_ms: Option<u64>,
+
+    /// Upper bound of any retry delay, in milliseconds [default: 1000].
+    #[arg(long, env = "KMS_SIDECAR_RETRY_CAP_MS", global = true)]
+    pub retry_cap_ms: Option<u64>,
+
+    /// Consecutive retryable backend failures that open the circuit breaker [default: 5].
+    #[arg(long, env = "KMS_SIDECAR_BREAKER_CONSECUTIVE_FAILURES", global = true)]
+    pub breaker_consecutive_failures: Option<u32>,
+
+    /// Seconds the breaker stays open before probing the backend [default: 5].
+    #[arg(long, env = "KMS_SIDECAR_BREAKER_COOL_DOWN_SECS", global = true)]
+    pub breaker_cool_down_secs: Option<u64>,
+
+    /// How long in-flight requests may take to finish at shutdown, in seconds, 0..=600 [default: 30].
+    #[arg(long, env = "KMS_SIDECAR_SHUTDOWN_GRACE_SECS", global = true)]
+    pub shutdown_grace_secs: Option<u64>,
+}

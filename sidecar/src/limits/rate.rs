@@ -1,0 +1,359 @@
+//! Inbound rate limits (pipeline step 3): a global limit, a limit per principal and a limit per key,
+//! each possibly with several windows, built with `governor` from a [`ValidRateSpec`].
+//!
+//! A call is checked scope by scope, narrowest first: principal, then key, then global; within a
+//! scope, window by window. `governor` has no "test without taking", so a window that passed keeps its
+//! cell when a later window refuses the call: a throttled call may cost the windows checked before the
+//! one that refused it one cell each. That errs toward throttling, never toward admitting more than a
+//! limit, and checking the principal first means a principal over its own limit does not eat the
+//! global limit that other principals share.
+//!
+//! Memory and label cardinality are bounded whatever the callers send: principals are the names known
+//! at build plus one shared `other`; keys get a limiter of their own up to `max_tracked_keys`, then
+//! share `other`.
+//!
+//! Reload: a [`RateLimits`] is immutable apart from its counters; build a new one from the new spec
+//! and swap it in (e.g. `ArcSwap<RateLimits>`). The new limits start with full buckets: counters reset
+//! on reload, so a reload briefly allows up to one more burst per window.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use governor::RateLimiter;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+
+use super::rate_spec::{DEFAULT, OTHER, ValidRateSpec, Window};
+use crate::protocol::{ErrorKind, KmsError};
+
+/// Which limit refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Global,
+    Principal,
+    Key,
+    /// The outbound budget to the backend ([`super::budget`]).
+    Backend,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Global, Scope::Principal, Scope::Key, Scope::Backend];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::Global => "global",
+            Scope::Principal => "principal",
+            Scope::Key => "key",
+            Scope::Backend => "backend",
+        }
+    }
+}
+
+/// A call over a limit. Becomes `ThrottlingException`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate exceeded ({} limit)", scope.as_str())]
+pub struct Throttled {
+    pub scope: Scope,
+}
+
+/// AWS KMS's message for a throttled call.
+pub const THROTTLING_MESSAGE: &str = "Rate exceeded";
+
+impl From<Throttled> for KmsError {
+    fn from(t: Throttled) -> Self {
+        KmsError::new(ErrorKind::Throttling, THROTTLING_MESSAGE).with_source(t)
+    }
+}
+
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// Every window of one limit; a call takes a cell from each, in order.
+#[derive(Debug)]
+struct Limiter<C: Clock> {
+    windows: Box<[Direct<C>]>,
+}
+
+impl<C: Clock + Clone> Limiter<C> {
+    /// `None` for an empty window list (that scope is unlimited).
+    fn new(windows: &[Window], clock: &C) -> Option<Self> {
+        if windows.is_empty() {
+            return None;
+        }
+        Some(Self {
+            windows: windows
+                .iter()
+                .map(|w| RateLimiter::direct_with_clock(w.quota(), clock.clone()))
+                .collect(),
+        })
+    }
+
+    fn check(&self, scope: Scope) -> Result<(), Throttled> {
+        for w in self.windows.iter() {
+            if w.check().is_err() {
+                return Err(Throttled { scope });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The rate shown for a limit: the sustained rate of its shortest window (the rate a caller can
+/// actually reach; longer windows such as a daily cap are checked but not shown).
+fn shown_rate(windows: &[Window]) -> Option<f64> {
+    windows
+        .iter()
+        .min_by_key(|w| w.period())
+        .map(Window::per_second)
+}
+
+/// Keys without an override: a limiter each, up to a bound, then a shared one.
+#[derive(Debug)]
+struct TrackedKeys<C: Clock> {
+    windows: Vec<Window>,
+    clock: C,
+    max: usize,
+    map: RwLock<HashMap<Box<str>, Limiter<C>>>,
+    other: Limiter<C>,
+}
+
+impl<C: Clock + Clone> TrackedKeys<C> {
+    fn check(&self, key: &str) -> Result<(), Throttled> {
+        {
+            let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(l) = map.get(key) {
+                return l.check(Scope::Key);
+            }
+            if map.len() >= self.max {
+                return self.other.check(Scope::Key);
+            }
+        }
+        // A key seen for the first time: the only allocation, once per key, bounded by `max`.
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if !map.contains_key(key) && map.len() >= self.max {
+            return self.other.check(Scope::Key);
+        }
+        let l = map.entry(key.into()).or_insert_with(|| Limiter {
+            windows: self
+                .windows
+                .iter()
+                .map(|w| RateLimiter::direct_with_clock(w.quota(), self.clock.clone()))
+                .collect(),
+        });
+        l.check(Scope::Key)
+    }
+}
+
+/// The inbound limits. Cheap to check: a hash lookup or two and one atomic update per window, no
+/// allocation on the pass path (a key's first call allocates its limiter once).
+#[derive(Debug)]
+pub struct RateLimits<C: Clock = DefaultClock> {
+    spec: ValidRateSpec,
+    global: Option<Limiter<C>>,
+    principals: HashMap<Box<str>, Option<Limiter<C>>>,
+    other_principals: Option<Limiter<C>>,
+    key_overrides: HashMap<Box<str>, Option<Limiter<C>>>,
+    tracked_keys: Option<TrackedKeys<C>>,
+}
+
+impl RateLimits<DefaultClock> {
+    /// Limits on the real clock.
+    pub fn new(spec: &ValidRateSpec) -> Self {
+        Self::with_clock(spec, &DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimits<C> {
+    /// Limits on `clock` (tests pass `governor::clock::FakeRelativeClock`).
+    pub fn with_clock(spec: &ValidRateSpec, clock: &C) -> Self {
+        let tracked_keys = (!spec.key_default.is_empty()).then(|| TrackedKeys {
+            windows: spec.key_default.clone(),
+            clock: clock.clone(),
+            max: spec.max_tracked_keys,
+            map: RwLock::new(HashMap::new()),
+            other: Limiter {
+                windows: spec
+                    .key_default
+                    .iter()
+                    .map(|w| RateLimiter::direct_with_clock(w.quota(), clock.clone()))
+                    .collect(),
+            },
+        });
+        Self {
+            global: Limiter::new(&spec.global, clock),
+            principals: spec
+                .principals
+                .iter()
+                .map(|(name, w)| (name.clone(), Limiter::new(w, clock)))
+                .collect(),
+            other_principals: Limiter::new(&spec.principal_default, clock),
+            key_overrides: spec
+                .key_overrides
+                .iter()
+                .map(|(name, w)| (name.clone(), Limiter::new(w, clock)))
+                .collect(),
+            tracked_keys,
+            spec: spec.clone(),
+        }
+    }
+
+    /// Builds fresh limits from a new spec on the same clock, for a reload. Counters start full.
+    pub fn rebuild(&self, spec: &ValidRateSpec, clock: &C) -> Self {
+        Self::with_clock(spec, clock)
+    }
+
+    /// The spec these limits were built from.
+    pub fn spec(&self) -> &ValidRateSpec {
+        &self.spec
+    }
+
+    /// Checks (and consumes) one call by `principal` on `key` (`None` for calls without a key, such as
+    /// GenerateRandom or ListKeys). Pass the resolved key id of an existing key, not raw request text,
+    /// so unknown ids do not take tracked slots from real keys.
+    pub fn check(&self, principal: &str, key: Option<&str>) -> Result<(), Throttled> {
+        let principal = match self.principals.get(principal) {
+            Some(l) => l.as_ref(),
+            None => self.other_principals.as_ref(),
+        };
+        if let Some(l) = principal {
+            l.check(Scope::Principal)?;
+        }
+        if let Some(key) = key {
+            match self.key_overrides.get(key) {
+                Some(Some(l)) => l.check(Scope::Key)?,
+                Some(None) => {}
+                None => {
+                    if let Some(t) = &self.tracked_keys {
+                        t.check(key)?;
+                    }
+                }
+            }
+        }
+        if let Some(l) = &self.global {
+            l.check(Scope::Global)?;
+        }
+        Ok(())
+    }
+
+    /// [`check`](Self::check), counting a refusal in `throttled_total`.
+    pub fn check_recorded(
+        &self,
+        metrics: &RateMetrics,
+        principal: &str,
+        key: Option<&str>,
+    ) -> Result<(), Throttled> {
+        self.check(principal, key).inspect_err(|t| {
+            metrics.throttled(self.principal_label(principal), t.scope);
+        })
+    }
+
+    /// The bounded metrics label for `principal`: its name if known, else `other`.
+    pub fn principal_label<'a>(&'a self, principal: &'a str) -> &'a str {
+        if self.principals.contains_key(principal) {
+            principal
+        } else {
+            OTHER
+        }
+    }
+
+    /// Sets `rate_limit_per_second` to these limits, removing the series of the previous export (so a
+    /// reload that drops a principal drops its gauge).
+    pub fn export(&self, metrics: &RateMetrics) {
+        let mut rows: Vec<(Scope, &str, f64)> = Vec::new();
+        if let Some(r) = shown_rate(&self.spec.global) {
+            rows.push((Scope::Global, "global", r));
+        }
+        for (name, w) in &self.spec.principals {
+            if let Some(r) = shown_rate(w) {
+                rows.push((Scope::Principal, name, r));
+            }
+        }
+        if let Some(r) = shown_rate(&self.spec.principal_default) {
+            rows.push((Scope::Principal, OTHER, r));
+        }
+        for (name, w) in &self.spec.key_overrides {
+            if let Some(r) = shown_rate(w) {
+                rows.push((Scope::Key, name, r));
+            }
+        }
+        if let Some(r) = shown_rate(&self.spec.key_default) {
+            rows.push((Scope::Key, DEFAULT, r));
+        }
+        metrics.replace_inbound(&rows);
+    }
+}
+
+/// `throttled_total{principal,scope}` and `rate_limit_per_second{scope,name}`.
+#[derive(Debug)]
+pub struct RateMetrics {
+    throttled: IntCounterVec,
+    limit: GaugeVec,
+    /// Inbound gauge series set by the last export, removed by the next.
+    exported: Mutex<Vec<(Scope, String)>>,
+}
+
+impl RateMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let throttled = IntCounterVec::new(
+            Opts::new(
+                "kms_sidecar_throttled_total",
+                "Calls refused by a rate limit, by principal and by the scope of the limit.",
+            ),
+            &["principal", "scope"],
+        )?;
+        let limit = GaugeVec::new(
+            Opts::new(
+                "kms_sidecar_rate_limit_per_second",
+                "Configured rate limits in requests per second (the shortest window of each limit).",
+            ),
+            &["scope", "name"],
+        )?;
+        registry.register(Box::new(throttled.clone()))?;
+        registry.register(Box::new(limit.clone()))?;
+        Ok(Self {
+            throttled,
+            limit,
+            exported: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The metric family names this module exports.
+    pub fn family_names() -> [&'static str; 2] {
+        [
+            "kms_sidecar_throttled_total",
+            "kms_sidecar_rate_limit_per_second",
+        ]
+    }
+
+    /// Counts one throttled call. `principal` must be a bounded label
+    /// ([`RateLimits::principal_label`], or `other`).
+    pub fn throttled(&self, principal: &str, scope: Scope) {
+        self.throttled
+            .with_label_values(&[principal, scope.as_str()])
+            .inc();
+    }
+
+    /// Sets the gauge of one limit that is not part of the inbound spec (the outbound budget).
+    pub fn set_limit(&self, scope: Scope, name: &str, per_second: f64) {
+        self.limit
+            .with_label_values(&[scope.as_str(), name])
+            .set(per_second);
+    }
+
+    fn replace_inbound(&self, rows: &[(Scope, &str, f64)]) {
+        let mut exported = self.exported.lock().unwrap_or_else(PoisonError::into_inner);
+        for (scope, name) in exported.drain(..) {
+            // Absent series (never set) are not an error worth reporting.
+            let _ = self.limit.remove_label_values(&[scope.as_str(), &name]);
+        }
+        for (scope, name, rate) in rows {
+            self.set_limit(*scope, name, *rate);
+            exported.push((*scope, (*name).to_owned()));
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "rate_tests.rs"]
+mod tests;
