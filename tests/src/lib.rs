@@ -571,3 +571,70 @@ pub enum Sign<'a> {
     Corrupt { offset_secs: i64 },
     Header(&'a str),
 }
+
+/// GETs `url` (the admin API): status and body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let client =
+        HyperClient::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let resp = client.get(url.parse().expect("url")).await.expect("GET");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of one exact series (`name{labels}`) in a Prometheus text scrape.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// The KMS error type of a failed AWS SDK call; panics if the call succeeded.
+pub fn error_code<T, E, R>(result: Result<T, aws_sdk_kms::error::SdkError<E, R>>) -> String
+where
+    T: std::fmt::Debug,
+    E: aws_sdk_kms::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_kms::error::ProvideErrorMetadata as _;
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .code()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("no code: {e:?}")),
+    }
+}
+
+/// Runs the sidecar's command line on `data_dir`: success and everything it printed.
+pub fn cli(data_dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(binary())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("KMS_SIDECAR_ROOT_KEY")
+        .output()
+        .expect("run the sidecar CLI");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The credential `clients add` (or the first-run banner) printed.
+pub fn printed_creds(text: &str) -> Creds {
+    let get = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix).filter(|v| !v.contains(' ')))
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+            .to_string()
+    };
+    Creds {
+        access_key_id: get("  AWS_ACCESS_KEY_ID="),
+        secret: get("  AWS_SECRET_ACCESS_KEY="),
+    }
+}

@@ -14,32 +14,13 @@ use base64::Engine as _;
 use kms_sidecar_e2e::Sidecar;
 
 async fn metrics(sidecar: &Sidecar) -> String {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = client
-        .get(format!("{}/metrics", sidecar.admin_url).parse().unwrap())
+    kms_sidecar_e2e::http_get(&format!("{}/metrics", sidecar.admin_url))
         .await
-        .unwrap();
-    String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
+        .1
 }
 
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|v| v.strip_prefix(' '))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0.0)
+    kms_sidecar_e2e::sample(text, series).unwrap_or(0.0)
 }
 
 const BACKEND_DECRYPT: &str =

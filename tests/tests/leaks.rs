@@ -83,25 +83,9 @@ async fn plaintexts_and_secrets_never_logged() {
         .as_ref()
         .to_vec();
 
-    let metrics = {
-        use http_body_util::BodyExt;
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let resp = client
-            .get(format!("{}/metrics", sidecar.admin_url).parse().unwrap())
-            .await
-            .unwrap();
-        String::from_utf8(
-            resp.into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap()
-    };
+    let metrics = kms_sidecar_e2e::http_get(&format!("{}/metrics", sidecar.admin_url))
+        .await
+        .1;
     let secret = sidecar.creds.secret.clone();
     let (ok, output) = sidecar.stop();
     assert!(ok);

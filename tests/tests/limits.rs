@@ -3,35 +3,10 @@
 //! affected; the throttles and the configured limits are exported and listed in `/v1/status`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
-use kms_sidecar_e2e::{Creds, Sidecar, Start, binary, sdk_client};
-
-async fn get(url: &str) -> String {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = client.get(url.parse().unwrap()).await.unwrap();
-    String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|v| v.strip_prefix(' '))
-            .and_then(|v| v.parse().ok())
-    })
-}
+use kms_sidecar_e2e::{Sidecar, Start, cli, printed_creds, sample, sdk_client};
 
 #[tokio::test]
 async fn per_principal_limit_throttles_exactly_the_excess() {
@@ -61,26 +36,9 @@ async fn per_principal_limit_throttles_exactly_the_excess() {
     assert_eq!(throttled, 3, "burst 5 of 8 calls within a second");
 
     // Another principal has its own bucket.
-    let out = Command::new(binary())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["clients", "add", "other"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let get_line = |p: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(p).filter(|v| !v.contains(' ')))
-            .unwrap()
-            .to_string()
-    };
-    let other = sdk_client(
-        &sidecar.kms_url,
-        &Creds {
-            access_key_id: get_line("  AWS_ACCESS_KEY_ID="),
-            secret: get_line("  AWS_SECRET_ACCESS_KEY="),
-        },
-    );
+    let (ok, text) = cli(dir.path(), &["clients", "add", "other"]);
+    assert!(ok, "{text}");
+    let other = sdk_client(&sidecar.kms_url, &printed_creds(&text));
     let mut ok = 0;
     for _ in 0..100 {
         match other.list_keys().send().await {
@@ -98,7 +56,9 @@ async fn per_principal_limit_throttles_exactly_the_excess() {
     }
     assert_eq!(ok, 5);
 
-    let metrics = get(&format!("{}/metrics", sidecar.admin_url)).await;
+    let metrics = kms_sidecar_e2e::http_get(&format!("{}/metrics", sidecar.admin_url))
+        .await
+        .1;
     assert_eq!(
         sample(
             &metrics,
@@ -123,8 +83,12 @@ async fn per_principal_limit_throttles_exactly_the_excess() {
         Some(0.0)
     );
 
-    let status: serde_json::Value =
-        serde_json::from_str(&get(&format!("{}/v1/status", sidecar.admin_url)).await).unwrap();
+    let status: serde_json::Value = serde_json::from_str(
+        &kms_sidecar_e2e::http_get(&format!("{}/v1/status", sidecar.admin_url))
+            .await
+            .1,
+    )
+    .unwrap();
     let limits = status["limits"].as_array().unwrap();
     assert!(
         limits.iter().any(|l| l["scope"] == "principal"

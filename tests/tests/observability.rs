@@ -7,25 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use aws_sdk_kms::primitives::Blob;
-use kms_sidecar_e2e::{Sidecar, Start};
-
-async fn get(url: &str) -> (u16, String) {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = client.get(url.parse().unwrap()).await.unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|v| v.strip_prefix(' '))
-            .and_then(|v| v.parse().ok())
-    })
-}
+use kms_sidecar_e2e::{Sidecar, Start, http_get as get, sample};
 
 #[tokio::test]
 async fn metrics_status_and_key_versions() {

@@ -3,41 +3,13 @@
 //! or a corrupt record stops the start with a message that names the problem.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
-use kms_sidecar_e2e::{BackendChoice, Creds, Sidecar, Start, binary, on_every_backend, sdk_client};
-
-fn cli(data_dir: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("KMS_SIDECAR_ROOT_KEY")
-        .output()
-        .expect("run kms-sidecar");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn issued_creds(text: &str) -> Creds {
-    let get = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix).filter(|v| !v.contains(' ')))
-            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
-            .to_string()
-    };
-    Creds {
-        access_key_id: get("  AWS_ACCESS_KEY_ID="),
-        secret: get("  AWS_SECRET_ACCESS_KEY="),
-    }
-}
+use kms_sidecar_e2e::{
+    BackendChoice, Sidecar, Start, cli, on_every_backend, printed_creds as issued_creds, sdk_client,
+};
 
 on_every_backend!(everything_survives_a_restart);
 

@@ -5,40 +5,14 @@
 //! label cardinality staying bounded under random garbage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
-use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use kms_sidecar_e2e::{Creds, Raw, Sidecar, binary, sdk_client};
-
-fn code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
-    result: Result<T, SdkError<E, R>>,
-) -> String {
-    match result {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e
-            .code()
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("no code: {e:?}")),
-    }
-}
-
-fn cli(data_dir: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use kms_sidecar_e2e::{
+    Creds, Raw, Sidecar, cli, error_code as code, printed_creds, sample, sdk_client,
+};
 
 fn add_client(data_dir: &std::path::Path, name: &str, tenant: &str) -> Creds {
     let (ok, text) = cli(
@@ -46,40 +20,11 @@ fn add_client(data_dir: &std::path::Path, name: &str, tenant: &str) -> Creds {
         &["clients", "add", name, "--tag", &format!("tenant={tenant}")],
     );
     assert!(ok, "{text}");
-    let get = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix).filter(|v| !v.contains(' ')))
-            .unwrap()
-            .to_string()
-    };
-    Creds {
-        access_key_id: get("  AWS_ACCESS_KEY_ID="),
-        secret: get("  AWS_SECRET_ACCESS_KEY="),
-    }
+    printed_creds(&text)
 }
 
-async fn get(url: &str) -> String {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = client.get(url.parse().unwrap()).await.unwrap();
-    String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|v| v.strip_prefix(' '))
-            .and_then(|v| v.parse().ok())
-    })
+async fn get_body(url: &str) -> String {
+    kms_sidecar_e2e::http_get(url).await.1
 }
 
 /// Waits until `creds` are accepted (the sidecar reloads clients within a second).
@@ -279,7 +224,7 @@ async fn tenant_isolation_deny_revocation_and_audit() {
         }
     }
 
-    let metrics = get(&format!("{}/metrics", sidecar.admin_url)).await;
+    let metrics = get_body(&format!("{}/metrics", sidecar.admin_url)).await;
     let series = |principal: &str, op: &str, key: &str, reason: &str| {
         sample(
             &metrics,
@@ -321,7 +266,7 @@ async fn tenant_isolation_deny_revocation_and_audit() {
     // The denied calls are in /v1/audit (records reach it within the 1 s flush).
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let audit: serde_json::Value = serde_json::from_str(
-        &get(&format!(
+        &get_body(&format!(
             "{}/v1/audit?outcome=denied&principal=alice",
             sidecar.admin_url
         ))
@@ -341,7 +286,7 @@ async fn tenant_isolation_deny_revocation_and_audit() {
             .any(|r| r["reason"] == "context_mismatch" && r["key_id"] == key.as_str())
     );
     assert!(records.iter().any(|r| r["context_keys"][0] == "tenant"));
-    let all = get(&format!("{}/v1/audit?limit=1000", sidecar.admin_url)).await;
+    let all = get_body(&format!("{}/v1/audit?limit=1000", sidecar.admin_url)).await;
     assert!(!all.contains("tenant data") && !all.contains(&alice_creds.secret));
 
     // The audit log on disk verifies; an edited copy does not.
@@ -411,7 +356,7 @@ async fn label_cardinality_stays_bounded() {
         .flat_map(|w| (0..625u32).map(move |i| w * 1000 + i))
         .filter(|n| n % 2 == 0)
         .count();
-    let metrics = get(&format!("{}/metrics", sidecar.admin_url)).await;
+    let metrics = get_body(&format!("{}/metrics", sidecar.admin_url)).await;
     let count = |prefix: &str| metrics.lines().filter(|l| l.starts_with(prefix)).count();
     assert_eq!(count("kms_sidecar_unauthorized_total{"), 1, "{metrics}");
     assert_eq!(

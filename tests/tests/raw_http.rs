@@ -266,19 +266,13 @@ async fn authentication_failures() {
     assert_error(&r, 400, "InvalidSignatureException");
 
     // The metrics count the failures by outcome.
-    let metrics = reqwest_free_get(&format!("{}/metrics", sidecar.admin_url)).await;
+    let metrics = kms_sidecar_e2e::http_get(&format!("{}/metrics", sidecar.admin_url))
+        .await
+        .1;
     assert!(metrics.contains("kms_sidecar_requests_total{operation=\"ListKeys\",outcome=\"InvalidSignatureException\"} 5"), "{metrics}");
     assert!(metrics.contains("kms_sidecar_requests_total{operation=\"ListKeys\",outcome=\"UnrecognizedClientException\"} 1"), "{metrics}");
-    let health = reqwest_free_get(&format!("{}/healthz", sidecar.admin_url)).await;
+    let health = kms_sidecar_e2e::http_get(&format!("{}/healthz", sidecar.admin_url))
+        .await
+        .1;
     assert_eq!(health, "ok\n");
-}
-
-/// A plain GET with hyper (no extra HTTP client crate needed).
-async fn reqwest_free_get(url: &str) -> String {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = client.get(url.parse().unwrap()).await.unwrap();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(body.to_vec()).unwrap()
 }

@@ -5,23 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_kms::Client;
-use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeySpec, KeyState, RotationType, Tag};
-use kms_sidecar_e2e::{BackendChoice, Sidecar, on_every_backend};
-
-/// The KMS error type of a failed call (panics if the call succeeded).
-fn code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
-    result: Result<T, SdkError<E, R>>,
-) -> String {
-    match result {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e
-            .code()
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("no code: {e:?}")),
-    }
-}
+use kms_sidecar_e2e::{BackendChoice, Sidecar, error_code as code, on_every_backend};
 
 async fn new_key(kms: &Client) -> String {
     kms.create_key()
