@@ -145,9 +145,7 @@ pub(super) fn list_keys(cx: &mut Cx<'_>, req: ListRequest) -> Result<ListKeysRes
 
 pub(super) async fn enable_key(cx: &mut Cx<'_>, req: KeyIdOnly) -> Result<Empty, KmsError> {
     let keys = cx.keys;
-    let key_id = required(req.key_id, "keyId")?;
-    cx.check(&key_id, None)?;
-    keys.update(&key_id, |m| {
+    cx.update_key(req.key_id, |m| {
         require_not_pending(keys, m)?;
         m.state = KeyState::Enabled;
         Ok(())
@@ -158,10 +156,8 @@ pub(super) async fn enable_key(cx: &mut Cx<'_>, req: KeyIdOnly) -> Result<Empty,
 
 pub(super) async fn disable_key(cx: &mut Cx<'_>, req: KeyIdOnly) -> Result<Empty, KmsError> {
     let keys = cx.keys;
-    let key_id = required(req.key_id, "keyId")?;
-    cx.check(&key_id, None)?;
-    let meta = keys
-        .update(&key_id, |m| {
+    let meta = cx
+        .update_key(req.key_id, |m| {
             require_not_pending(keys, m)?;
             m.state = KeyState::Disabled;
             Ok(())
@@ -183,10 +179,8 @@ pub(super) async fn schedule_key_deletion(
         "pendingWindowInDays",
     )?;
     let deletion_date = keys::now() + days(window);
-    let key_id = required(req.key_id, "keyId")?;
-    cx.check(&key_id, None)?;
-    let meta = keys
-        .update(&key_id, |m| {
+    let meta = cx
+        .update_key(req.key_id, |m| {
             require_not_pending(keys, m)?;
             m.state = KeyState::PendingDeletion;
             m.deletion_date = Some(deletion_date);
@@ -208,10 +202,8 @@ pub(super) async fn cancel_key_deletion(
     req: KeyIdOnly,
 ) -> Result<KeyIdResponse, KmsError> {
     let keys = cx.keys;
-    let key_id = required(req.key_id, "keyId")?;
-    cx.check(&key_id, None)?;
-    let meta = keys
-        .update(&key_id, |m| {
+    let meta = cx
+        .update_key(req.key_id, |m| {
             if m.state != KeyState::PendingDeletion {
                 return Err(KmsError::new(
                     ErrorKind::InvalidState,
@@ -242,9 +234,7 @@ pub(super) async fn enable_key_rotation(
         "rotationPeriodInDays",
     )?;
     let now = keys::now();
-    let key_id = required(req.key_id, "keyId")?;
-    cx.check(&key_id, None)?;
-    keys.update(&key_id, |m| {
+    cx.update_key(req.key_id, |m| {
         require_enabled(keys, m)?;
         m.rotation_enabled = true;
         m.rotation_period_days = Some(period);
@@ -260,9 +250,7 @@ pub(super) async fn disable_key_rotation(
     req: KeyIdOnly,
 ) -> Result<Empty, KmsError> {
     let keys = cx.keys;
-    let key_id = required(req.key_id, "keyId")?;
-    cx.check(&key_id, None)?;
-    keys.update(&key_id, |m| {
+    cx.update_key(req.key_id, |m| {
         require_enabled(keys, m)?;
         m.rotation_enabled = false;
         m.next_rotation = None;

@@ -163,6 +163,18 @@ impl Cx<'_> {
         self.admins.to_vec()
     }
 
+    /// The shape of every key-management call: the required `KeyId`, authorization on that key,
+    /// then `change` applied and persisted under the key store's write lock.
+    async fn update_key(
+        &mut self,
+        key_id: Option<String>,
+        change: impl FnOnce(&mut KeyMeta) -> Result<(), KmsError>,
+    ) -> Result<Arc<KeyMeta>, KmsError> {
+        let key_id = required(key_id, "keyId")?;
+        self.check(&key_id, None)?;
+        self.keys.update(&key_id, change).await
+    }
+
     /// Account-level operations that only admin principals may call (CreateKey).
     fn require_admin(&mut self) -> Result<(), KmsError> {
         if self.caller.admin {

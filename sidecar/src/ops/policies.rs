@@ -28,9 +28,8 @@ pub(super) async fn put_key_policy(
     let text = required(req.policy, "policy")?;
     check_name(req.policy_name.as_deref())?;
     Policy::parse(&text)?;
-    cx.check(&key_id, None)?;
-    let meta = keys
-        .update(&key_id, |m| {
+    let meta = cx
+        .update_key(Some(key_id), |m| {
             require_not_pending(keys, m)?;
             m.policy = Some(text);
             Ok(())

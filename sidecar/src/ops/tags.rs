@@ -46,8 +46,7 @@ pub(super) async fn tag_resource(
     let keys = cx.keys;
     let key_id = required(req.key_id, "keyId")?;
     let tags = validate_tags(required(req.tags, "tags")?)?;
-    cx.check(&key_id, None)?;
-    keys.update(&key_id, |m| {
+    cx.update_key(Some(key_id), |m| {
         require_not_pending(keys, m)?;
         m.tags.extend(tags);
         if m.tags.len() > MAX_TAGS {
@@ -69,8 +68,7 @@ pub(super) async fn untag_resource(
     let keys = cx.keys;
     let key_id = required(req.key_id, "keyId")?;
     let tag_keys = required(req.tag_keys, "tagKeys")?;
-    cx.check(&key_id, None)?;
-    keys.update(&key_id, |m| {
+    cx.update_key(Some(key_id), |m| {
         require_not_pending(keys, m)?;
         for k in &tag_keys {
             m.tags.remove(k);
