@@ -22,6 +22,9 @@ if ((${#missing[@]})); then
   fi
 fi
 
+# One clean build per run: incremental state only costs disk here (several GB for this workspace).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
