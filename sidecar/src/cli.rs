@@ -13,6 +13,7 @@ use crate::datadir::DataDir;
 use crate::observe;
 use crate::observe::audit;
 use crate::server::Sidecar;
+use crate::tls::{self, TlsSource};
 
 /// Parses the command line and runs; the process exit code.
 pub fn main() -> ExitCode {
@@ -37,16 +38,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn print_credentials(issued: &Issued, region: &str, endpoint: &str, note: &str) {
+/// The KMS endpoint a client should use and, with TLS, the certificate it must trust.
+struct Endpoint {
+    url: String,
+    ca: Option<std::path::PathBuf>,
+}
+
+impl Endpoint {
+    /// From the configuration alone (the CLI subcommands, where no listener is bound).
+    fn configured(config: &Config) -> Self {
+        match &config.tls {
+            None => Self {
+                url: format!("http://{}", config.listen),
+                ca: None,
+            },
+            Some(source) => Self {
+                url: format!("https://{}", config.listen),
+                ca: Some(match source {
+                    TlsSource::Files { cert, .. } => cert.clone(),
+                    TlsSource::SelfSigned => tls::self_signed_paths(&config.data_dir).0,
+                }),
+            },
+        }
+    }
+}
+
+fn print_credentials(issued: &Issued, region: &str, endpoint: &Endpoint, note: &str) {
     let secret = issued.secret.expose_secret();
+    let ca = endpoint
+        .ca
+        .as_ref()
+        .map(|p| format!("AWS_CA_BUNDLE={} ", p.display()))
+        .unwrap_or_default();
     println!("{note}");
     println!("  principal:             {}", issued.name);
     println!("  AWS_ACCESS_KEY_ID={}", issued.access_key_id);
     println!("  AWS_SECRET_ACCESS_KEY={secret}");
     println!("Try it (AWS CLI):");
     println!(
-        "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={secret} aws kms create-key --region {region} --endpoint-url {endpoint}",
-        issued.access_key_id
+        "  {ca}AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={secret} aws kms create-key --region {region} --endpoint-url {}",
+        issued.access_key_id, endpoint.url
     );
 }
 
@@ -63,7 +94,18 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let region = config.arn_scope().region;
         let data_dir = config.data_dir.clone();
         let mut sidecar = Sidecar::start(config).await?;
-        let endpoint = format!("http://{}", sidecar.kms_addr());
+        let endpoint = Endpoint {
+            url: sidecar.kms_endpoint(),
+            ca: sidecar.tls().map(|t| t.cert_path.clone()),
+        };
+        if let Some(tls) = sidecar.tls() {
+            let what = if tls.generated { "generated a self-signed" } else { "using the" };
+            println!(
+                "kms-sidecar: TLS: {what} certificate {}; clients trust it with AWS_CA_BUNDLE={}",
+                tls.cert_path.display(),
+                tls.cert_path.display()
+            );
+        }
         if let Some(issued) = sidecar.take_issued() {
             print_credentials(
                 &issued,
@@ -76,7 +118,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
             );
         }
         println!(
-            "kms-sidecar: listening: kms={endpoint} admin=http://{} data_dir={}",
+            "kms-sidecar: listening: kms={} admin=http://{} data_dir={}",
+            endpoint.url,
             sidecar.admin_addr(),
             data_dir.display()
         );
@@ -126,7 +169,7 @@ fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()
                 })
                 .collect::<anyhow::Result<_>>()?;
             let issued = clients::add(&dir, &name, tags)?;
-            let endpoint = format!("http://{}", config.listen);
+            let endpoint = Endpoint::configured(config);
             print_credentials(
                 &issued,
                 &config.arn_scope().region,
@@ -136,7 +179,7 @@ fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()
         }
         ClientsCommand::RotateSecret { access_key_id } => {
             let issued = clients::rotate_secret(&dir, &access_key_id)?;
-            let endpoint = format!("http://{}", config.listen);
+            let endpoint = Endpoint::configured(config);
             print_credentials(
                 &issued,
                 &config.arn_scope().region,

@@ -21,3 +21,4 @@ pub mod observe;
 pub mod ops;
 pub mod protocol;
 pub mod server;
+pub mod tls;

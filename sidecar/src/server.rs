@@ -42,7 +42,9 @@ use crate::observe::audit::{self, AuditEvent, AuditLog, Outcome as AuditOutcome}
 use crate::observe::{Metrics, security, telemetry};
 use crate::ops::{Caller, Kms, Observation, RateLimiting, Reply};
 use crate::protocol::{self, ErrorKind, KmsError, Operation, Origin};
+use crate::tls::{self, Tls};
 use arc_swap::ArcSwap;
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
 /// Response header naming the key version an operation used, so callers can verify rotation.
@@ -433,6 +435,7 @@ pub struct Sidecar {
     admin_addr: SocketAddr,
     config: Config,
     issued: Option<Issued>,
+    tls: Option<Tls>,
     _lock: DirLock,
 }
 
@@ -509,6 +512,11 @@ impl Sidecar {
                     config.audit.dir.display()
                 )
             })?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|source| tls::load(source, &config.data_dir, config.listen))
+            .transpose()?;
         let kms_listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (KMS API)", config.listen))?;
@@ -557,6 +565,7 @@ impl Sidecar {
             admin_addr,
             config,
             issued,
+            tls,
             _lock: lock,
         })
     }
@@ -567,6 +576,17 @@ impl Sidecar {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The KMS API's base URL (`http://` or `https://`).
+    pub fn kms_endpoint(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.kms_addr)
+    }
+
+    /// The TLS settings in use, if the KMS port speaks HTTPS.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// The credential issued on first run, to be shown once.
@@ -581,6 +601,7 @@ impl Sidecar {
         let kms_app = self.app.clone();
         let kms = tokio::spawn(accept_loop(
             self.kms_listener,
+            self.tls.map(|t| t.acceptor),
             stop_rx.clone(),
             graceful.clone(),
             move |req, peer| kms_app.clone().handle(req, peer),
@@ -588,6 +609,7 @@ impl Sidecar {
         let admin_app = self.app.clone();
         let admin = tokio::spawn(accept_loop(
             self.admin_listener,
+            None,
             stop_rx.clone(),
             graceful.clone(),
             move |req, _peer| admin::handle(admin_app.clone(), req),
@@ -619,6 +641,7 @@ impl Sidecar {
 
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
     handler: F,
@@ -646,17 +669,46 @@ async fn accept_loop<F, Fut>(
             let fut = handler(req, peer);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        match &tls {
+            None => serve_connection(TokioIo::new(stream), service, &graceful),
+            Some(acceptor) => {
+                // The handshake runs in its own task, bounded like a request read, so a slow or
+                // silent client cannot hold up the accept loop.
+                let acceptor = acceptor.clone();
+                let graceful = graceful.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(TokioIo::new(stream), service, &graceful)
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
             }
-        });
+        }
     }
+}
+
+/// Serves one HTTP/1.1 connection in a task of its own, tracked for graceful shutdown.
+fn serve_connection<I, S>(io: I, service: S, graceful: &GracefulShutdown)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .serve_connection(io, service);
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
 }
 
 /// Reloads client credentials every second and runs key maintenance on its interval.

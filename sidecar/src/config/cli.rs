@@ -115,6 +115,19 @@ pub struct Options {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     pub otlp_endpoint: Option<String>,
 
+    /// Serve the KMS API over HTTPS (rustls); `--tls` alone means true. Without --tls-cert/--tls-key a
+    /// self-signed certificate is generated once into <data-dir>/tls/ [default: false].
+    #[arg(long, env = "KMS_SIDECAR_TLS", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub tls: Option<bool>,
+
+    /// PEM certificate chain for --tls (with --tls-key) instead of the generated self-signed one.
+    #[arg(long, env = "KMS_SIDECAR_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "KMS_SIDECAR_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
     /// Largest request body accepted, in bytes, 1024..=1048576 [default: 65536].
     #[arg(long, env = "KMS_SIDECAR_MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<u64>,

@@ -26,6 +26,7 @@ use crate::limits::{
 use crate::observe::audit::AuditConfig;
 use crate::observe::keys::RotationPolicy;
 use crate::observe::{LogFormat, MetricsSettings};
+use crate::tls::TlsSource;
 
 mod cli;
 
@@ -150,6 +151,8 @@ pub struct Config {
     pub retry: RetrySpec,
     pub retry_budget: RetryBudgetSpec,
     pub backend_timeout: Duration,
+    /// HTTPS on the KMS port, when enabled.
+    pub tls: Option<TlsSource>,
 }
 
 fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> anyhow::Result<u64> {
@@ -490,7 +493,19 @@ impl Config {
             0,
             pool_size,
         )?;
+        let tls = match (
+            cli.tls.or(file.tls).unwrap_or(false),
+            cli.tls_cert.or(file.tls_cert),
+            cli.tls_key.or(file.tls_key),
+        ) {
+            (false, None, None) => None,
+            (false, _, _) => bail!("tls_cert and tls_key are set but tls is not enabled (--tls)"),
+            (true, None, None) => Some(TlsSource::SelfSigned),
+            (true, Some(cert), Some(key)) => Some(TlsSource::Files { cert, key }),
+            (true, _, _) => bail!("tls_cert and tls_key go together: give both or neither"),
+        };
         Ok(Self {
+            tls,
             rate,
             outbound,
             breaker,
