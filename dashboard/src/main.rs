@@ -43,6 +43,10 @@ struct Cli {
     /// With --screenshot: successful scrapes to wait for before taking it.
     #[arg(long, default_value_t = 3)]
     screenshot_scrapes: u64,
+    /// File holding the sidecars' admin bearer token (KMS_SIDECAR_ADMIN_TOKEN gives the token
+    /// itself), for sidecars started with an admin token.
+    #[arg(long, value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
     /// Window size as WIDTHxHEIGHT.
     #[arg(long, default_value = "1280x900", value_parser = parse_size)]
     size: (f32, f32),
@@ -83,6 +87,20 @@ fn main() -> std::process::ExitCode {
         None if cli.sidecars.is_empty() => Sources::Sidecars(vec!["http://127.0.0.1:7301".into()]),
         None => Sources::Sidecars(cli.sidecars.clone()),
     };
+    let admin_token = match (
+        &cli.admin_token_file,
+        std::env::var("KMS_SIDECAR_ADMIN_TOKEN"),
+    ) {
+        (Some(path), _) => match std::fs::read_to_string(path) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                eprintln!("kms-dashboard: cannot read {}: {e}", path.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        (None, Ok(t)) => Some(t.trim().to_string()),
+        (None, Err(_)) => None,
+    };
     let description = match &sources {
         Sources::Sidecars(u) => format!("sidecar: {}", u.join(", ")),
         Sources::Prometheus(u) => format!("Prometheus: {u}"),
@@ -110,7 +128,12 @@ fn main() -> std::process::ExitCode {
         options,
         Box::new(move |cc| {
             let ctx = cc.egui_ctx.clone();
-            source::spawn(&sources, &shared, Arc::new(move || ctx.request_repaint()));
+            source::spawn(
+                &sources,
+                &shared,
+                admin_token.as_deref(),
+                Arc::new(move || ctx.request_repaint()),
+            );
             let mut app = DashboardApp::new(shared, settings, cli.refresh_secs, description);
             app.view = cli.view;
             app.screenshot = cli

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ureq::http::HeaderValue;
+use ureq::http::header::AUTHORIZATION;
+
 use crate::model::prom::{self, Kind, Labels, Sample};
 use crate::model::status::{AuditPage, AuditRecord, Status};
 use crate::model::{Endpoint, Model, ModelConfig};
@@ -83,12 +86,26 @@ pub fn unix_now() -> f64 {
 
 /// An HTTP agent with timeouts; non-2xx answers are returned, not errors.
 pub fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+    agent_with_token(timeout, None)
+}
+
+/// An agent that also sends `Authorization: Bearer <token>` (a sidecar's admin token) on every
+/// request. The token is never logged or shown.
+pub fn agent_with_token(timeout: Duration, token: Option<&str>) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder()
         .timeout_connect(Some(timeout.min(Duration::from_secs(2))))
         .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into()
+        .http_status_as_error(false);
+    if let Some(value) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
+        config = config.middleware(
+            move |mut req: ureq::http::Request<ureq::SendBody>,
+                  next: ureq::middleware::MiddlewareNext| {
+                req.headers_mut().insert(AUTHORIZATION, value.clone());
+                next.handle(req)
+            },
+        );
+    }
+    config.build().into()
 }
 
 fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, String), String> {
@@ -325,15 +342,21 @@ fn sleep_until_next(shared: &Shared, started: Instant) {
     }
 }
 
-/// Starts the fetch threads; `repaint` is called whenever new data is in the model.
-pub fn spawn(sources: &Sources, shared: &Arc<Shared>, repaint: Arc<dyn Fn() + Send + Sync>) {
+/// Starts the fetch threads; `repaint` is called whenever new data is in the model. `admin_token`
+/// is sent to sidecar admin endpoints (never to Prometheus).
+pub fn spawn(
+    sources: &Sources,
+    shared: &Arc<Shared>,
+    admin_token: Option<&str>,
+    repaint: Arc<dyn Fn() + Send + Sync>,
+) {
     match sources {
         Sources::Sidecars(urls) => {
             for url in urls {
                 shared.model().add_source(url);
                 let (url, shared, repaint) = (url.clone(), shared.clone(), repaint.clone());
+                let agent = agent_with_token(Duration::from_secs(3), admin_token);
                 std::thread::spawn(move || {
-                    let agent = agent(Duration::from_secs(3));
                     while !shared.stop.load(Ordering::Relaxed) {
                         let started = Instant::now();
                         let scrape = scrape_sidecar(&agent, &url);

@@ -9,10 +9,11 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use crate::auth::admin_token::{self, AdminAuthError};
 use crate::backend::KeyRef;
 use crate::keys::{self, Index, KeyState};
 use crate::observe::audit::AuditQuery;
-use crate::observe::metrics;
+use crate::observe::{metrics, security};
 use crate::server::{App, Body};
 
 /// How long a readiness result is reused, so probes cannot flood the backend.
@@ -172,8 +173,46 @@ async fn readiness(app: &App) -> Vec<String> {
     reasons
 }
 
+/// With an admin token configured, refuses requests without it (401), counted as unauthorized
+/// calls with operation `admin`.
+fn check_token(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let token = app.config.admin_token.as_ref()?;
+    if admin_token::is_open_path(req.uri().path()) {
+        return None;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let err = token.check(presented).err()?;
+    let reason = match err {
+        AdminAuthError::Missing => "missing_signature",
+        AdminAuthError::Wrong => "bad_signature",
+    };
+    app.metrics.unauthorized.record(
+        security::UNKNOWN_PRINCIPAL,
+        "admin",
+        security::NO_KEY,
+        reason,
+    );
+    tracing::warn!(path = req.uri().path(), error = %err, "admin request refused");
+    let (status, content_type, body) = json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({ "error": err.to_string() }),
+    );
+    let mut response = Response::new(Body::new(Zeroizing::new(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(response)
+}
+
 /// Serves one admin request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    if let Some(refused) = check_token(&app, &req) {
+        return refused;
+    }
     let now = keys::now();
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {

@@ -574,9 +574,19 @@ pub enum Sign<'a> {
 
 /// GETs `url` (the admin API): status and body.
 pub async fn http_get(url: &str) -> (u16, String) {
+    http_get_with(url, &[]).await
+}
+
+/// GETs `url` with extra request headers: status and body.
+pub async fn http_get_with(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let client =
         HyperClient::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
-    let resp = client.get(url.parse().expect("url")).await.expect("GET");
+    let mut req = http::Request::get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(http_body_util::Empty::new()).expect("request");
+    let resp = client.request(req).await.expect("GET");
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())

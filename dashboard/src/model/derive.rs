@@ -243,7 +243,9 @@ fn class_of(outcome: &str) -> &'static str {
     if outcome == "ok" {
         "ok"
     } else if sli::is_bad(outcome) {
-        "server error / throttled"
+        "server error"
+    } else if outcome == "ThrottlingException" {
+        "throttled"
     } else {
         "client error"
     }
@@ -264,23 +266,30 @@ impl Derived {
         let outcomes = model.increase_by(&req, &[], &["outcome"], from, now);
         let has_req = model.has(&req);
         let total: f64 = outcomes.values().sum();
-        let bad: f64 = outcomes
-            .iter()
-            .filter(|(o, _)| sli::is_bad(o))
-            .map(|(_, v)| v)
-            .sum();
+        // bad = server faults + shared-limit throttling (the alert rules' definition)
+        let bad_in = |from: f64| {
+            let faults: f64 = model
+                .increase_by(&req, &[], &["outcome"], from, now)
+                .iter()
+                .filter(|(o, _)| sli::is_bad(o))
+                .map(|(_, v)| v)
+                .sum();
+            let shared: f64 = model
+                .increase_by(&m("throttled_total"), &[], &["scope"], from, now)
+                .iter()
+                .filter(|(scope, _)| sli::is_shared_throttle(scope))
+                .map(|(_, v)| v)
+                .sum();
+            faults + shared
+        };
+        let bad = bad_in(from);
         let requests = has_req.then_some(total);
         let availability = sli::availability(total, bad);
         let budget_left = availability.and_then(|a| sli::budget_left(a, slo));
         let burn = [300.0, 3600.0, 6.0 * 3600.0].map(|bw| {
             let o = model.increase_by(&req, &[], &["outcome"], now - bw, now);
             let t: f64 = o.values().sum();
-            let b: f64 = o
-                .iter()
-                .filter(|(k, _)| sli::is_bad(k))
-                .map(|(_, v)| v)
-                .sum();
-            sli::burn_rate(t, b, slo)
+            sli::burn_rate(t, bad_in(now - bw), slo)
         });
         let mut class_lines: BTreeMap<&str, Line> = BTreeMap::new();
         for l in model.rate_lines(&req, &[], &["outcome"], from, now, step) {

@@ -4,12 +4,19 @@ use super::*;
 use crate::model::prom::parse;
 use crate::model::store::ModelConfig;
 
-fn req(ok: u64, throttled: u64, invalid: u64) -> String {
+/// Decrypt outcomes and throttling counters: `global` calls refused by the shared global limit
+/// (bad: the caller was within its quota) and `own` refused by the caller's own principal quota
+/// (a correct answer), both answered `ThrottlingException`.
+fn req(ok: u64, global: u64, own: u64, invalid: u64) -> String {
+    let throttled = global + own;
     format!(
         "# TYPE kms_sidecar_requests_total counter\n\
 kms_sidecar_requests_total{{operation=\"Decrypt\",outcome=\"ok\"}} {ok}\n\
 kms_sidecar_requests_total{{operation=\"Decrypt\",outcome=\"ThrottlingException\"}} {throttled}\n\
-kms_sidecar_requests_total{{operation=\"Decrypt\",outcome=\"InvalidCiphertextException\"}} {invalid}\n"
+kms_sidecar_requests_total{{operation=\"Decrypt\",outcome=\"InvalidCiphertextException\"}} {invalid}\n\
+# TYPE kms_sidecar_throttled_total counter\n\
+kms_sidecar_throttled_total{{principal=\"a\",scope=\"global\"}} {global}\n\
+kms_sidecar_throttled_total{{principal=\"a\",scope=\"principal\"}} {own}\n"
     )
 }
 
@@ -24,9 +31,10 @@ fn settings(window: f64, slo: f64) -> Settings {
 #[test]
 fn availability_budget_and_burn_over_windows() {
     let mut m = Model::new(ModelConfig::default());
-    m.ingest("s", 0.0, &parse(&req(1000, 0, 0)).unwrap());
-    // 600 s later: 9 980 ok, 10 throttled, 10 invalid ciphertexts (client errors are fine)
-    m.ingest("s", 600.0, &parse(&req(10_980, 10, 10)).unwrap());
+    m.ingest("s", 0.0, &parse(&req(1000, 0, 0, 0)).unwrap());
+    // 600 s later: 9 970 ok, 10 throttled by the global limit, 10 over their own quota and 10
+    // invalid ciphertexts (client errors and own-quota throttling are correct answers)
+    m.ingest("s", 600.0, &parse(&req(10_970, 10, 10, 10)).unwrap());
     let d = Derived::compute(&m, settings(600.0, 0.99), 600.0);
     assert_eq!(d.requests, Some(10_000.0));
     assert_eq!(d.bad_requests, Some(10.0));
@@ -51,10 +59,10 @@ fn availability_budget_and_burn_over_windows() {
 #[test]
 fn burn_rate_windows_see_different_traffic() {
     let mut m = Model::new(ModelConfig::default());
-    m.ingest("s", 0.0, &parse(&req(0, 0, 0)).unwrap());
-    // first hour: 36 000 ok; then 5 minutes with 300 throttled of 3 000
-    m.ingest("s", 3300.0, &parse(&req(36_000, 0, 0)).unwrap());
-    m.ingest("s", 3600.0, &parse(&req(38_700, 300, 0)).unwrap());
+    m.ingest("s", 0.0, &parse(&req(0, 0, 0, 0)).unwrap());
+    // first hour: 36 000 ok; then 5 minutes with 300 throttled by the global limit of 3 000
+    m.ingest("s", 3300.0, &parse(&req(36_000, 0, 0, 0)).unwrap());
+    m.ingest("s", 3600.0, &parse(&req(38_700, 300, 0, 0)).unwrap());
     let d = Derived::compute(&m, settings(3600.0, 0.999), 3600.0);
     // 5 m: 300 / 3 000 = 10 % errors / 0.1 % allowed = 100
     assert!((d.burn[0].unwrap() - 100.0).abs() < 1e-6);

@@ -1,19 +1,28 @@
 //! Service-level arithmetic: availability, error budget and burn rate, as defined in
 //! `docs/dashboard.md` and used by the alert rules (multi-window burn rates).
 
-/// Outcomes that count against availability: the sidecar failed (server errors), or refused
-/// work it should have done (throttling). Client mistakes such as `InvalidCiphertextException`
-/// or `AccessDeniedException` are correct answers and count as available.
-pub const BAD_OUTCOMES: [&str; 4] = [
+/// Outcomes that count against availability: the sidecar failed (the 5xx class). Client mistakes
+/// such as `InvalidCiphertextException` or `AccessDeniedException` are correct answers and count as
+/// available. Throttling counts only when a shared limiter refused a caller that was within its own
+/// quota ([`SHARED_THROTTLE_SCOPES`]), as in the alert rules (`alerts/kms-sidecar.rules.yml`).
+pub const BAD_OUTCOMES: [&str; 3] = [
     "KMSInternalException",
     "DependencyTimeoutException",
     "KeyUnavailableException",
-    "ThrottlingException",
 ];
+
+/// `kms_sidecar_throttled_total` scopes that count against availability: the global limit and the
+/// outbound budget. A caller over its own principal or key quota was answered correctly.
+pub const SHARED_THROTTLE_SCOPES: [&str; 2] = ["global", "backend"];
 
 /// True for an outcome label that counts against availability.
 pub fn is_bad(outcome: &str) -> bool {
     BAD_OUTCOMES.contains(&outcome)
+}
+
+/// True for a throttling scope that counts against availability.
+pub fn is_shared_throttle(scope: &str) -> bool {
+    SHARED_THROTTLE_SCOPES.contains(&scope)
 }
 
 /// Good / all; `None` without traffic (no traffic is not 100 %).
@@ -95,8 +104,13 @@ mod tests {
 
     #[test]
     fn which_outcomes_are_bad() {
-        assert!(is_bad("ThrottlingException"));
+        assert!(!is_bad("ThrottlingException"), "only by scope, below");
         assert!(is_bad("KMSInternalException"));
+        assert!(is_bad("DependencyTimeoutException"));
+        assert!(is_shared_throttle("global"));
+        assert!(is_shared_throttle("backend"));
+        assert!(!is_shared_throttle("principal"));
+        assert!(!is_shared_throttle("key"));
         assert!(!is_bad("ok"));
         assert!(!is_bad("InvalidCiphertextException"));
         assert!(!is_bad("AccessDeniedException"));

@@ -68,7 +68,8 @@ pub struct AuditPage {
     pub records: Vec<AuditRecord>,
 }
 
-/// One audit record (the fields the dashboard shows; the hash chain is not checked here).
+/// One audit record (the fields the dashboard shows; the hash chain is not checked here). The
+/// sidecar writes `null` for what a call did not have (no key, no error): that reads as "".
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct AuditRecord {
@@ -77,11 +78,18 @@ pub struct AuditRecord {
     pub principal: String,
     pub source: String,
     pub operation: String,
+    #[serde(deserialize_with = "null_as_empty")]
     pub key_id: String,
     pub outcome: String,
+    #[serde(deserialize_with = "null_as_empty")]
     pub error_type: String,
+    #[serde(deserialize_with = "null_as_empty")]
     pub reason: String,
     pub latency_ms: Option<f64>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 /// One row of the rotation-compliance table, whichever source it came from.
@@ -247,6 +255,21 @@ mod tests {
         assert_eq!(s.keys[0].versions, Some(3));
         assert_eq!(s.limits[0].rate_per_second, 10000.0);
         assert_eq!(s.backend.unwrap().circuit, "closed");
+    }
+
+    #[test]
+    fn audit_records_with_nulls_parse() {
+        // a call refused before it named a key, exactly as the sidecar writes it
+        let json = r#"{"records":[{"time":1795443767.6,"request_id":"ab-1","principal":"unknown",
+          "source":"127.0.0.1:5000","operation":"Encrypt","key_id":null,"key_version":null,
+          "context_keys":[],"outcome":"denied","error_type":"UnrecognizedClientException",
+          "reason":null,"cache":"none","latency_ms":0.1,"prev_hash":"00","hash":"11"}]}"#;
+        let page: AuditPage = serde_json::from_str(json).unwrap();
+        let r = &page.records[0];
+        assert_eq!(r.key_id, "");
+        assert_eq!(r.reason, "");
+        assert_eq!(r.error_type, "UnrecognizedClientException");
+        assert_eq!(r.latency_ms, Some(0.1));
     }
 
     #[test]

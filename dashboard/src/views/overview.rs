@@ -124,6 +124,8 @@ pub fn show(ui: &mut Ui, d: &Derived) {
                 ui.label(fmt::pct((total > 0.0).then(|| n / total), 2));
                 ui.label(if crate::model::sli::is_bad(outcome) {
                     "yes"
+                } else if outcome == "ThrottlingException" {
+                    "global/backend limits only"
                 } else {
                     "no"
                 });

@@ -102,7 +102,8 @@ pub fn binding_limit(limits: &[Limit], principals: usize, keys: usize) -> Option
     .reduce(f64::min)
 }
 
-/// Reads the configured limits from the sidecar's admin `/v1/status`.
+/// Reads the configured limits from the sidecar's admin `/v1/status` (sending
+/// `KMS_SIDECAR_ADMIN_TOKEN` as a bearer token when it is set).
 pub async fn fetch_configured_limit(
     admin_url: &str,
     allow_non_loopback: bool,
@@ -120,10 +121,15 @@ pub async fn fetch_configured_limit(
         Ok(t) => t,
         Err(e) => return unknown(format!("admin URL: {e}")),
     };
-    let req = match http::Request::get("/v1/status")
-        .header(http::header::HOST, &target.host_header)
-        .body(Full::new(Bytes::new()))
-    {
+    let mut req = http::Request::get("/v1/status").header(http::header::HOST, &target.host_header);
+    // A sidecar started with an admin token wants it here too (the same variable it reads).
+    if let Ok(token) = std::env::var("KMS_SIDECAR_ADMIN_TOKEN") {
+        req = req.header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.trim()),
+        );
+    }
+    let req = match req.body(Full::new(Bytes::new())) {
         Ok(r) => r,
         Err(e) => return unknown(e.to_string()),
     };

@@ -128,6 +128,12 @@ pub struct Options {
     #[arg(long, env = "KMS_SIDECAR_TLS_KEY", global = true)]
     pub tls_key: Option<PathBuf>,
 
+    /// File holding the admin API's bearer token (16+ printable characters); KMS_SIDECAR_ADMIN_TOKEN
+    /// gives the token itself. When set, every admin path but /healthz and /readyz needs
+    /// `Authorization: Bearer <token>` [default: none].
+    #[arg(long, env = "KMS_SIDECAR_ADMIN_TOKEN_FILE", global = true)]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Largest request body accepted, in bytes, 1024..=1048576 [default: 65536].
     #[arg(long, env = "KMS_SIDECAR_MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<u64>,

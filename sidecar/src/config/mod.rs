@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::auth::admin_token::AdminToken;
 use crate::backend::pkcs11::Pkcs11Settings;
 use crate::cache::CacheSettings;
 use crate::cache::pool::PoolSettings;
@@ -56,6 +57,8 @@ pub enum BackendConfig {
 
 /// Environment variable that may hold the PKCS#11 user PIN.
 pub const PKCS11_PIN_ENV: &str = "KMS_SIDECAR_PKCS11_PIN";
+/// The admin API's bearer token (environment only; `admin_token_file` is the other way).
+pub const ADMIN_TOKEN_ENV: &str = "KMS_SIDECAR_ADMIN_TOKEN";
 /// The PKCS#11 module used when none is configured.
 pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
@@ -103,6 +106,8 @@ pub struct Secrets {
     pub root_key: Option<String>,
     /// [`PKCS11_PIN_ENV`].
     pub pkcs11_pin: Option<String>,
+    /// [`ADMIN_TOKEN_ENV`].
+    pub admin_token: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -117,6 +122,7 @@ impl Secrets {
         Self {
             root_key: std::env::var(ROOT_KEY_ENV).ok(),
             pkcs11_pin: std::env::var(PKCS11_PIN_ENV).ok(),
+            admin_token: std::env::var(ADMIN_TOKEN_ENV).ok(),
         }
     }
 }
@@ -153,6 +159,8 @@ pub struct Config {
     pub backend_timeout: Duration,
     /// HTTPS on the KMS port, when enabled.
     pub tls: Option<TlsSource>,
+    /// Bearer token the admin API requires (all but `/healthz` and `/readyz`), when set.
+    pub admin_token: Option<AdminToken>,
 }
 
 fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> anyhow::Result<u64> {
@@ -493,6 +501,14 @@ impl Config {
             0,
             pool_size,
         )?;
+        let admin_token = match (
+            secrets.admin_token.as_deref(),
+            cli.admin_token_file.or(file.admin_token_file),
+        ) {
+            (Some(token), _) => Some(AdminToken::new(token).context(ADMIN_TOKEN_ENV)?),
+            (None, Some(path)) => Some(AdminToken::from_file(&path)?),
+            (None, None) => None,
+        };
         let tls = match (
             cli.tls.or(file.tls).unwrap_or(false),
             cli.tls_cert.or(file.tls_cert),
@@ -506,6 +522,7 @@ impl Config {
         };
         Ok(Self {
             tls,
+            admin_token,
             rate,
             outbound,
             breaker,
@@ -604,6 +621,49 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_admin_token_settings() {
+        let merge =
+            |f: &str| Config::merge(Options::default(), file(f).unwrap(), Secrets::default());
+        let c = merge("").unwrap();
+        assert_eq!(c.tls, None);
+        assert_eq!(c.admin_token, None);
+        assert_eq!(
+            merge("tls = true").unwrap().tls,
+            Some(TlsSource::SelfSigned)
+        );
+        assert_eq!(
+            merge("tls = true\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"")
+                .unwrap()
+                .tls,
+            Some(TlsSource::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        for bad in [
+            "tls = true\ntls_cert = \"/c.pem\"",
+            "tls_cert = \"/c\"\ntls_key = \"/k\"",
+        ] {
+            assert!(merge(bad).is_err(), "{bad}");
+        }
+        let secrets = Secrets {
+            admin_token: Some("an-admin-token-of-length".into()),
+            ..Secrets::default()
+        };
+        let c = Config::merge(Options::default(), Options::default(), secrets).unwrap();
+        assert_eq!(
+            c.admin_token,
+            Some(AdminToken::new("an-admin-token-of-length").unwrap())
+        );
+        let short = Secrets {
+            admin_token: Some("short".into()),
+            ..Secrets::default()
+        };
+        let err = Config::merge(Options::default(), Options::default(), short).unwrap_err();
+        assert!(format!("{err:#}").contains(ADMIN_TOKEN_ENV), "{err:#}");
+    }
+
+    #[test]
     fn flag_beats_file_beats_default() {
         let f = file("region = \"eu-west-1\"\naccount_id = \"123456789012\"\n").unwrap();
         let cli = Options {
@@ -674,7 +734,7 @@ mod tests {
             Options::default(),
             Secrets {
                 root_key: Some("00".repeat(32)),
-                pkcs11_pin: None,
+                ..Secrets::default()
             },
         )
         .unwrap();
