@@ -86,7 +86,13 @@ struct BackendStatus {
 }
 
 /// The configured inbound limits and outbound budget, as `/v1/status` lists them.
-fn limits(config: &crate::config::Config) -> Vec<serde_json::Value> {
+fn limits(app: &App) -> Vec<serde_json::Value> {
+    let config = &app.config;
+    // the running spec: it changes on reload
+    let rate = app
+        .kms
+        .rate()
+        .map_or_else(|| Arc::new(config.rate.clone()), |r| r.spec.load_full());
     let mut out = Vec::new();
     let mut push = |scope: &str, name: &str, windows: &[crate::limits::WindowSpec]| {
         for w in windows {
@@ -98,12 +104,12 @@ fn limits(config: &crate::config::Config) -> Vec<serde_json::Value> {
             }));
         }
     };
-    push("global", "global", &config.rate.global);
-    push("principal", "default", &config.rate.principal_default);
-    for (name, w) in &config.rate.principal_overrides {
+    push("global", "global", &rate.global);
+    push("principal", "default", &rate.principal_default);
+    for (name, w) in &rate.principal_overrides {
         push("principal", name, w);
     }
-    push("key", "default", &config.rate.key_default);
+    push("key", "default", &rate.key_default);
     if let Some(b) = &config.outbound {
         out.push(serde_json::json!({
             "scope": "backend", "name": "outbound", "rate_per_second": b.per_second, "burst": b.burst,
@@ -250,7 +256,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                     name: app.keys.backend().name(),
                     circuit: app.kms.breaker_state().map_or("closed", |s| s.as_str()),
                 },
-                limits: limits(&app.config),
+                limits: limits(&app),
                 cache: Some(
                     serde_json::json!({ "enabled": app.kms.cache().enabled(), "pool_enabled": app.kms.pool().enabled() }),
                 ),

@@ -8,11 +8,12 @@ use clap::Parser;
 use secrecy::ExposeSecret;
 
 use crate::auth::clients::{self, Issued};
+use crate::config::Options;
 use crate::config::{AuditCommand, Cli, ClientsCommand, Command, Config, Secrets};
 use crate::datadir::DataDir;
 use crate::observe;
 use crate::observe::audit;
-use crate::server::Sidecar;
+use crate::server::{Reloader, Sidecar};
 use crate::tls::{self, TlsSource};
 
 /// Parses the command line and runs; the process exit code.
@@ -30,7 +31,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.options, Secrets::from_env())?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, cli.options),
         Command::Clients { command } => manage_clients(&config, command),
         Command::Audit {
             command: AuditCommand::Verify { path },
@@ -81,7 +82,7 @@ fn print_credentials(issued: &Issued, region: &str, endpoint: &Endpoint, note: &
     );
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, options: Options) -> anyhow::Result<()> {
     let _telemetry = observe::telemetry::init(
         config.log_format,
         &config.log_level,
@@ -117,6 +118,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 ),
             );
         }
+        // Installed before "listening" is printed: from then on a SIGHUP reloads, never kills.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(reload_on_sighup(hup, sidecar.reloader(), options));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload needs a restart")
+            }
+        }
         println!(
             "kms-sidecar: listening: kms={} admin=http://{} data_dir={}",
             endpoint.url,
@@ -126,6 +136,21 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(kms = %sidecar.kms_addr(), admin = %sidecar.admin_addr(), "serving");
         sidecar.run(shutdown_signal()).await
     })
+}
+
+/// SIGHUP re-reads the configuration (file, environment, the original flags) and applies what can
+/// change at run time; a file that does not validate is logged and the running settings stay.
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    reloader: Reloader,
+    options: Options,
+) {
+    while hup.recv().await.is_some() {
+        let result = Config::load(&options, Secrets::from_env()).and_then(|c| reloader.apply(&c));
+        if let Err(e) = result {
+            tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running settings");
+        }
+    }
 }
 
 async fn shutdown_signal() {

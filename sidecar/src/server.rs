@@ -37,7 +37,9 @@ use crate::cache::pool::DataKeyPool;
 use crate::config::{BackendConfig, Config};
 use crate::datadir::{DataDir, DirLock};
 use crate::keys::{self, KeyStore};
-use crate::limits::{Breaker, OutboundBudget, RateLimits, RetryBudget, RetryPolicy, ValidRateSpec};
+use crate::limits::{
+    Breaker, OutboundBudget, RateLimits, RateSpec, RetryBudget, RetryPolicy, ValidRateSpec,
+};
 use crate::observe::audit::{self, AuditEvent, AuditLog, Outcome as AuditOutcome};
 use crate::observe::{Metrics, security, telemetry};
 use crate::ops::{Caller, Kms, Observation, RateLimiting, Reply};
@@ -363,23 +365,54 @@ impl App {
     }
 }
 
-/// Builds the inbound rate limits for the configured spec and the principals known now (issued
-/// clients and admins get their own limiters; any other name shares `other`), and exports them.
+/// Builds the inbound rate limits for `spec` and the principals known now (issued clients and
+/// admins get their own limiters; any other name shares `other`), and exports them.
 fn build_rate_limits(
-    config: &Config,
+    spec: &RateSpec,
+    admins: &[String],
     clients: &ClientStore,
     metrics: &Metrics,
 ) -> anyhow::Result<RateLimits> {
-    let mut spec = config.rate.clone();
+    let mut spec = spec.clone();
     spec.principals.extend(clients.names());
-    spec.principals
-        .extend(config.admin_principals.iter().cloned());
+    spec.principals.extend(admins.iter().cloned());
     spec.principals.sort();
     spec.principals.dedup();
     let valid = ValidRateSpec::try_from(spec).map_err(|e| anyhow::anyhow!("rate limits: {e}"))?;
     let limits = RateLimits::new(&valid);
     limits.export(&metrics.rate);
     Ok(limits)
+}
+
+/// Applies a reloaded configuration to a running sidecar (SIGHUP). Only the inbound rate limits
+/// change without a restart; they are validated first, and a bad file keeps the running limits.
+#[derive(Clone)]
+pub struct Reloader {
+    app: Arc<App>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+impl Reloader {
+    /// Swaps in `config`'s inbound rate limits. Limiter state restarts (a full burst is available
+    /// again), as when clients change.
+    pub fn apply(&self, config: &Config) -> anyhow::Result<()> {
+        let app = &self.app;
+        let Some(rate) = app.kms.rate() else {
+            anyhow::bail!("this sidecar runs without rate limiting");
+        };
+        let limits = build_rate_limits(&config.rate, &app.admins, &app.clients, &app.metrics)?;
+        rate.spec.store(Arc::new(config.rate.clone()));
+        rate.limits.store(Arc::new(limits));
+        tracing::info!(
+            "rate limits reloaded; other settings (outbound budget, breaker, cache, listeners) need a restart"
+        );
+        Ok(())
+    }
 }
 
 async fn read_body(
@@ -502,7 +535,13 @@ impl Sidecar {
             None
         };
         let rate = Arc::new(RateLimiting {
-            limits: ArcSwap::from_pointee(build_rate_limits(&config, &clients, &metrics)?),
+            limits: ArcSwap::from_pointee(build_rate_limits(
+                &config.rate,
+                &config.admin_principals,
+                &clients,
+                &metrics,
+            )?),
+            spec: ArcSwap::from_pointee(config.rate.clone()),
             metrics: metrics.rate.clone(),
         });
         let audit =
@@ -576,6 +615,13 @@ impl Sidecar {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// A handle that applies a reloaded configuration (see [`Reloader`]).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            app: self.app.clone(),
+        }
     }
 
     /// The KMS API's base URL (`http://` or `https://`).
@@ -736,7 +782,7 @@ async fn background(
                         tracing::info!("client credentials reloaded");
                         // New principals get limiters of their own (counters restart; see docs/resilience.md).
                         if let Some(rate) = app.kms.rate() {
-                            match build_rate_limits(&app.config, &app.clients, &app.metrics) {
+                            match build_rate_limits(&rate.spec.load(), &app.admins, &app.clients, &app.metrics) {
                                 Ok(limits) => rate.limits.store(Arc::new(limits)),
                                 Err(e) => tracing::error!(error = %format!("{e:#}"), "rate limits not rebuilt"),
                             }

@@ -332,6 +332,11 @@ impl Sidecar {
         }
     }
 
+    /// The process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The official AWS SDK client, with retries off so every error is seen as KMS sent it.
     pub fn sdk(&self) -> aws_sdk_kms::Client {
         sdk_client(&self.kms_url, &self.creds)

@@ -216,6 +216,9 @@ pub struct Kms {
 #[derive(Debug)]
 pub struct RateLimiting {
     pub limits: arc_swap::ArcSwap<RateLimits>,
+    /// The configured spec the limits were built from (before principals were added); replaced on
+    /// reload, read by `/v1/status`.
+    pub spec: arc_swap::ArcSwap<crate::limits::RateSpec>,
     pub metrics: Arc<RateMetrics>,
 }
 
