@@ -150,6 +150,8 @@ pub struct Config {
     pub retry: RetrySpec,
     pub retry_budget: RetryBudgetSpec,
     pub backend_timeout: Duration,
+    /// Whether `/v1/faults` may inject faults into backend calls (off: the injector is not built).
+    pub faults_enabled: bool,
 }
 
 fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> anyhow::Result<u64> {
@@ -497,6 +499,7 @@ impl Config {
             retry,
             retry_budget: RetryBudgetSpec::default(),
             backend_timeout,
+            faults_enabled: cli.faults_enabled.or(file.faults_enabled).unwrap_or(false),
             backend,
             metrics,
             admin_principals,
@@ -692,5 +695,21 @@ mod tests {
             })
         ));
         assert_eq!(cli.options.data_dir, Some(PathBuf::from("/tmp/x")));
+        for (args, enabled) in [
+            (&["kms-sidecar"][..], false),
+            (&["kms-sidecar", "--faults-enabled"][..], true),
+            (&["kms-sidecar", "--faults-enabled", "false"][..], false),
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let c = Config::merge(cli.options, Options::default(), Secrets::default()).unwrap();
+            assert_eq!(c.faults_enabled, enabled, "{args:?}");
+        }
+        let c = Config::merge(
+            Options::default(),
+            file("faults_enabled = true").unwrap(),
+            Secrets::default(),
+        )
+        .unwrap();
+        assert!(c.faults_enabled);
     }
 }
