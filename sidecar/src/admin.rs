@@ -1,16 +1,20 @@
-//! The admin API on its own port: `/metrics`, `/healthz`, `/readyz`, `/v1/status`, `/v1/keys`
-//! (schemas in `docs/admin-api.md`). It reads the sidecar's state and never returns key material.
+//! The admin API on its own port: `/metrics`, `/healthz`, `/readyz`, `/v1/status`, `/v1/keys`,
+//! `/v1/audit`, and `/v1/faults` when fault injection is enabled (schemas in `docs/admin-api.md`).
+//! It reads the sidecar's state and never returns key material; `/v1/faults` is its only write.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::auth::admin_token::{self, AdminAuthError};
+use crate::backend::Backend as _;
 use crate::backend::KeyRef;
+use crate::backend::faults::{FaultKind, FaultSpec};
 use crate::keys::{self, Index, KeyState};
 use crate::observe::audit::AuditQuery;
 use crate::observe::{metrics, security};
@@ -19,10 +23,36 @@ use crate::server::{App, Body};
 /// How long a readiness result is reused, so probes cannot flood the backend.
 const READINESS_TTL: Duration = Duration::from_secs(1);
 
+/// The largest `/v1/faults` body read.
+const MAX_FAULT_BODY: usize = 16 * 1024;
+
 /// The cached result of the last readiness check.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    last: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
+    last: tokio::sync::Mutex<Option<(Instant, Report)>>,
+}
+
+/// What a readiness check found: reasons to take the sidecar out of service, and reasons it serves
+/// but not at its best (a throttling backend is up; another replica shares the same quota, so
+/// moving traffic there would not help).
+#[derive(Debug, Clone, Default)]
+struct Report {
+    down: Vec<String>,
+    degraded: Vec<String>,
+}
+
+impl Report {
+    fn backend_failed(&mut self, call: &str, e: &crate::backend::BackendError) {
+        let line = match e.source.as_deref() {
+            Some(source) => format!("backend {call} failed: {:?}: {source}", e.kind),
+            None => format!("backend {call} failed: {:?}", e.kind),
+        };
+        if e.is_throttle() {
+            self.degraded.push(line);
+        } else {
+            self.down.push(line);
+        }
+    }
 }
 
 /// One key in `/v1/status` and `/v1/keys`: metadata only.
@@ -75,6 +105,8 @@ struct Status {
     backend: BackendStatus,
     limits: Vec<serde_json::Value>,
     cache: Option<serde_json::Value>,
+    /// `enabled` (fault injection allowed) and `active` (a fault spec is set).
+    faults: serde_json::Value,
     keys: Vec<KeySummary>,
 }
 
@@ -131,14 +163,21 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> (StatusCode, &'static st
 
 /// Runs (at most once per [`READINESS_TTL`]) a real round trip through the backend: random bytes,
 /// and an encrypt + decrypt under the current version of one enabled key if there is one.
-async fn readiness(app: &App) -> Vec<String> {
+async fn readiness(app: &App) -> Report {
     let mut last = app.readiness.last.lock().await;
-    if let Some((at, reasons)) = last.as_ref()
+    if let Some((at, report)) = last.as_ref()
         && at.elapsed() < READINESS_TTL
     {
-        return reasons.clone();
+        return report.clone();
     }
-    let mut reasons = Vec::new();
+    let mut report = Report::default();
+    if let Some(spec) = app.faults.as_ref().and_then(|f| f.spec()) {
+        report.degraded.push(format!(
+            "fault injection active (DELETE /v1/faults clears): {}",
+            serde_json::to_string(&spec).unwrap_or_default()
+        ));
+    }
+    let reasons = &mut report.down;
     if !app.audit.is_healthy() {
         reasons.push(format!(
             "audit log not writable: {}",
@@ -149,7 +188,7 @@ async fn readiness(app: &App) -> Vec<String> {
     }
     let backend = app.keys.backend();
     if let Err(e) = backend.random(16).await {
-        reasons.push(format!("backend random failed: {:?}", e.kind));
+        report.backend_failed("random", &e);
     }
     let probe = {
         let index = app.keys.snapshot();
@@ -169,14 +208,86 @@ async fn readiness(app: &App) -> Vec<String> {
         match backend.encrypt(key, aad, b"ready").await {
             Ok(sealed) => match backend.decrypt(key, aad, &sealed).await {
                 Ok(p) if p.as_slice() == b"ready" => {}
-                Ok(_) => reasons.push("backend round trip returned wrong bytes".into()),
-                Err(e) => reasons.push(format!("backend decrypt failed: {:?}", e.kind)),
+                Ok(_) => report
+                    .down
+                    .push("backend round trip returned wrong bytes".into()),
+                Err(e) => report.backend_failed("decrypt", &e),
             },
-            Err(e) => reasons.push(format!("backend encrypt failed: {:?}", e.kind)),
+            Err(e) => report.backend_failed("encrypt", &e),
         }
     }
-    *last = Some((Instant::now(), reasons.clone()));
-    reasons
+    *last = Some((Instant::now(), report.clone()));
+    report
+}
+
+/// `/v1/faults`: the current fault spec (GET), a new one (PUT, POST), none (DELETE). Refused with
+/// 403 unless fault injection is enabled; a bad spec is a 400 naming the problem.
+async fn faults(app: &App, req: Request<Incoming>) -> (StatusCode, &'static str, Vec<u8>) {
+    let error = |status: StatusCode, message: String| {
+        json(status, &serde_json::json!({ "error": message }))
+    };
+    let Some(faults) = &app.faults else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "fault injection is disabled: start the sidecar with --faults-enabled (or faults_enabled = true in its config file)".into(),
+        );
+    };
+    match *req.method() {
+        Method::GET => {}
+        Method::PUT | Method::POST => {
+            let body = tokio::time::timeout(
+                Duration::from_secs(10),
+                http_body_util::Limited::new(req.into_body(), MAX_FAULT_BODY).collect(),
+            )
+            .await;
+            let body = match body {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(_)) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "the body could not be read or is larger than {MAX_FAULT_BODY} bytes"
+                        ),
+                    );
+                }
+                Err(_) => {
+                    return error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "timed out reading the body".into(),
+                    );
+                }
+            };
+            let spec = match FaultSpec::parse(&body, faults.name()) {
+                Ok(spec) => spec,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            };
+            if let Err(e) = faults.set(spec) {
+                return error(StatusCode::BAD_REQUEST, e.to_string());
+            }
+        }
+        Method::DELETE => faults.clear(),
+        _ => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET, PUT, POST or DELETE".into(),
+            );
+        }
+    }
+    let spec = faults.spec();
+    let injected: serde_json::Map<String, serde_json::Value> = FaultKind::ALL
+        .iter()
+        .map(|k| (k.as_str().to_string(), faults.counters().get(*k).into()))
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "enabled": true,
+            "backend": faults.name(),
+            "active": spec.is_some(),
+            "spec": spec,
+            "injected": injected,
+        }),
+    )
 }
 
 /// With an admin token configured, refuses requests without it (401), counted as unauthorized
@@ -235,18 +346,25 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         (&Method::GET, "/readyz") => {
-            let reasons = readiness(&app).await;
-            if reasons.is_empty() {
-                (StatusCode::OK, "text/plain", b"ready\n".to_vec())
-            } else {
-                let text = format!("not ready:\n{}\n", reasons.join("\n"));
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    text.into_bytes(),
-                )
+            let report = readiness(&app).await;
+            let mut text = String::new();
+            if !report.down.is_empty() {
+                text.push_str(&format!("not ready:\n{}\n", report.down.join("\n")));
             }
+            if !report.degraded.is_empty() {
+                text.push_str(&format!("degraded:\n{}\n", report.degraded.join("\n")));
+            }
+            if text.is_empty() {
+                text.push_str("ready\n");
+            }
+            let status = if report.down.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, "text/plain", text.into_bytes())
         }
+        (_, "/v1/faults") => faults(&app, req).await,
         (&Method::GET, "/v1/status") => {
             let index = app.keys.snapshot();
             let status = Status {
@@ -260,6 +378,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 cache: Some(
                     serde_json::json!({ "enabled": app.kms.cache().enabled(), "pool_enabled": app.kms.pool().enabled() }),
                 ),
+                faults: serde_json::json!({
+                    "enabled": app.faults.is_some(),
+                    "active": app.faults.as_ref().is_some_and(|f| f.spec().is_some()),
+                }),
                 keys: key_summaries(&app, &index, now),
             };
             json(StatusCode::OK, &status)

@@ -29,6 +29,7 @@ use crate::auth::clients::{self, ClientStore, Issued};
 use crate::auth::sigv4::{AuthFailure, SignedRequest, Verifier};
 use crate::backend::Backend;
 use crate::backend::embedded::Embedded;
+use crate::backend::faults::Faults;
 use crate::backend::observed::Observed;
 use crate::backend::pkcs11::Pkcs11;
 use crate::backend::resilient::{Resilience, Resilient};
@@ -120,6 +121,8 @@ pub struct App {
     /// Continue callers' W3C trace context (only when traces are exported).
     trace_propagation: bool,
     pub(crate) readiness: admin::Readiness,
+    /// The fault injector, when `faults_enabled`.
+    pub(crate) faults: Option<Arc<Faults>>,
     max_body: usize,
     next_id: AtomicU64,
     id_prefix: u32,
@@ -483,6 +486,24 @@ impl Sidecar {
         };
         let metrics =
             Arc::new(Metrics::register(raw.name(), config.metrics).context("registering metrics")?);
+        // Fault injection, only when enabled, sits right on the real backend so that an injected
+        // failure is measured, retried and seen by the breaker exactly like a real one.
+        let faults = config.faults_enabled.then(|| {
+            Arc::new(Faults::new(
+                raw.clone(),
+                config.backend_timeout,
+                &metrics.faults,
+            ))
+        });
+        let raw: Arc<dyn Backend> = match &faults {
+            Some(f) => {
+                tracing::warn!(
+                    "fault injection is enabled: /v1/faults on the admin port can make backend calls fail"
+                );
+                f.clone()
+            }
+            None => raw,
+        };
         // Every backend attempt is measured (Observed); retries, the outbound budget and the circuit
         // breaker wrap that (Resilient), so each attempt shows in backend_requests_total.
         let observed: Arc<dyn Backend> = Arc::new(Observed::new(raw, metrics.backend.clone()));
@@ -591,6 +612,7 @@ impl Sidecar {
             started: Instant::now(),
             trace_propagation: config.otlp_endpoint.is_some(),
             readiness: admin::Readiness::default(),
+            faults,
             max_body: config.max_body_bytes,
             next_id: AtomicU64::new(0),
             id_prefix: getrandom::u32().unwrap_or_default(),

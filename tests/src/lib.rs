@@ -597,6 +597,24 @@ pub async fn http_get_with(url: &str, headers: &[(&str, &str)]) -> (u16, String)
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Sends `method` with `body` to `url` (the admin API, e.g. `PUT /v1/faults`): status and body.
+pub async fn http_send(method: &str, url: &str, body: &str) -> (u16, String) {
+    let client = HyperClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("admin request timed out")
+        .expect("admin request failed");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// The value of one exact series (`name{labels}`) in a Prometheus text scrape.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {

@@ -5,8 +5,12 @@
 //! The trait is async and object-safe so that a PKCS#11 token (blocking calls on a session pool) and
 //! an upstream KMS (network calls) fit the same shape. Its errors say whether a retry can help: only
 //! [`BackendErrorKind::Unavailable`] is retryable, and a failed authentication tag is never a fault.
+//! A backend that refuses a call for its own quota says so with [`BackendThrottled`] as the source of
+//! an `Unavailable` error: retried like any other, but the client sees `ThrottlingException` and the
+//! circuit breaker does not count it (a throttling backend is up).
 
 pub mod embedded;
+pub mod faults;
 pub mod observed;
 pub mod pkcs11;
 pub mod resilient;
@@ -58,9 +62,43 @@ impl BackendError {
         }
     }
 
+    /// The backend refused the call for its quota (an upstream `ThrottlingException`).
+    pub fn throttled(cause: impl Into<BoxError>) -> Self {
+        Self::with_source(
+            BackendErrorKind::Unavailable,
+            BackendThrottled {
+                cause: Some(cause.into()),
+            },
+        )
+    }
+
     pub fn is_retryable(&self) -> bool {
         self.kind == BackendErrorKind::Unavailable
     }
+
+    /// Whether the backend itself throttled the call ([`BackendThrottled`]).
+    pub fn is_backend_throttle(&self) -> bool {
+        self.source
+            .as_deref()
+            .is_some_and(|s| s.is::<BackendThrottled>())
+    }
+
+    /// Whether the call was refused for a quota: the backend's own, or the sidecar's outbound budget.
+    pub fn is_throttle(&self) -> bool {
+        self.is_backend_throttle()
+            || self
+                .source
+                .as_deref()
+                .is_some_and(|s| s.is::<crate::limits::BudgetExhausted>())
+    }
+}
+
+/// The source of an `Unavailable` error when the backend refused the call for its quota.
+#[derive(Debug, thiserror::Error)]
+#[error("the backend throttled the call")]
+pub struct BackendThrottled {
+    #[source]
+    pub cause: Option<BoxError>,
 }
 
 impl From<BackendError> for KmsError {
@@ -80,6 +118,12 @@ impl From<BackendError> for KmsError {
                     .is_some_and(|s| s.is::<crate::limits::BudgetExhausted>()) =>
             {
                 KmsError::new(ErrorKind::Throttling, "Rate exceeded").with_source(e)
+            }
+            // The backend's own quota: retryable later, so a cached plaintext may stand in.
+            BackendErrorKind::Unavailable if e.is_backend_throttle() => {
+                KmsError::new(ErrorKind::Throttling, "Rate exceeded")
+                    .retryable()
+                    .with_source(e)
             }
             BackendErrorKind::Unavailable => {
                 KmsError::new(ErrorKind::DependencyTimeout, "backend unavailable")
@@ -153,5 +197,10 @@ mod tests {
             assert_eq!(err.is_retryable(), retry);
             assert_eq!(BackendError::new(backend).is_retryable(), retry);
         }
+        let throttled = BackendError::throttled(faults::Injected(faults::FaultKind::Throttle));
+        assert!(throttled.is_retryable() && throttled.is_throttle());
+        let err: KmsError = throttled.into();
+        assert_eq!(err.kind(), ErrorKind::Throttling);
+        assert!(!BackendError::new(BackendErrorKind::Unavailable).is_throttle());
     }
 }

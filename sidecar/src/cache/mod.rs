@@ -193,8 +193,9 @@ impl DecryptCache {
     }
 
     /// Serves a plaintext from the cache, or runs `load` (one call for all concurrent misses of the
-    /// same entry) and caches its result. `serve_stale` allows entries past the TTL (within the grace)
-    /// while the backend is failing.
+    /// same entry) and caches its result. An entry past the TTL but within the stale grace is served
+    /// without a load when `serve_stale` (the breaker is open), and in place of a load that failed
+    /// with a retryable error (stale-if-error).
     pub async fn get_or_load<F>(
         &self,
         key: [u8; 32],
@@ -209,20 +210,25 @@ impl DecryptCache {
         let Some(cache) = &self.cache else {
             return load.await.map(|p| (p, CacheOutcome::None));
         };
+        let mut stale = None;
         if let Some(entry) = cache.get(&key).await {
             let age = entry.inserted.elapsed();
             if age <= self.settings.ttl {
                 self.count(|m| &m.hit);
                 return Ok((entry.plaintext.clone(), CacheOutcome::Hit));
             }
-            if serve_stale {
-                self.count(|m| &m.stale);
-                return Ok((entry.plaintext.clone(), CacheOutcome::Hit));
+            // The cache's own expiry is TTL + grace, but a stale entry put back below must not
+            // outlive the grace.
+            if age <= self.settings.ttl + self.settings.stale_grace {
+                if serve_stale {
+                    self.count(|m| &m.stale);
+                    return Ok((entry.plaintext.clone(), CacheOutcome::Hit));
+                }
+                stale = Some(entry);
             }
             cache.invalidate(&key).await;
         }
-        self.count(|m| &m.miss);
-        let entry = cache
+        let loaded = cache
             .try_get_with(key, async {
                 load.await.map(|plaintext| {
                     Arc::new(Entry {
@@ -233,9 +239,24 @@ impl DecryptCache {
                     })
                 })
             })
-            .await
-            .map_err(|e: Arc<KmsError>| KmsError::new(e.kind(), e.wire_message().to_string()))?;
-        Ok((entry.plaintext.clone(), CacheOutcome::Miss))
+            .await;
+        match (loaded, stale) {
+            (Ok(entry), _) => {
+                self.count(|m| &m.miss);
+                Ok((entry.plaintext.clone(), CacheOutcome::Miss))
+            }
+            // Stale-if-error: the backend failed in a way a retry may cure, so the expired plaintext
+            // stands in (and stays for the next caller) until the grace runs out.
+            (Err(e), Some(entry)) if e.is_retryable() => {
+                self.count(|m| &m.stale);
+                cache.insert(key, entry.clone()).await;
+                Ok((entry.plaintext.clone(), CacheOutcome::Hit))
+            }
+            (Err(e), _) => {
+                self.count(|m| &m.miss);
+                Err(KmsError::new(e.kind(), e.wire_message().to_string()))
+            }
+        }
     }
 
     /// Drops every entry of `key_id` (disabled, pending deletion, rotated, policy changed).
@@ -342,6 +363,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((o, loads.load(Ordering::SeqCst)), (CacheOutcome::Miss, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_entries_stand_in_for_failed_loads_within_the_grace() {
+        let (c, _r) = cache(Duration::from_secs(300), 100, 1 << 20);
+        let k = [3u8; 32];
+        let down =
+            || async { Err(KmsError::new(ErrorKind::DependencyTimeout, "down").retryable()) };
+        c.get_or_load(k, "key", 1, false, async { plain(b"p") })
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(301)).await;
+        // The breaker is not open (yet): the load is tried, fails, and the stale entry is served,
+        // again and again, until the grace (60 s) is over.
+        for _ in 0..3 {
+            let (p, o) = c.get_or_load(k, "key", 1, false, down()).await.unwrap();
+            assert_eq!((p.as_slice(), o), (&b"p"[..], CacheOutcome::Hit));
+        }
+        // A client error is not a backend failure: no stand-in.
+        let err = c
+            .get_or_load(k, "key", 1, false, async {
+                Err(KmsError::new(ErrorKind::InvalidCiphertext, "bad"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidCiphertext);
+        c.get_or_load(k, "key", 1, false, async { plain(b"p") })
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(361)).await;
+        let err = c.get_or_load(k, "key", 1, false, down()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DependencyTimeout, "past the grace");
     }
 
     #[tokio::test]

@@ -316,6 +316,17 @@ pub struct Options {
     #[arg(long, env = "KMS_SIDECAR_BREAKER_COOL_DOWN_SECS", global = true)]
     pub breaker_cool_down_secs: Option<u64>,
 
+    /// Allow fault injection through the admin API (`/v1/faults`), for tests and game days; the bare
+    /// flag means true [default: false].
+    #[arg(
+        long,
+        env = "KMS_SIDECAR_FAULTS_ENABLED",
+        global = true,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub faults_enabled: Option<bool>,
+
     /// How long in-flight requests may take to finish at shutdown, in seconds, 0..=600 [default: 30].
     #[arg(long, env = "KMS_SIDECAR_SHUTDOWN_GRACE_SECS", global = true)]
     pub shutdown_grace_secs: Option<u64>,

@@ -161,6 +161,8 @@ pub struct Config {
     pub tls: Option<TlsSource>,
     /// Bearer token the admin API requires (all but `/healthz` and `/readyz`), when set.
     pub admin_token: Option<AdminToken>,
+    /// Whether `/v1/faults` may inject faults into backend calls (off: the injector is not built).
+    pub faults_enabled: bool,
 }
 
 fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> anyhow::Result<u64> {
@@ -529,6 +531,7 @@ impl Config {
             retry,
             retry_budget: RetryBudgetSpec::default(),
             backend_timeout,
+            faults_enabled: cli.faults_enabled.or(file.faults_enabled).unwrap_or(false),
             backend,
             metrics,
             admin_principals,
@@ -767,5 +770,21 @@ mod tests {
             })
         ));
         assert_eq!(cli.options.data_dir, Some(PathBuf::from("/tmp/x")));
+        for (args, enabled) in [
+            (&["kms-sidecar"][..], false),
+            (&["kms-sidecar", "--faults-enabled"][..], true),
+            (&["kms-sidecar", "--faults-enabled", "false"][..], false),
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let c = Config::merge(cli.options, Options::default(), Secrets::default()).unwrap();
+            assert_eq!(c.faults_enabled, enabled, "{args:?}");
+        }
+        let c = Config::merge(
+            Options::default(),
+            file("faults_enabled = true").unwrap(),
+            Secrets::default(),
+        )
+        .unwrap();
+        assert!(c.faults_enabled);
     }
 }

@@ -8,7 +8,9 @@
 //! when all of them succeed it closes, when one fails it opens again for another cool-down.
 //!
 //! Only retryable backend errors ([`BackendError::is_retryable`]) are failures: a wrong ciphertext or
-//! missing key material is an answer from a healthy backend and counts as a success.
+//! missing key material is an answer from a healthy backend and counts as a success. A backend that
+//! throttles ([`BackendError::is_backend_throttle`]) is up too, but says nothing about recovery: it
+//! counts as neither (the outbound budget, not the breaker, is the tool for a quota).
 //! A [`Permit`] dropped without a report (the caller was cancelled) counts as neither; a probe's slot
 //! is freed. Timeouts must therefore be reported as failures by whoever applies them.
 //! Reports from permits issued before the last state change are ignored, so a slow call from before an
@@ -376,9 +378,11 @@ impl Permit<'_> {
         self.finish(Outcome::Failure);
     }
 
-    /// Reports a backend call: a retryable error is a failure, anything else a success.
+    /// Reports a backend call: a throttle is neither, another retryable error a failure, anything
+    /// else a success.
     pub fn record<T>(self, result: &Result<T, BackendError>) {
         match result {
+            Err(e) if e.is_backend_throttle() => self.finish(Outcome::Dropped),
             Err(e) if e.is_retryable() => self.failure(),
             _ => self.success(),
         }

@@ -140,9 +140,17 @@ async fn only_retryable_errors_count() {
         b.allow().unwrap().record(&r);
     }
     assert_eq!(b.state(), State::Closed);
-    for _ in 0..3 {
-        let r: Result<(), BackendError> = Err(BackendError::new(BackendErrorKind::Unavailable));
+    // A throttling backend is up: neither a failure nor a success that would reset the run.
+    let unavailable =
+        || -> Result<(), BackendError> { Err(BackendError::new(BackendErrorKind::Unavailable)) };
+    b.allow().unwrap().record(&unavailable());
+    for _ in 0..50 {
+        let r: Result<(), BackendError> = Err(BackendError::throttled("quota"));
         b.allow().unwrap().record(&r);
+    }
+    assert_eq!(b.state(), State::Closed);
+    for _ in 0..2 {
+        b.allow().unwrap().record(&unavailable());
     }
     assert_eq!(b.state(), State::Open);
 }

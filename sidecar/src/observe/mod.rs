@@ -17,6 +17,7 @@ use self::backend::BackendMetrics;
 use self::keys::{KeyMetrics, RotationPolicy};
 use self::metrics::RequestMetrics;
 use self::security::UnauthorizedMetrics;
+use crate::backend::faults::FaultMetrics;
 use crate::cache::CacheFamilies;
 use crate::limits::{BreakerMetrics, RateMetrics, RetryMetrics};
 
@@ -43,6 +44,8 @@ pub struct Metrics {
     pub rate: Arc<RateMetrics>,
     pub breaker: BreakerMetrics,
     pub retry: RetryMetrics,
+    /// Injected faults; series appear only when fault injection is enabled.
+    pub faults: FaultMetrics,
 }
 
 impl Metrics {
@@ -83,6 +86,7 @@ impl Metrics {
             rate: Arc::new(RateMetrics::register(&registry)?),
             breaker: BreakerMetrics::register(&registry)?,
             retry: RetryMetrics::register(&registry)?,
+            faults: FaultMetrics::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
             registry,
         })
@@ -97,6 +101,7 @@ impl Metrics {
         names.extend(UnauthorizedMetrics::family_names());
         names.extend(CacheFamilies::family_names());
         names.extend(crate::limits::family_names());
+        names.extend(FaultMetrics::family_names());
         names.extend([
             "kms_sidecar_audit_events_total",
             "kms_sidecar_audit_write_errors_total",
@@ -160,6 +165,7 @@ mod tests {
         )
         .unwrap();
         let _ = m.retry.for_backend("embedded");
+        let _ = m.faults.for_backend("embedded");
         let mut index = crate::keys::Index::default();
         let meta: crate::keys::KeyMeta = serde_json::from_value(serde_json::json!({
             "format": 1, "id": "k1", "backend": "embedded", "created": 0.0, "description": "",

@@ -1,0 +1,196 @@
+use std::sync::atomic::AtomicU32;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::observe::metrics::render;
+
+#[derive(Debug, Default)]
+struct Counting {
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Backend for Counting {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    async fn create_version(&self, _key: KeyRef<'_>) -> Result<(), BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn encrypt(
+        &self,
+        _key: KeyRef<'_>,
+        _aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(plaintext.to_vec())
+    }
+    async fn decrypt(
+        &self,
+        _key: KeyRef<'_>,
+        _aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Zeroizing::new(sealed.to_vec()))
+    }
+    async fn destroy(&self, _key_id: &str, _versions: &[u32]) -> Result<(), BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Zeroizing::new(vec![0; n]))
+    }
+}
+
+const KEY: KeyRef<'static> = KeyRef {
+    key_id: "k",
+    version: 1,
+};
+
+fn faults() -> (Faults, Arc<Counting>, Registry) {
+    let registry = Registry::new();
+    let metrics = FaultMetrics::register(&registry).unwrap();
+    let inner = Arc::new(Counting::default());
+    let f = Faults::new(inner.clone(), Duration::from_secs(5), &metrics);
+    (f, inner, registry)
+}
+
+fn spec(json: &str) -> FaultSpec {
+    FaultSpec::parse(json.as_bytes(), "fake").unwrap()
+}
+
+#[test]
+fn specs_are_validated() {
+    let bad = [
+        (
+            r#"{"error_rate": 1.5}"#,
+            "error_rate must be a number in [0, 1]",
+        ),
+        (r#"{"throttle_rate": -0.1}"#, "throttle_rate must be"),
+        (
+            r#"{"latency_ms": 60001}"#,
+            "latency_ms must be at most 60000 ms",
+        ),
+        (r#"{"jitter_ms": 99999999}"#, "jitter_ms must be at most"),
+        (r#"{"latency_ms": 5, "bogus": 1}"#, "unknown field `bogus`"),
+        (r#"{"outage": "sometimes"}"#, "unknown variant `sometimes`"),
+        (r#"{"outage": "fail", "operations": []}"#, "at least one"),
+        (
+            r#"{"outage": "fail", "operations": ["sign"]}"#,
+            "unknown variant `sign`",
+        ),
+        (
+            r#"{"outage": "fail", "backend": "pkcs11"}"#,
+            "backend is \"fake\"",
+        ),
+        (r#"{}"#, "injects nothing"),
+        (r#"{"latency_ms": "5"}"#, "invalid type"),
+        ("not json", "invalid fault spec"),
+    ];
+    for (body, message) in bad {
+        let err = FaultSpec::parse(body.as_bytes(), "fake").unwrap_err();
+        assert!(err.to_string().contains(message), "{body}: {err}");
+    }
+    let s = spec(
+        r#"{"backend": "fake", "latency_ms": 10, "jitter_ms": 5, "error_rate": 0.5, "throttle_rate": 0.25,
+            "outage": "hang", "operations": ["decrypt", "create"]}"#,
+    );
+    assert_eq!(
+        s.operations,
+        Some(vec![FaultOp::Decrypt, FaultOp::CreateVersion])
+    );
+    // What GET shows parses back to the same spec.
+    let shown = serde_json::to_vec(&s).unwrap();
+    assert_eq!(FaultSpec::parse(&shown, "fake").unwrap(), s);
+}
+
+#[tokio::test(start_paused = true)]
+async fn passes_through_until_set_and_after_clear() {
+    let (f, inner, _r) = faults();
+    f.random(4).await.unwrap();
+    f.set(spec(r#"{"outage": "fail"}"#)).unwrap();
+    let err = f.decrypt(KEY, b"", b"x").await.unwrap_err();
+    assert!(err.is_retryable() && !err.is_throttle());
+    assert!(err.source.as_deref().is_some_and(|s| s.is::<Injected>()));
+    assert_eq!(
+        inner.calls.load(Ordering::SeqCst),
+        1,
+        "the backend was not called"
+    );
+    f.clear();
+    assert_eq!(f.spec(), None);
+    f.decrypt(KEY, b"", b"x").await.unwrap();
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(f.counters().get(FaultKind::Outage), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_and_jitter_delay_calls_in_scope_only() {
+    let (f, _inner, registry) = faults();
+    f.set(spec(
+        r#"{"latency_ms": 100, "jitter_ms": 50, "operations": ["decrypt"]}"#,
+    ))
+    .unwrap();
+    for _ in 0..20 {
+        let start = Instant::now();
+        f.decrypt(KEY, b"", b"x").await.unwrap();
+        let took = Instant::now() - start;
+        assert!(
+            (Duration::from_millis(100)..=Duration::from_millis(150)).contains(&took),
+            "{took:?}"
+        );
+    }
+    let start = Instant::now();
+    f.encrypt(KEY, b"", b"x").await.unwrap();
+    assert_eq!(Instant::now(), start, "encrypt is out of scope");
+    let text = String::from_utf8(render(&registry)).unwrap();
+    assert!(
+        text.contains("kms_sidecar_faults_injected_total{backend=\"fake\",fault=\"latency\"} 20\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kms_sidecar_faults_injected_total{backend=\"fake\",fault=\"error\"} 0\n")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rates_fail_about_their_share_and_throttles_say_so() {
+    let (f, inner, _r) = faults();
+    f.set(spec(r#"{"error_rate": 0.3}"#)).unwrap();
+    let mut failed = 0;
+    for _ in 0..2000 {
+        if f.random(1).await.is_err() {
+            failed += 1;
+        }
+    }
+    assert!((500..700).contains(&failed), "{failed}");
+    assert_eq!(
+        inner.calls.load(Ordering::SeqCst),
+        2000 - failed,
+        "a failed call never reached the backend"
+    );
+    f.set(spec(r#"{"throttle_rate": 1}"#)).unwrap();
+    let err = f.encrypt(KEY, b"", b"x").await.unwrap_err();
+    assert!(err.is_retryable() && err.is_backend_throttle());
+    assert_eq!(
+        crate::protocol::KmsError::from(err).kind(),
+        crate::protocol::ErrorKind::Throttling
+    );
+    assert_eq!(f.counters().get(FaultKind::Throttle), 1);
+    assert_eq!(f.counters().get(FaultKind::Error), failed as u64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_outage_gives_up_at_the_limit() {
+    let (f, _inner, _r) = faults();
+    f.set(spec(r#"{"outage": "hang"}"#)).unwrap();
+    let start = Instant::now();
+    let err = f.random(1).await.unwrap_err();
+    assert_eq!(Instant::now() - start, Duration::from_secs(5));
+    assert_eq!(err.kind, BackendErrorKind::Unavailable);
+}
