@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod observed;
 pub mod pkcs11;
 pub mod resilient;
+pub mod upstream;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
