@@ -33,6 +33,7 @@ use crate::backend::faults::Faults;
 use crate::backend::observed::Observed;
 use crate::backend::pkcs11::Pkcs11;
 use crate::backend::resilient::{Resilience, Resilient};
+use crate::backend::upstream::Upstream;
 use crate::cache::DecryptCache;
 use crate::cache::pool::DataKeyPool;
 use crate::config::{BackendConfig, Config};
@@ -483,6 +484,7 @@ impl Sidecar {
         let raw: Arc<dyn Backend> = match &config.backend {
             BackendConfig::Embedded => Arc::new(Embedded::open(dir.clone())?),
             BackendConfig::Pkcs11(settings) => Arc::new(Pkcs11::open(settings.clone())?),
+            BackendConfig::Upstream(settings) => Arc::new(Upstream::new(settings.clone())?),
         };
         let metrics =
             Arc::new(Metrics::register(raw.name(), config.metrics).context("registering metrics")?);

@@ -1,5 +1,6 @@
 //! The backend conformance suite: one set of cases, each run against every backend (the embedded
-//! store, and PKCS#11 on a fresh SoftHSMv2 token), so a backend cannot pass by being tested less.
+//! store, PKCS#11 on a fresh SoftHSMv2 token, and upstream: a second sidecar with an embedded
+//! backend, started in process, as the upstream KMS), so a backend cannot pass by being tested less.
 //!
 //! SoftHSM reads `SOFTHSM2_CONF` once, when the module is initialized, and does not see tokens that
 //! another process creates afterwards; setting an environment variable in a running test binary
@@ -19,7 +20,9 @@ use cryptoki::object::{Attribute, AttributeInfo, AttributeType};
 use cryptoki::session::{Session, UserType};
 use kms_sidecar::backend::embedded::Embedded;
 use kms_sidecar::backend::pkcs11::{self as p11, Pkcs11, Pkcs11Settings};
+use kms_sidecar::backend::upstream::{self as up, Upstream, UpstreamSettings};
 use kms_sidecar::backend::{Backend, BackendError, BackendErrorKind, KeyRef};
+use kms_sidecar::config::{Config, Options, Secrets};
 use kms_sidecar::datadir::{DataDir, RootKeySource};
 use kms_sidecar::keys::{self, ArnScope, KeyStore};
 use kms_sidecar::ops::Kms;
@@ -41,6 +44,90 @@ const CHILD_TOKEN: &str = "KMS_CONFORMANCE_TOKEN";
 enum Kind {
     Embedded,
     Pkcs11 { token: String },
+    Upstream(Arc<UpstreamKms>),
+}
+
+/// The upstream KMS of the upstream cases: a sidecar (embedded backend) on its own runtime, so it
+/// outlives every stack a case opens (a restart of the backend under test keeps the upstream).
+#[derive(Debug)]
+struct UpstreamKms {
+    runtime: Option<tokio::runtime::Runtime>,
+    url: String,
+    access_key_id: String,
+    secret: SecretString,
+    _data: TempDir,
+}
+
+impl UpstreamKms {
+    fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let options = Options {
+            data_dir: Some(data.path().to_path_buf()),
+            listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            ..Options::default()
+        };
+        let config = Config::load(&options, Secrets::default()).unwrap();
+        let mut sidecar = runtime
+            .block_on(kms_sidecar::server::Sidecar::start(config))
+            .unwrap();
+        let issued = sidecar
+            .take_issued()
+            .expect("first run issues a credential");
+        let url = format!("http://{}", sidecar.kms_addr());
+        runtime.spawn(sidecar.run(std::future::pending()));
+        Self {
+            runtime: Some(runtime),
+            url,
+            access_key_id: issued.access_key_id,
+            secret: issued.secret,
+            _data: data,
+        }
+    }
+
+    fn settings(&self) -> UpstreamSettings {
+        UpstreamSettings {
+            endpoint: Some(self.url.clone()),
+            region: "us-east-1".into(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret.clone(),
+            alias_prefix: PREFIX.into(),
+            timeout: std::time::Duration::from_secs(10),
+        }
+    }
+
+    /// An SDK client for the upstream sidecar, to look at it from outside the backend.
+    fn sdk(&self) -> aws_sdk_kms::Client {
+        use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+        use secrecy::ExposeSecret as _;
+        let conf = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(Credentials::new(
+                &self.access_key_id,
+                self.secret.expose_secret(),
+                None,
+                None,
+                "conformance",
+            ))
+            .build();
+        aws_sdk_kms::Client::from_conf(conf)
+    }
+}
+
+impl Drop for UpstreamKms {
+    fn drop(&mut self) {
+        // Dropped at the end of a case, inside the case's runtime, where a blocking shutdown panics.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Everything one case needs, and the way to build (and rebuild) its backend on the same state.
@@ -63,6 +150,13 @@ impl Fixture {
         }
     }
 
+    fn upstream() -> Self {
+        Self {
+            kind: Kind::Upstream(Arc::new(UpstreamKms::start())),
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+
     fn settings(token: &str, pin: &str, module: &Path) -> Pkcs11Settings {
         Pkcs11Settings {
             module: module.to_path_buf(),
@@ -79,6 +173,7 @@ impl Fixture {
             Kind::Pkcs11 { token } => {
                 Arc::new(Pkcs11::open(Self::settings(token, PIN, Path::new(MODULE))).unwrap())
             }
+            Kind::Upstream(kms) => Arc::new(Upstream::new(kms.settings()).unwrap()),
         }
     }
 
@@ -98,8 +193,9 @@ impl Fixture {
     }
 
     /// Whether the backend still holds material for `key_id`'s `version`, looked at from outside
-    /// the backend (the material file, or the token's objects through cryptoki).
-    fn material_count(&self, key_id: &str, version: u32) -> usize {
+    /// the backend (the material file, the token's objects through cryptoki, or the upstream
+    /// alias and the state of its key through the AWS SDK).
+    async fn material_count(&self, key_id: &str, version: u32) -> usize {
         match &self.kind {
             Kind::Embedded => {
                 let file = self
@@ -113,7 +209,26 @@ impl Fixture {
                 .find_objects(&p11::object_template(PREFIX, key_id, version))
                 .unwrap()
                 .len(),
+            Kind::Upstream(kms) => {
+                let alias = up::alias_name(PREFIX, key_id, version);
+                match kms.sdk().describe_key().key_id(alias).send().await {
+                    Ok(d) => {
+                        let state = d.key_metadata.unwrap().key_state.unwrap();
+                        usize::from(state == aws_sdk_kms::types::KeyState::Enabled)
+                    }
+                    Err(e) => {
+                        use aws_sdk_kms::error::ProvideErrorMetadata as _;
+                        assert_eq!(e.code(), Some("NotFoundException"), "{e:?}");
+                        0
+                    }
+                }
+            }
         }
+    }
+
+    /// Whether sealed bytes are `nonce || ciphertext || tag` (the upstream's are its own blob).
+    fn seals_locally(&self) -> bool {
+        !matches!(self.kind, Kind::Upstream(_))
     }
 }
 
@@ -218,7 +333,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Declares each case once per backend: `embedded::<case>` and `pkcs11::<case>`.
+/// Declares each case once per backend: `embedded::<case>`, `pkcs11::<case>` and `upstream::<case>`.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod embedded {
@@ -236,6 +351,15 @@ macro_rules! conformance {
                     if let Some(fx) = super::pkcs11_fixture(concat!("pkcs11::", stringify!($case))) {
                         super::runtime().block_on(super::cases::$case(fx));
                     }
+                }
+            )*
+        }
+        mod upstream {
+            $(
+                #[test]
+                fn $case() {
+                    let fx = super::Fixture::upstream();
+                    super::runtime().block_on(super::cases::$case(fx));
                 }
             )*
         }
@@ -429,11 +553,17 @@ mod cases {
         };
         backend.create_version(key).await.unwrap();
         let sealed = backend.encrypt(key, b"aad", b"plaintext").await.unwrap();
-        assert_eq!(
-            sealed.len(),
-            12 + 9 + 16,
-            "nonce(12) || ciphertext || tag(16)"
-        );
+        if fx.seals_locally() {
+            assert_eq!(
+                sealed.len(),
+                12 + 9 + 16,
+                "nonce(12) || ciphertext || tag(16)"
+            );
+        } else {
+            // The upstream's own blob: opaque, longer than nonce + tag, no plaintext in it.
+            assert!(sealed.len() > 12 + 9 + 16, "{}", sealed.len());
+            assert!(!sealed.windows(9).any(|w| w == b"plaintext"));
+        }
         assert_eq!(
             &backend.decrypt(key, b"aad", &sealed).await.unwrap()[..],
             b"plaintext"
@@ -462,12 +592,12 @@ mod cases {
             kind(backend.decrypt(missing, b"aad", &sealed).await),
             BackendErrorKind::MaterialMissing
         );
-        assert_eq!(fx.material_count(id, 1), 1);
+        assert_eq!(fx.material_count(id, 1).await, 1);
 
         backend.destroy(id, &[1]).await.unwrap();
         backend.destroy(id, &[1]).await.unwrap();
         backend.destroy("never-existed", &[1, 2, 3]).await.unwrap();
-        assert_eq!(fx.material_count(id, 1), 0);
+        assert_eq!(fx.material_count(id, 1).await, 0);
         assert_eq!(
             kind(backend.decrypt(key, b"aad", &sealed).await),
             BackendErrorKind::MaterialMissing
@@ -499,7 +629,11 @@ mod cases {
             assert_eq!(decrypt(kms, blob, json!({"k": "v"})).await.unwrap(), want);
         }
         for version in 1..=3 {
-            assert_eq!(fx.material_count(&key, version), 1, "version {version}");
+            assert_eq!(
+                fx.material_count(&key, version).await,
+                1,
+                "version {version}"
+            );
         }
     }
 
@@ -548,7 +682,10 @@ mod cases {
             Err(ErrorKind::InvalidState)
         );
         assert_eq!(
-            (fx.material_count(&key, 1), fx.material_count(&key, 2)),
+            (
+                fx.material_count(&key, 1).await,
+                fx.material_count(&key, 2).await
+            ),
             (1, 1)
         );
 
@@ -556,7 +693,10 @@ mod cases {
         assert_eq!(done.deleted, vec![key.clone()]);
         assert!(done.deletion_failed.is_empty(), "{done:?}");
         assert_eq!(
-            (fx.material_count(&key, 1), fx.material_count(&key, 2)),
+            (
+                fx.material_count(&key, 1).await,
+                fx.material_count(&key, 2).await
+            ),
             (0, 0)
         );
         assert_eq!(
@@ -568,7 +708,7 @@ mod cases {
             Err(ErrorKind::InvalidCiphertext)
         );
         // Deleting one key leaves the others alone.
-        assert_eq!(fx.material_count(&keep, 1), 1);
+        assert_eq!(fx.material_count(&keep, 1).await, 1);
         assert_eq!(decrypt(kms, &kept, json!({})).await.unwrap(), b"stays");
     }
 
@@ -718,7 +858,7 @@ fn pkcs11_key_objects_never_reveal_material() {
                 })
                 .await
                 .unwrap();
-            assert_eq!(fx.material_count(id, 1), 1);
+            assert_eq!(fx.material_count(id, 1).await, 1);
         });
     });
 }
@@ -824,5 +964,71 @@ fn pkcs11_recovers_from_a_token_reset() {
             let retryable = until_recovered(kms, &blob, b"survives").await;
             assert!(retryable > 0, "a logged-out session went unnoticed");
         });
+    });
+}
+
+// ---- Upstream only: what the upstream KMS must see. ----
+
+/// The upstream keys whose description names `key_id`, with their states.
+async fn upstream_keys(kms: &UpstreamKms, key_id: &str) -> Vec<aws_sdk_kms::types::KeyState> {
+    let sdk = kms.sdk();
+    let listed = sdk.list_keys().limit(1000).send().await.unwrap();
+    let mut states = Vec::new();
+    for entry in listed.keys.unwrap_or_default() {
+        let id = entry.key_id.unwrap();
+        let meta = sdk
+            .describe_key()
+            .key_id(id)
+            .send()
+            .await
+            .unwrap()
+            .key_metadata
+            .unwrap();
+        if meta.description.as_deref() == Some(&format!("kms-sidecar key {key_id} version 1")) {
+            states.push(meta.key_state.unwrap());
+        }
+    }
+    states.sort_by_key(|s| s.as_str().to_string());
+    states
+}
+
+/// Creating a version twice keeps the first upstream key (ciphertexts stay valid) and schedules
+/// the spare for deletion; destroying schedules the key's deletion and removes the alias, and
+/// repeating either is harmless.
+#[test]
+fn upstream_create_is_idempotent_and_destroy_schedules_deletion() {
+    use aws_sdk_kms::types::KeyState;
+    let fx = Fixture::upstream();
+    let Kind::Upstream(kms) = fx.kind.clone() else {
+        unreachable!()
+    };
+    runtime().block_on(async {
+        let stack = fx.open();
+        let backend = &stack.backend;
+        let id = "5e1f0000-0000-4000-8000-00000000beef";
+        let key = KeyRef {
+            key_id: id,
+            version: 1,
+        };
+        backend.create_version(key).await.unwrap();
+        let sealed = backend.encrypt(key, b"aad", b"kept").await.unwrap();
+        backend.create_version(key).await.unwrap();
+        assert_eq!(
+            &backend.decrypt(key, b"aad", &sealed).await.unwrap()[..],
+            b"kept"
+        );
+        assert_eq!(
+            upstream_keys(&kms, id).await,
+            [KeyState::Enabled, KeyState::PendingDeletion]
+        );
+        assert_eq!(fx.material_count(id, 1).await, 1);
+
+        backend.destroy(id, &[1]).await.unwrap();
+        backend.destroy(id, &[1]).await.unwrap();
+        assert_eq!(
+            upstream_keys(&kms, id).await,
+            [KeyState::PendingDeletion, KeyState::PendingDeletion]
+        );
+        assert_eq!(fx.material_count(id, 1).await, 0);
     });
 }

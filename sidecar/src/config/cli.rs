@@ -146,7 +146,8 @@ pub struct Options {
     #[arg(long, env = "KMS_SIDECAR_MAINTENANCE_INTERVAL_SECS", global = true)]
     pub maintenance_interval_secs: Option<u64>,
 
-    /// Key backend: embedded (sealed keys in the data directory) or pkcs11 (an HSM) [default: embedded].
+    /// Key backend: embedded (sealed keys in the data directory), pkcs11 (an HSM) or upstream (another
+    /// KMS: AWS KMS or a KMS-compatible endpoint) [default: embedded].
     #[arg(long, env = "KMS_SIDECAR_BACKEND", global = true, value_enum)]
     pub backend: Option<BackendKind>,
 
@@ -169,6 +170,32 @@ pub struct Options {
     /// PKCS#11 sessions (and token worker threads), 1..=64 [default: 2].
     #[arg(long, env = "KMS_SIDECAR_PKCS11_SESSIONS", global = true)]
     pub pkcs11_sessions: Option<u64>,
+
+    /// Upstream KMS endpoint URL: https://..., or http:// to a loopback host only
+    /// [default: the AWS KMS endpoint of --upstream-region].
+    #[arg(long, env = "KMS_SIDECAR_UPSTREAM_ENDPOINT", global = true)]
+    pub upstream_endpoint: Option<String>,
+
+    /// Region the upstream requests are signed for [default: --region].
+    #[arg(long, env = "KMS_SIDECAR_UPSTREAM_REGION", global = true)]
+    pub upstream_region: Option<String>,
+
+    /// Access key id for the upstream KMS (required with --backend upstream).
+    #[arg(long, env = "KMS_SIDECAR_UPSTREAM_ACCESS_KEY_ID", global = true)]
+    pub upstream_access_key_id: Option<String>,
+
+    /// File holding the upstream secret access key (or set KMS_SIDECAR_UPSTREAM_SECRET_ACCESS_KEY).
+    #[arg(
+        long,
+        env = "KMS_SIDECAR_UPSTREAM_SECRET_ACCESS_KEY_FILE",
+        global = true
+    )]
+    pub upstream_secret_access_key_file: Option<PathBuf>,
+
+    /// Prefix of the upstream aliases, alias/<prefix>/<key id>/v<version>, so sidecars can share an
+    /// account [default: kms-sidecar].
+    #[arg(long, env = "KMS_SIDECAR_UPSTREAM_ALIAS_PREFIX", global = true)]
+    pub upstream_alias_prefix: Option<String>,
 
     /// Days after a rotation is due before the key counts as overdue, 0..=365 [default: 1].
     #[arg(long, env = "KMS_SIDECAR_ROTATION_GRACE_DAYS", global = true)]

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::auth::admin_token::AdminToken;
 use crate::backend::pkcs11::Pkcs11Settings;
+use crate::backend::upstream::{self, UpstreamSettings};
 use crate::cache::CacheSettings;
 use crate::cache::pool::PoolSettings;
 use crate::datadir::RootKeySource;
@@ -46,6 +47,7 @@ pub const ROOT_KEY_ENV: &str = "KMS_SIDECAR_ROOT_KEY";
 pub enum BackendKind {
     Embedded,
     Pkcs11,
+    Upstream,
 }
 
 /// The validated backend choice.
@@ -53,6 +55,7 @@ pub enum BackendKind {
 pub enum BackendConfig {
     Embedded,
     Pkcs11(Pkcs11Settings),
+    Upstream(UpstreamSettings),
 }
 
 /// Environment variable that may hold the PKCS#11 user PIN.
@@ -61,6 +64,11 @@ pub const PKCS11_PIN_ENV: &str = "KMS_SIDECAR_PKCS11_PIN";
 pub const ADMIN_TOKEN_ENV: &str = "KMS_SIDECAR_ADMIN_TOKEN";
 /// The PKCS#11 module used when none is configured.
 pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Environment variable that may hold the upstream KMS secret access key.
+pub const UPSTREAM_SECRET_ENV: &str = "KMS_SIDECAR_UPSTREAM_SECRET_ACCESS_KEY";
+/// The upstream alias prefix used when none is configured.
+pub const DEFAULT_UPSTREAM_ALIAS_PREFIX: &str = "kms-sidecar";
 
 /// A region name such as `us-east-1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +116,8 @@ pub struct Secrets {
     pub pkcs11_pin: Option<String>,
     /// [`ADMIN_TOKEN_ENV`].
     pub admin_token: Option<String>,
+    /// [`UPSTREAM_SECRET_ENV`].
+    pub upstream_secret: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -117,12 +127,13 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// Reads both from the process environment.
+    /// Reads them from the process environment.
     pub fn from_env() -> Self {
         Self {
             root_key: std::env::var(ROOT_KEY_ENV).ok(),
             pkcs11_pin: std::env::var(PKCS11_PIN_ENV).ok(),
             admin_token: std::env::var(ADMIN_TOKEN_ENV).ok(),
+            upstream_secret: std::env::var(UPSTREAM_SECRET_ENV).ok(),
         }
     }
 }
@@ -293,6 +304,80 @@ fn resilience(cli: &Options, file: &Options) -> anyhow::Result<Resilience> {
     Ok((rate, outbound, breaker, retry, timeout))
 }
 
+/// A secret from its environment variable, else from a file (trimmed), else an error naming both.
+fn secret(
+    env_value: Option<String>,
+    file: Option<PathBuf>,
+    needs: &str,
+    env: &str,
+    file_option: &str,
+) -> anyhow::Result<SecretString> {
+    match (env_value, file) {
+        (Some(value), _) => Ok(SecretString::from(value)),
+        (None, Some(path)) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {file_option} {}", path.display()))?,
+            );
+            Ok(SecretString::from(text.trim().to_string()))
+        }
+        (None, None) => bail!("{needs}: set {env} or {file_option}"),
+    }
+}
+
+/// The upstream backend's settings; the endpoint and prefix are checked here so a bad value stops
+/// the start with a message naming the option.
+fn upstream_settings(
+    cli: &Options,
+    file: &Options,
+    secret_env: Option<String>,
+    default_region: &str,
+    timeout: Duration,
+) -> anyhow::Result<UpstreamSettings> {
+    let endpoint = cli
+        .upstream_endpoint
+        .clone()
+        .or_else(|| file.upstream_endpoint.clone());
+    if let Some(url) = &endpoint {
+        upstream::check_endpoint(url)?;
+    }
+    let region = cli
+        .upstream_region
+        .clone()
+        .or_else(|| file.upstream_region.clone())
+        .unwrap_or_else(|| default_region.to_string());
+    Region::parse(&region).context("upstream_region")?;
+    let access_key_id = cli
+        .upstream_access_key_id
+        .clone()
+        .or_else(|| file.upstream_access_key_id.clone())
+        .filter(|id| !id.is_empty())
+        .context("backend upstream needs upstream_access_key_id (--upstream-access-key-id)")?;
+    let secret_access_key = secret(
+        secret_env,
+        cli.upstream_secret_access_key_file
+            .clone()
+            .or_else(|| file.upstream_secret_access_key_file.clone()),
+        "backend upstream needs a secret access key",
+        UPSTREAM_SECRET_ENV,
+        "upstream_secret_access_key_file",
+    )?;
+    let alias_prefix = cli
+        .upstream_alias_prefix
+        .clone()
+        .or_else(|| file.upstream_alias_prefix.clone())
+        .unwrap_or_else(|| DEFAULT_UPSTREAM_ALIAS_PREFIX.to_string());
+    upstream::check_alias_prefix(&alias_prefix)?;
+    Ok(UpstreamSettings {
+        endpoint,
+        region,
+        access_key_id,
+        secret_access_key,
+        alias_prefix,
+        timeout,
+    })
+}
+
 fn read_file(path: &Path) -> anyhow::Result<Options> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -314,6 +399,23 @@ impl Config {
     fn merge(cli: Options, file: Options, secrets: Secrets) -> anyhow::Result<Self> {
         let root_key_env = secrets.root_key;
         let (rate, outbound, breaker, retry, backend_timeout) = resilience(&cli, &file)?;
+        let backend_kind = cli
+            .backend
+            .or(file.backend)
+            .unwrap_or(BackendKind::Embedded);
+        let upstream = match backend_kind {
+            BackendKind::Upstream => Some(upstream_settings(
+                &cli,
+                &file,
+                secrets.upstream_secret,
+                cli.region
+                    .as_deref()
+                    .or(file.region.as_deref())
+                    .unwrap_or("us-east-1"),
+                backend_timeout,
+            )?),
+            _ => None,
+        };
         let listen = addr(
             "listen",
             cli.listen.or(file.listen).as_deref(),
@@ -338,33 +440,22 @@ impl Config {
             .unwrap_or_else(|| "info".to_string());
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .with_context(|| format!("log_level {log_level:?} is not a valid filter"))?;
-        let backend = match cli
-            .backend
-            .or(file.backend)
-            .unwrap_or(BackendKind::Embedded)
-        {
-            BackendKind::Embedded => BackendConfig::Embedded,
-            BackendKind::Pkcs11 => {
+        let backend = match (backend_kind, upstream) {
+            (BackendKind::Upstream, Some(settings)) => BackendConfig::Upstream(settings),
+            (BackendKind::Upstream, None) => bail!("backend upstream has no settings"),
+            (BackendKind::Embedded, _) => BackendConfig::Embedded,
+            (BackendKind::Pkcs11, _) => {
                 let token_label = cli
                     .pkcs11_token_label
                     .or(file.pkcs11_token_label)
                     .context("backend pkcs11 needs pkcs11_token_label (--pkcs11-token-label)")?;
-                let pin = match (
+                let pin = secret(
                     secrets.pkcs11_pin,
                     cli.pkcs11_pin_file.or(file.pkcs11_pin_file),
-                ) {
-                    (Some(pin), _) => SecretString::from(pin),
-                    (None, Some(path)) => {
-                        let text =
-                            zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(
-                                || format!("cannot read PKCS#11 PIN file {}", path.display()),
-                            )?);
-                        SecretString::from(text.trim().to_string())
-                    }
-                    (None, None) => {
-                        bail!("backend pkcs11 needs a PIN: set {PKCS11_PIN_ENV} or pkcs11_pin_file")
-                    }
-                };
+                    "backend pkcs11 needs a PIN",
+                    PKCS11_PIN_ENV,
+                    "pkcs11_pin_file",
+                )?;
                 BackendConfig::Pkcs11(Pkcs11Settings {
                     module: cli
                         .pkcs11_module
@@ -748,6 +839,101 @@ mod tests {
         );
         let c = Config::merge(cli, Options::default(), Secrets::default()).unwrap();
         assert!(matches!(c.root_key, RootKeySource::File(_)));
+    }
+
+    #[test]
+    fn upstream_backend_settings() {
+        let secrets = || Secrets {
+            upstream_secret: Some("upstream-very-secret".into()),
+            ..Secrets::default()
+        };
+        let f = file(
+            "backend = \"upstream\"\nupstream_endpoint = \"https://kms.eu-west-1.amazonaws.com\"\n\
+             upstream_access_key_id = \"AKIAFILE\"\nregion = \"eu-west-1\"\nbackend_timeout_ms = 1500\n",
+        )
+        .unwrap();
+        let c = Config::merge(Options::default(), f.clone(), secrets()).unwrap();
+        let BackendConfig::Upstream(s) = &c.backend else {
+            panic!("{:?}", c.backend)
+        };
+        assert_eq!(
+            s.endpoint.as_deref(),
+            Some("https://kms.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(s.region, "eu-west-1", "defaults to the sidecar's region");
+        assert_eq!(s.access_key_id, "AKIAFILE");
+        assert_eq!(s.alias_prefix, DEFAULT_UPSTREAM_ALIAS_PREFIX);
+        assert_eq!(s.timeout, Duration::from_millis(1500));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("upstream-very-secret"), "{shown}");
+
+        // The secret from a file, flags over the file.
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, "from-file\n").unwrap();
+        let cli = Options {
+            upstream_secret_access_key_file: Some(secret_file),
+            upstream_region: Some("us-west-2".into()),
+            upstream_alias_prefix: Some("team-a/prod".into()),
+            ..Options::default()
+        };
+        let c = Config::merge(cli, f.clone(), Secrets::default()).unwrap();
+        let BackendConfig::Upstream(s) = &c.backend else {
+            panic!()
+        };
+        use secrecy::ExposeSecret as _;
+        assert_eq!(s.secret_access_key.expose_secret(), "from-file");
+        assert_eq!(
+            (s.region.as_str(), s.alias_prefix.as_str()),
+            ("us-west-2", "team-a/prod")
+        );
+
+        // Each bad setting is refused with a message naming it.
+        let bad = [
+            (
+                Options {
+                    upstream_endpoint: Some("kms.example.com".into()),
+                    ..Options::default()
+                },
+                "upstream_endpoint",
+            ),
+            (
+                Options {
+                    upstream_endpoint: Some("http://kms.example.com".into()),
+                    ..Options::default()
+                },
+                "unencrypted",
+            ),
+            (
+                Options {
+                    upstream_region: Some("Mars".into()),
+                    ..Options::default()
+                },
+                "upstream_region",
+            ),
+            (
+                Options {
+                    upstream_alias_prefix: Some("aws/x".into()),
+                    ..Options::default()
+                },
+                "upstream_alias_prefix",
+            ),
+        ];
+        for (cli, says) in bad {
+            let err = format!(
+                "{:#}",
+                Config::merge(cli, f.clone(), secrets()).unwrap_err()
+            );
+            assert!(err.contains(says), "{says}: {err}");
+        }
+        let err = Config::merge(Options::default(), f.clone(), Secrets::default()).unwrap_err();
+        assert!(format!("{err:#}").contains(UPSTREAM_SECRET_ENV), "{err:#}");
+        let no_id = file("backend = \"upstream\"").unwrap();
+        let err = Config::merge(Options::default(), no_id, secrets()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("upstream_access_key_id"),
+            "{err:#}"
+        );
     }
 
     #[test]

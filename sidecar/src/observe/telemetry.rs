@@ -62,6 +62,21 @@ fn otlp_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
         .build())
 }
 
+/// The AWS SDK (upstream backend) logs whole HTTP requests at TRACE, bodies included, and an Encrypt
+/// body carries the plaintext: its runtime is capped at DEBUG whatever the filter asks for.
+const SDK_CAP: &str = "aws_smithy_runtime=debug";
+
+/// The log filter: `RUST_LOG`, else `level`, else `info`; with [`SDK_CAP`] on top.
+fn log_filter(level: &str) -> EnvFilter {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    match SDK_CAP.parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
+    }
+}
+
 /// Installs the global subscriber: stderr logs filtered by `level` (or `RUST_LOG`), plus OTLP
 /// traces when `otlp_endpoint` is set.
 pub fn init(
@@ -69,9 +84,7 @@ pub fn init(
     level: &str,
     otlp_endpoint: Option<&str>,
 ) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(level);
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -138,6 +151,42 @@ mod tests {
     use opentelemetry_sdk::trace::InMemorySpanExporter;
     use std::sync::Arc;
     use tracing::Instrument;
+
+    /// A log writer into a shared buffer.
+    #[derive(Clone)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_sdk_never_logs_request_bodies_even_at_trace() {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Sink(buf.clone());
+        let subscriber = Registry::default().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || sink.clone())
+                .with_filter(log_filter("trace")),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "aws_smithy_runtime::client::orchestrator", request = "Plaintext=c2VjcmV0", "transmitting request");
+            tracing::debug!(target: "aws_smithy_runtime::client::orchestrator", "beginning attempt #1");
+            tracing::trace!(target: "kms_sidecar::backend", "own trace");
+        });
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("c2VjcmV0"), "{text}");
+        if std::env::var_os("RUST_LOG").is_none() {
+            assert!(text.contains("beginning attempt"), "{text}");
+            assert!(text.contains("own trace"), "{text}");
+        }
+    }
 
     #[test]
     fn request_span_parents_backend_spans_and_continues_traceparent() {
