@@ -338,6 +338,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             app.kms.cache().sync().await;
             app.kms.cache().refresh_gauges(&index);
             app.kms.pool().refresh_gauges();
+            app.kms.reuse().refresh_gauges();
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

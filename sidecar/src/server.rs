@@ -36,6 +36,7 @@ use crate::backend::resilient::{Resilience, Resilient};
 use crate::backend::upstream::Upstream;
 use crate::cache::DecryptCache;
 use crate::cache::pool::DataKeyPool;
+use crate::cache::reuse::DataKeyReuse;
 use crate::config::{BackendConfig, Config};
 use crate::datadir::{DataDir, DirLock};
 use crate::keys::{self, KeyStore};
@@ -603,7 +604,11 @@ impl Sidecar {
                 DataKeyPool::new(config.pool, metrics.cache.for_cache("data_key_pool")),
                 config.cache_invalidate_on_rotation,
             )
-            .with_limits(rate, Some(breaker)),
+            .with_limits(rate, Some(breaker))
+            .with_reuse(DataKeyReuse::new(
+                config.reuse.clone(),
+                metrics.cache.for_cache("data_key_reuse"),
+            )),
             audit,
             config: config.clone(),
             admins: config.admin_principals.clone(),

@@ -6,6 +6,7 @@
 //! reference goes (eviction, expiry, invalidation).
 
 pub mod pool;
+pub mod reuse;
 
 use std::sync::Arc;
 use std::time::Duration;

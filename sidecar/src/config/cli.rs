@@ -276,6 +276,29 @@ pub struct Options {
     #[arg(long, env = "KMS_SIDECAR_DATA_KEY_POOL_LOW_WATERMARK", global = true)]
     pub data_key_pool_low_watermark: Option<u64>,
 
+    /// Keys (ids or alias names) whose data keys GenerateDataKey may hand out again to the same
+    /// principal, context and length, within the age and use limits below; repeatable or
+    /// comma-separated [default: none, every data key is fresh].
+    #[arg(
+        long = "data-key-reuse-key",
+        env = "KMS_SIDECAR_DATA_KEY_REUSE_KEYS",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub data_key_reuse_keys: Option<Vec<String>>,
+
+    /// A reused data key is not handed out once this old, seconds, 1..=86400 [default: 300].
+    #[arg(long, env = "KMS_SIDECAR_DATA_KEY_REUSE_MAX_AGE_SECS", global = true)]
+    pub data_key_reuse_max_age_secs: Option<u64>,
+
+    /// A reused data key is handed out at most this many times, 1..=1000000 [default: 100].
+    #[arg(long, env = "KMS_SIDECAR_DATA_KEY_REUSE_MAX_USES", global = true)]
+    pub data_key_reuse_max_uses: Option<u64>,
+
+    /// Reusable data keys held at once, 1..=1000000 [default: 10000].
+    #[arg(long, env = "KMS_SIDECAR_DATA_KEY_REUSE_MAX_ENTRIES", global = true)]
+    pub data_key_reuse_max_entries: Option<u64>,
+
     /// Global inbound limit, calls per second (unset: none; see also --emulate-aws-quotas).
     #[arg(long, env = "KMS_SIDECAR_RATE_LIMIT_GLOBAL", global = true)]
     pub rate_limit_global: Option<f64>,

@@ -18,6 +18,7 @@ use crate::backend::pkcs11::Pkcs11Settings;
 use crate::backend::upstream::{self, UpstreamSettings};
 use crate::cache::CacheSettings;
 use crate::cache::pool::PoolSettings;
+use crate::cache::reuse::ReuseSettings;
 use crate::datadir::RootKeySource;
 use crate::keys::ArnScope;
 use crate::limits::RetryBudgetSpec;
@@ -161,6 +162,8 @@ pub struct Config {
     pub cache: CacheSettings,
     pub cache_invalidate_on_rotation: bool,
     pub pool: PoolSettings,
+    /// Opt-in data-key reuse.
+    pub reuse: ReuseSettings,
     /// Inbound limits; the server adds the principals it knows before validating for use.
     pub rate: RateSpec,
     pub outbound: Option<BudgetSpec>,
@@ -542,6 +545,46 @@ impl Config {
             .audit_include_context_values
             .or(file.audit_include_context_values)
             .unwrap_or(false);
+        let reuse = ReuseSettings {
+            keys: cli
+                .data_key_reuse_keys
+                .or(file.data_key_reuse_keys)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            max_age: Duration::from_secs(ranged(
+                "data_key_reuse_max_age_secs",
+                cli.data_key_reuse_max_age_secs
+                    .or(file.data_key_reuse_max_age_secs),
+                300,
+                1,
+                86_400,
+            )?),
+            max_uses: ranged(
+                "data_key_reuse_max_uses",
+                cli.data_key_reuse_max_uses.or(file.data_key_reuse_max_uses),
+                100,
+                1,
+                1_000_000,
+            )?,
+            max_entries: ranged(
+                "data_key_reuse_max_entries",
+                cli.data_key_reuse_max_entries
+                    .or(file.data_key_reuse_max_entries),
+                10_000,
+                1,
+                1_000_000,
+            )? as usize,
+        };
+        if reuse
+            .keys
+            .iter()
+            .any(|k| k.is_empty() || k.starts_with("arn:"))
+        {
+            bail!(
+                "data_key_reuse_keys takes key ids or alias names (alias/...), not empty names or ARNs"
+            );
+        }
         let admin_principals = cli
             .admin_principals
             .or(file.admin_principals)
@@ -616,6 +659,7 @@ impl Config {
         Ok(Self {
             tls,
             admin_token,
+            reuse,
             rate,
             outbound,
             breaker,

@@ -2,11 +2,13 @@
 //! GenerateRandom. All ciphertexts use the self-describing format in `keys::ciphertext`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{Cx, in_range, require_enabled, required};
 use crate::auth::policy::Action;
 use crate::backend::KeyRef;
 use crate::cache::pool::{DataKeyPool, POOLED_LEN, Pooled};
+use crate::cache::reuse::DataKeyReuse;
 use crate::keys::ciphertext;
 use crate::keys::{KeyMeta, KeyStore};
 use crate::observe::metrics::CacheOutcome;
@@ -269,6 +271,28 @@ pub(super) async fn generate_data_key(
     let context = req.encryption_context.unwrap_or_default();
     let meta = cx.check(&key_id, Some(&context))?;
     require_enabled(cx.keys, &meta)?;
+    // Opt-in reuse (after authorization, like every cached answer): the same principal, context
+    // and length get the same data key until its age or use limit.
+    let reuse = &cx.kms.reuse;
+    let slot = (with_plaintext && reuse.enabled() && {
+        let index = cx.keys.snapshot();
+        let aliases = index.aliases.iter().filter(|(_, a)| a.target == meta.id);
+        reuse.applies(&meta.id, aliases.map(|(name, _)| name.as_str()))
+    })
+    .then(|| DataKeyReuse::slot(cx.caller.arn, &meta.id, &context, len));
+    if let Some(slot) = &slot
+        && let Some((plaintext, blob)) = reuse.take(slot, meta.current_version(), Instant::now())
+    {
+        cx.obs.cache = CacheOutcome::Hit;
+        cx.obs.key_version = Some(meta.current_version());
+        cx.obs.context = Some(context);
+        return Ok(GenerateDataKeyResponse {
+            ciphertext_blob: Blob(blob),
+            plaintext: Some(SecretBlob(plaintext)),
+            key_id: cx.keys.key_arn(&meta.id),
+        });
+    }
+    let mut fresh = None;
     if context.is_empty() && len == POOLED_LEN && cx.kms.pool.enabled() {
         let (taken, refill) = cx.kms.pool.take(&meta.id, meta.current_version());
         if refill {
@@ -278,16 +302,20 @@ pub(super) async fn generate_data_key(
         if let Some(pooled) = taken {
             cx.obs.cache = CacheOutcome::Hit;
             cx.obs.key_version = Some(pooled.version);
-            cx.obs.context = Some(context);
-            return Ok(GenerateDataKeyResponse {
-                ciphertext_blob: Blob(pooled.blob),
-                plaintext: with_plaintext.then(|| SecretBlob(pooled.plaintext)),
-                key_id: cx.keys.key_arn(&meta.id),
-            });
+            fresh = Some((pooled.plaintext, pooled.blob, pooled.version));
         }
     }
-    let data_key = cx.keys.backend().random(len).await?;
-    let blob = seal(cx, &meta, &context, &data_key).await?;
+    let (data_key, blob, version) = match fresh {
+        Some(f) => f,
+        None => {
+            let data_key = cx.keys.backend().random(len).await?;
+            let blob = seal(cx, &meta, &context, &data_key).await?;
+            (data_key, blob, meta.current_version())
+        }
+    };
+    if let Some(slot) = slot {
+        reuse.put(slot, &meta.id, version, &data_key, &blob, Instant::now());
+    }
     cx.obs.context = Some(context);
     Ok(GenerateDataKeyResponse {
         ciphertext_blob: Blob(blob),

@@ -298,6 +298,8 @@ pub(super) async fn rotate_key_on_demand(
     if cx.kms.invalidate_on_rotation {
         cx.kms.cache.invalidate_key(&meta.id);
     }
+    // reused data keys are tied to a version anyway; dropping them frees the memory now
+    cx.kms.reuse.invalidate_key(&meta.id);
     Ok(KeyIdResponse {
         key_id: meta.id.clone(),
     })

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use crate::auth::policy::{self, Action, Decision, DenyReason, RequestContext};
 use crate::cache::DecryptCache;
 use crate::cache::pool::DataKeyPool;
+use crate::cache::reuse::DataKeyReuse;
 use crate::keys::{KeyMeta, KeyState, KeyStore};
 use crate::limits::{Breaker, RateLimits, RateMetrics, State};
 use crate::observe::metrics::CacheOutcome;
@@ -202,6 +203,8 @@ pub struct Kms {
     admin_arns: Vec<String>,
     cache: DecryptCache,
     pool: Arc<DataKeyPool>,
+    /// Opt-in data-key reuse (off unless keys are listed).
+    reuse: Arc<DataKeyReuse>,
     /// Drop a key's cached plaintexts when it rotates (they stay valid; this trades hits for
     /// freshness).
     invalidate_on_rotation: bool,
@@ -247,10 +250,21 @@ impl Kms {
             admin_arns,
             cache,
             pool: Arc::new(pool),
+            reuse: Arc::new(DataKeyReuse::disabled()),
             invalidate_on_rotation,
             rate: None,
             breaker: None,
         }
+    }
+
+    /// Lets the keys `reuse` names hand out a data key more than once (see `cache::reuse`).
+    pub fn with_reuse(mut self, reuse: DataKeyReuse) -> Self {
+        self.reuse = Arc::new(reuse);
+        self
+    }
+
+    pub fn reuse(&self) -> &DataKeyReuse {
+        &self.reuse
     }
 
     /// Adds inbound rate limits and the backend's breaker (for stale-if-error).
@@ -289,6 +303,7 @@ impl Kms {
     fn invalidate(&self, key_id: &str) {
         self.cache.invalidate_key(key_id);
         self.pool.invalidate_key(key_id);
+        self.reuse.invalidate_key(key_id);
     }
 
     pub fn keys(&self) -> &Arc<KeyStore> {
