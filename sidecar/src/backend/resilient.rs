@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
 use super::{Backend, BackendError, BackendErrorKind, KeyRef};
@@ -75,6 +76,21 @@ impl Resilient {
     /// One attempt: a token, a permit, the call under the attempt's deadline; the breaker is told
     /// how it went (a timeout is a failure).
     async fn attempt<T>(
+        &self,
+        attempt: Attempt,
+        call: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        // One span per attempt, so a trace shows each retry (and its wait for a token or permit)
+        // under the request, with the backend call inside it.
+        let span = tracing::debug_span!(
+            "backend.attempt",
+            attempt = attempt.index,
+            retry = attempt.index > 0
+        );
+        self.attempt_inner(attempt, call).instrument(span).await
+    }
+
+    async fn attempt_inner<T>(
         &self,
         attempt: Attempt,
         call: impl Future<Output = Result<T, BackendError>>,
@@ -302,6 +318,76 @@ mod tests {
                 retries: None,
             },
         )
+    }
+
+    #[test]
+    fn each_attempt_is_a_child_span_with_the_backend_call_inside() {
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::{Layer as _, Registry};
+
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = Registry::default().with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_filter(crate::observe::telemetry::trace_filter()),
+        );
+        let fake = Fake::new(Mode::FailTimes(2));
+        let metrics = Arc::new(
+            crate::observe::backend::BackendMetrics::register(
+                &prometheus::Registry::new(),
+                "fake",
+                0.0,
+                0.0,
+            )
+            .unwrap(),
+        );
+        let observed: Arc<dyn Backend> =
+            Arc::new(super::super::observed::Observed::new(fake.clone(), metrics));
+        let mut r = resilient(&fake, None);
+        r.inner = observed;
+        tracing::subscriber::with_default(subscriber, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let request = tracing::debug_span!("kms.request");
+            rt.block_on(r.decrypt(KEY, b"", b"x").instrument(request))
+                .unwrap();
+        });
+        provider.force_flush().unwrap();
+        let spans = exporter.get_finished_spans().unwrap();
+        let request = spans.iter().find(|s| s.name == "kms.request").unwrap();
+        let mut attempts: Vec<_> = spans
+            .iter()
+            .filter(|s| s.name == "backend.attempt")
+            .collect();
+        attempts.sort_by_key(|s| s.start_time);
+        assert_eq!(
+            attempts.len(),
+            3,
+            "two failures and the success: {spans:#?}"
+        );
+        let attr = |s: &opentelemetry_sdk::trace::SpanData, k: &str| {
+            s.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        for (i, a) in attempts.iter().enumerate() {
+            assert_eq!(a.parent_span_id, request.span_context.span_id());
+            assert_eq!(attr(a, "attempt"), Some(i.to_string()));
+            assert_eq!(attr(a, "retry"), Some((i > 0).to_string()));
+            let calls: Vec<_> = spans
+                .iter()
+                .filter(|s| s.name == "backend" && s.parent_span_id == a.span_context.span_id())
+                .collect();
+            assert_eq!(calls.len(), 1, "one backend call inside attempt {i}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

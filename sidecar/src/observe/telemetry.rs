@@ -45,7 +45,7 @@ impl Drop for TelemetryGuard {
 }
 
 /// The spans the trace layer records: the sidecar's own, at DEBUG and above.
-fn trace_filter() -> Targets {
+pub(crate) fn trace_filter() -> Targets {
     Targets::new().with_target("kms_sidecar", LevelFilter::DEBUG)
 }
 
