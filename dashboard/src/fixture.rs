@@ -75,6 +75,12 @@ pub fn scrape(i: f64, keys: usize) -> Vec<Sample> {
             &[("operation", op), ("outcome", "ThrottlingException")],
             (n / 2500.0).floor(),
         ));
+        // a backend fault as often: the bad events that cost availability
+        s.push(sample(
+            "requests_total",
+            &[("operation", op), ("outcome", "DependencyTimeoutException")],
+            (n / 2500.0).floor(),
+        ));
         s.push(sample(
             "requests_total",
             &[("operation", op), ("outcome", "AccessDeniedException")],

@@ -80,7 +80,8 @@ fn overview_shows_slo_tiles_and_breaker() {
     h.get_by_label("closed");
     h.get_by_label("SLO 99.90 %");
     h.get_by_label("Requests per second by outcome class");
-    // fixture: 1 ThrottlingException per 2500 calls -> availability 99.960 %
+    // fixture: 1 DependencyTimeoutException per 2500 calls -> availability 99.960 % (its
+    // ThrottlingExceptions are over principal and key quotas: correct answers)
     h.get_by_label("99.960 %");
     h.get_by_label("ThrottlingException");
     no_nan(&h);

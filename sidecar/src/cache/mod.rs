@@ -188,6 +188,9 @@ impl DecryptCache {
     }
 
     fn count(&self, pick: impl Fn(&CacheMetrics) -> &IntCounter) {
+        if !crate::observe::RECORD {
+            return;
+        }
         if let Some(m) = &self.metrics {
             pick(m).inc();
         }

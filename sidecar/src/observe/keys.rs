@@ -167,6 +167,9 @@ impl KeyMetrics {
 
     /// Counts one successful `op` on `key_id`.
     pub fn record(&self, key_id: &str, op: Operation) {
+        if !super::RECORD {
+            return;
+        }
         if let Some(counters) = self.counters(key_id)
             && let Some(cell) = counters.cells.get(op.index())
         {

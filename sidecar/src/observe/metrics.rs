@@ -114,6 +114,9 @@ impl RequestMetrics {
         cache: CacheOutcome,
         elapsed: Duration,
     ) {
+        if !super::RECORD {
+            return;
+        }
         let op = op_slot(op);
         let out = outcome_slot(outcome);
         if let Some(cell) = self.request_cells.get(op * OUTCOMES + out) {

@@ -10,6 +10,11 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
+/// Whether the per-request metrics (request counter and histogram, per-key usage, cache hits) are
+/// recorded. Always true, except in a build with the `bench-noop-metrics` feature, which exists
+/// only to measure what recording costs (BENCHMARKS.md); never ship that build.
+pub const RECORD: bool = !cfg!(feature = "bench-noop-metrics");
+
 use prometheus::{IntGaugeVec, Opts, Registry};
 
 use self::audit::AuditMetrics;
