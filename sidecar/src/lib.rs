@@ -21,3 +21,8 @@ pub mod observe;
 pub mod ops;
 pub mod protocol;
 pub mod server;
+
+/// Shared settings of the fuzz-style property tests (also used by `tests/fuzz_wire.rs`).
+#[cfg(test)]
+#[path = "../tests/support/fuzz.rs"]
+mod fuzz_support;

@@ -280,9 +280,22 @@ fn resilience(cli: &Options, file: &Options) -> anyhow::Result<Resilience> {
     Ok((rate, outbound, breaker, retry, timeout))
 }
 
+/// The largest config file read; a real one is a few kilobytes, and a path naming a device that
+/// never ends (`/dev/zero`) must fail instead of filling memory.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 fn read_file(path: &Path) -> anyhow::Result<Options> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
         .with_context(|| format!("cannot read config file {}", path.display()))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        bail!(
+            "config file {} is larger than {MAX_CONFIG_BYTES} bytes",
+            path.display()
+        );
+    }
     toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))
 }
 
@@ -567,6 +580,9 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;
 
 #[cfg(test)]
 mod tests {
