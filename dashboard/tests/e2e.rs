@@ -1,5 +1,6 @@
 //! End to end: a real kms-sidecar process under a short load from the official AWS SDK, scraped
 //! by the dashboard's own fetch code, and the numbers checked in the model and derived views.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
