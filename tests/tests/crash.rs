@@ -337,6 +337,9 @@ fn copy_dir(from: &Path, to: &Path) {
 enum Damage {
     /// Cut at half its length (a torn write).
     TruncateHalf,
+    /// The last few bytes cut (a torn append; cutting at half could land on a record boundary,
+    /// which leaves a valid, shorter log).
+    TearTail,
     /// Empty (a file created but never written).
     Empty,
     /// A block of zeros in the middle (what some filesystems show after a crash).
@@ -348,6 +351,7 @@ fn damage(path: &Path, how: Damage) {
     let bytes = std::fs::read(path).unwrap();
     match how {
         Damage::TruncateHalf => std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap(),
+        Damage::TearTail => std::fs::write(path, &bytes[..bytes.len() - 10]).unwrap(),
         Damage::Empty => std::fs::write(path, b"").unwrap(),
         Damage::ZeroBlock => {
             let mut b = bytes;
@@ -423,9 +427,10 @@ async fn torn_or_damaged_files_stop_the_start_naming_the_file() {
     let mut checked = 0;
     for file in &files {
         let hows: &[Damage] = match file.as_str() {
-            // An empty or zero-patched audit log is a log that lost history, which only
-            // `kms-sidecar audit verify` can tell (docs/audit.md); a torn last record is caught here.
-            "audit/audit.jsonl" => &[Damage::TruncateHalf],
+            // An empty, zero-patched or cut-at-a-record-boundary audit log is a log that lost
+            // history, which only `kms-sidecar audit verify` can tell (docs/audit.md); a torn last
+            // record is caught here.
+            "audit/audit.jsonl" => &[Damage::TearTail],
             f if f.starts_with("material/") => &[
                 Damage::TruncateHalf,
                 Damage::Empty,
