@@ -2,6 +2,7 @@
 //! limit) under a short load from the official AWS SDK, including a throttled burst and a call a key
 //! policy denies, scraped by the dashboard's own fetch code, and the numbers checked in the model
 //! and derived views.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

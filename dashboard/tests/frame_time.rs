@@ -2,6 +2,7 @@
 //! contract, every view drawn and tessellated headless. Prints the numbers; in a release build
 //! (`cargo test --release -p kms-dashboard --test frame_time -- --nocapture`) it also asserts
 //! the 16 ms budget. Debug builds only check that it runs (they are several times slower).
+#![forbid(unsafe_code)]
 
 use std::time::Instant;
 

@@ -1,5 +1,6 @@
 //! UI tests: the real app drawn headless by egui_kittest on a fixed clock, found by role and label
 //! as a screen reader would, with fixture data covering the whole metrics contract.
+#![forbid(unsafe_code)]
 
 use egui::Role;
 use egui_kittest::Harness;

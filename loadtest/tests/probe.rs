@@ -2,6 +2,7 @@
 //! in-process responder with a real token bucket (400 tokens/s, burst 40) that answers
 //! `ThrottlingException` like KMS when empty; the knee must be within +-10% of 400/s. When the
 //! sidecar gets its limiter, the same probe should run against a sidecar with a global limit.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

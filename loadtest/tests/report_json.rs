@@ -1,6 +1,7 @@
 //! The JSON report parses (as JSON and as the library's type) and contains every field that
 //! `docs/loadtest.md` documents; the human summary has the table. Runs against the in-process
 //! baseline responder, so no sidecar is needed.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

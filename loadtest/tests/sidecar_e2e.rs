@@ -2,6 +2,7 @@
 //! run at a modest rate with the default op mix completes with zero errors and is visible in the
 //! sidecar's own metrics; a run with two principals accounts for every response by type; a
 //! baseline-mode run yields the ratios.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

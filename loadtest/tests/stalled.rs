@@ -2,6 +2,7 @@
 //! before answering must show up as large latencies from the planned time and as late starts, not
 //! as a quietly lower send rate. Counts and structure only: no assertion a slow machine can break
 //! (a slower machine only makes the stall look worse).
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

@@ -6,6 +6,7 @@
 //! token in a temporary directory. SoftHSM reads `SOFTHSM2_CONF` when it is loaded and setting an
 //! environment variable in-process is `unsafe`, so the program creates the token, then runs itself
 //! again with `SOFTHSM2_CONF` set.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;

@@ -110,7 +110,7 @@ impl DataDir {
             Ok(sealed) => {
                 let opened = self.sealer.open(ROOT_CHECK_AAD, &sealed).map_err(|_| {
                     anyhow::anyhow!(
-                        "the root key does not open {}: this data directory was sealed with a different root key",
+                        "the root key does not open {}: the file is truncated or corrupt, or this data directory was sealed with a different root key",
                         check.display()
                     )
                 })?;

@@ -22,3 +22,8 @@ pub mod ops;
 pub mod protocol;
 pub mod server;
 pub mod tls;
+
+/// Shared settings of the fuzz-style property tests (also used by `tests/fuzz_wire.rs`).
+#[cfg(test)]
+#[path = "../tests/support/fuzz.rs"]
+mod fuzz_support;

@@ -420,6 +420,37 @@ impl Reloader {
     }
 }
 
+/// Every version that a key record names has its material on disk. A missing material file (lost,
+/// or deleted by hand) would otherwise surface only when a Decrypt fails; it stops the start here,
+/// naming both files. Keys pending deletion are exempt: their material is destroyed first, so a
+/// crash part-way through a deletion leaves a record without it, which maintenance finishes.
+fn check_material(keys: &KeyStore, embedded: &Embedded) -> anyhow::Result<()> {
+    let index = keys.snapshot();
+    let mut ids: Vec<&String> = index.keys.keys().collect();
+    ids.sort();
+    for id in ids {
+        let Some(meta) = index.keys.get(id) else {
+            continue;
+        };
+        if meta.state == keys::KeyState::PendingDeletion {
+            continue;
+        }
+        if let Some(v) = meta
+            .versions
+            .iter()
+            .find(|v| !embedded.holds(id, v.version))
+        {
+            anyhow::bail!(
+                "key record {} names version {} but its key material {} is missing: restore it from a backup (without it, data encrypted under that version cannot be decrypted)",
+                keys.record_path(id).display(),
+                v.version,
+                embedded.material_path(id, v.version).display()
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn read_body(
     body: Incoming,
     length: Option<&HeaderValue>,
@@ -482,10 +513,13 @@ impl Sidecar {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let dir = Arc::new(DataDir::open(&config.data_dir, &config.root_key)?);
         let lock = dir.lock()?;
-        let raw: Arc<dyn Backend> = match &config.backend {
-            BackendConfig::Embedded => Arc::new(Embedded::open(dir.clone())?),
-            BackendConfig::Pkcs11(settings) => Arc::new(Pkcs11::open(settings.clone())?),
-            BackendConfig::Upstream(settings) => Arc::new(Upstream::new(settings.clone())?),
+        let (raw, embedded): (Arc<dyn Backend>, _) = match &config.backend {
+            BackendConfig::Embedded => {
+                let embedded = Arc::new(Embedded::open(dir.clone())?);
+                (embedded.clone(), Some(embedded))
+            }
+            BackendConfig::Pkcs11(settings) => (Arc::new(Pkcs11::open(settings.clone())?), None),
+            BackendConfig::Upstream(settings) => (Arc::new(Upstream::new(settings.clone())?), None),
         };
         let metrics =
             Arc::new(Metrics::register(raw.name(), config.metrics).context("registering metrics")?);
@@ -548,6 +582,9 @@ impl Sidecar {
                 config.data_dir.display(),
                 backend.name()
             );
+        }
+        if let Some(embedded) = &embedded {
+            check_material(&keys, embedded)?;
         }
         let scope = config.arn_scope();
         let clients = Arc::new(ClientStore::open(dir.clone(), &scope.account)?);

@@ -1,5 +1,6 @@
 //! Property test: no mutation of a valid ciphertext (flipped bits, truncation, extension, splices of
 //! random bytes) ever decrypts or panics; each gives InvalidCiphertextException.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;

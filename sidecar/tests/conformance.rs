@@ -7,6 +7,7 @@
 //! is `unsafe` (edition 2024) and forbidden here. So each PKCS#11 test creates its own token
 //! directory and token, then runs itself again as a child process (`--exact <test>`) with
 //! `SOFTHSM2_CONF` set: every PKCS#11 case gets a fresh module and token, and tests stay parallel.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! Automatic rotation and scheduled deletion, driven with a chosen "now" so that 90 days pass in a
 //! test: due keys rotate (and old ciphertexts still decrypt), keys past their deletion date are really
 //! removed (record, aliases, material), and both survive a reopen of the data directory.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;

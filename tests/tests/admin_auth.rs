@@ -1,5 +1,6 @@
 //! The admin API's bearer token: probes stay open, everything else needs the token, refusals are
 //! counted as unauthorized calls, and the token never shows up in anything the sidecar prints.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kms_sidecar_e2e::{Sidecar, Start, http_get, http_get_with, sample};

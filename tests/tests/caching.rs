@@ -2,6 +2,7 @@
 //! the backend, contexts never share entries, 100 concurrent misses cost one backend call, a
 //! disabled key or a denying policy still refuses cached plaintexts, and pooled data keys are unique
 //! and served without a synchronous backend call.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;

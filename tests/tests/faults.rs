@@ -3,6 +3,7 @@
 //! the retry budget bounds backend attempts; `/readyz` follows the backend; injected faults are
 //! counted; latency hits misses and spares hits. Timings are small (1 s TTL and cool-down) so every
 //! case runs in a few seconds; the AWS SDK's own retries are off, so every error is the sidecar's.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};

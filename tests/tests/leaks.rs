@@ -1,5 +1,6 @@
 //! Planted secrets never reach the sidecar's output: plaintexts, data keys and client secrets are
 //! absent from its logs (at debug level) in every encoding we can think of, and from its metrics.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_kms::primitives::Blob;

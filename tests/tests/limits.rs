@@ -1,6 +1,7 @@
 //! Inbound rate limits against a real sidecar: with rate 1/s and burst 5, a burst of 8 calls yields
 //! exactly 3 ThrottlingExceptions seen by the AWS SDK (retries off); another principal is not
 //! affected; the throttles and the configured limits are exported and listed in `/v1/status`.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! What operators see, checked against a real sidecar after a scripted scenario: exact metric values,
 //! `promtool check metrics` on the real scrape, `/v1/status`, `/v1/keys`, `/readyz`, and the
 //! `x-kms-sidecar-key-version` header that proves which key version served a call.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;

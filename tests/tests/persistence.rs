@@ -1,6 +1,7 @@
 //! State survives restarts of the real process: keys, versions, aliases, tags, rotation settings and
 //! client credentials; the data directory is exclusive to one process; a wrong root key, a bad config
 //! or a corrupt record stops the start with a message that names the problem.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! revoked client, PutKeyPolicy taking effect on the next call, denied calls visible in
 //! `unauthorized_total` and `/v1/audit`, `audit verify` on the real log (and on an edited one), and
 //! label cardinality staying bounded under random garbage.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;

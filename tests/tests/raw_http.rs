@@ -1,5 +1,6 @@
 //! Hostile and malformed requests over raw HTTP against a real sidecar: each gets the right 4xx KMS
 //! error (never a 5xx, a panic or a hang), and authentication failures get AWS's error types.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kms_sidecar_e2e::{Creds, Raw, Sidecar, Sign};

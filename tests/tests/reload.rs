@@ -1,5 +1,6 @@
 //! SIGHUP reloads the inbound rate limits from the config file without a restart; a file that does
 //! not validate is refused and the running limits stay.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;

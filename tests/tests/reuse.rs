@@ -1,5 +1,6 @@
 //! Opt-in data-key reuse through the real SDK: limits hold exactly, and reuse never crosses a
 //! principal, a context, a key that did not opt in, or a rotation.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;

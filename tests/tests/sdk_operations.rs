@@ -2,6 +2,7 @@
 //! by endpoint URL only: success paths, KMS's validation and key-state errors, aliases in all four
 //! KeyId forms, encryption context, tampering, limits, rotation, paging and tags. Every case runs on
 //! the embedded backend and on PKCS#11 (a SoftHSMv2 token).
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_kms::Client;

@@ -1,6 +1,7 @@
 //! HTTPS on the KMS port: the official SDK trusting only the sidecar's own self-signed certificate
 //! (as a client given `AWS_CA_BUNDLE` would), a configured certificate pair, and what a client that
 //! does not trust the certificate or speaks plain HTTP gets.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};

@@ -2,6 +2,7 @@
 //! embedded backend. The AWS SDK drives A; every key operation must reach B under A's own
 //! credentials for it, and when B goes away A must answer with KMS's retryable
 //! `DependencyTimeoutException` (or a cached Decrypt), never a 500 or a body with internals.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_kms::error::ProvideErrorMetadata as _;

@@ -83,6 +83,22 @@ impl Embedded {
         })
     }
 
+    /// Whether the material of `key_id` version `version` was loaded.
+    pub fn holds(&self, key_id: &str, version: u32) -> bool {
+        self.keys
+            .load()
+            .get(key_id)
+            .is_some_and(|versions| versions.contains_key(&version))
+    }
+
+    /// The file that holds (or should hold) one version's sealed material.
+    pub fn material_path(&self, key_id: &str, version: u32) -> std::path::PathBuf {
+        self.dir
+            .path()
+            .join("material")
+            .join(file_name(key_id, version))
+    }
+
     fn cipher(&self, key: KeyRef<'_>) -> Result<Arc<Cipher>, BackendError> {
         self.keys
             .load()

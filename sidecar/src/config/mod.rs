@@ -381,9 +381,22 @@ fn upstream_settings(
     })
 }
 
+/// The largest config file read; a real one is a few kilobytes, and a path naming a device that
+/// never ends (`/dev/zero`) must fail instead of filling memory.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 fn read_file(path: &Path) -> anyhow::Result<Options> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
         .with_context(|| format!("cannot read config file {}", path.display()))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        bail!(
+            "config file {} is larger than {MAX_CONFIG_BYTES} bytes",
+            path.display()
+        );
+    }
     toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))
 }
 
@@ -737,6 +750,9 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;
 
 #[cfg(test)]
 mod tests {

@@ -163,4 +163,103 @@ mod tests {
         assert_eq!(&encoded[..4], &2u32.to_be_bytes());
         assert_eq!(&encoded[8..9], b"a");
     }
+
+    // Fuzzing the decoder (issue 11; `docs/hardening.md`). `tests/ciphertext_mutation.rs` mutates a
+    // real ciphertext end to end through Decrypt; these drive `parse` directly, many more cases per
+    // second, and compare it with the layout of `docs/ciphertext.md` restated independently.
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::fuzz_support as fuzz;
+
+        /// `docs/ciphertext.md` as a predicate: (key id, version, header length) of a valid blob.
+        fn layout(blob: &[u8]) -> Option<(String, u32, usize)> {
+            if blob.len() < 5 || &blob[..3] != b"KSC" || blob[3] != 1 {
+                return None;
+            }
+            let n = usize::from(blob[4]);
+            let header_len = 5 + n + 4;
+            if !(1..=64).contains(&n) || blob.len() < header_len {
+                return None;
+            }
+            let id = &blob[5..5 + n];
+            if !id.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-') {
+                return None;
+            }
+            let version = u32::from_be_bytes(blob[5 + n..header_len].try_into().ok()?);
+            let sealed = blob.len() - header_len;
+            if version == 0 || sealed < NONCE_LEN + TAG_LEN + 1 {
+                return None;
+            }
+            Some((String::from_utf8(id.to_vec()).ok()?, version, header_len))
+        }
+
+        /// Blobs near the valid shape: each header field right or wrong, lengths that disagree.
+        fn near_valid() -> impl Strategy<Value = Vec<u8>> {
+            let id = prop_oneof![
+                "[a-f0-9-]{1,64}".prop_map(String::into_bytes),
+                prop::collection::vec(any::<u8>(), 0..70),
+                Just("é".repeat(4).into_bytes()),
+            ];
+            (
+                prop_oneof![Just(*b"KSC"), any::<[u8; 3]>()],
+                prop_oneof![4 => Just(1u8), 1 => any::<u8>()],
+                id,
+                prop_oneof![Just(None), any::<u8>().prop_map(Some)],
+                prop_oneof![Just(0u32), Just(1), Just(u32::MAX), any::<u32>()],
+                0usize..80,
+                any::<u8>(),
+            )
+                .prop_map(
+                    |(magic, format, id, len_override, version, sealed, fill)| {
+                        let mut b = magic.to_vec();
+                        b.push(format);
+                        b.push(len_override.unwrap_or(u8::try_from(id.len()).unwrap_or(u8::MAX)));
+                        b.extend_from_slice(&id);
+                        b.extend_from_slice(&version.to_be_bytes());
+                        b.extend(std::iter::repeat_n(fill, sealed));
+                        b
+                    },
+                )
+        }
+
+        fn agrees(blob: &[u8]) -> Result<(), TestCaseError> {
+            match (parse(blob), layout(blob)) {
+                (Ok(p), Some((id, version, header_len))) => {
+                    prop_assert_eq!(p.header.key_id, id.as_str());
+                    prop_assert_eq!(p.header.version, version);
+                    prop_assert_eq!(p.header_bytes, &blob[..header_len]);
+                    prop_assert_eq!(p.header_bytes, &encode_header(&id, version)[..]);
+                    prop_assert_eq!(p.sealed, &blob[header_len..]);
+                }
+                (Err(e), None) => prop_assert_eq!(e.kind(), ErrorKind::InvalidCiphertext),
+                (Ok(_), None) => prop_assert!(false, "accepted a blob the layout refuses"),
+                (Err(_), Some(_)) => prop_assert!(false, "refused a blob the layout accepts"),
+            }
+            Ok(())
+        }
+
+        #[test]
+        fn parse_matches_the_documented_layout() {
+            let dog = fuzz::Watchdog::new("ciphertext parse", std::time::Duration::from_secs(5));
+            proptest!(fuzz::config(10_000), |(blob in prop::collection::vec(any::<u8>(), 0..200))| {
+                let _case = dog.case();
+                agrees(&blob)?;
+            });
+            proptest!(fuzz::config(10_000), |(blob in near_valid())| {
+                let _case = dog.case();
+                agrees(&blob)?;
+            });
+        }
+
+        #[test]
+        fn distinct_contexts_give_distinct_aad() {
+            let ctx = || prop::collection::btree_map("[a-c]{0,3}", "[a-c]{0,3}", 0..4);
+            proptest!(fuzz::config(5_000), |(a in ctx(), b in ctx())| {
+                let header = encode_header(ID, 1);
+                prop_assert_eq!(a == b, aad(&header, &a) == aad(&header, &b));
+            });
+        }
+    }
 }

@@ -370,6 +370,11 @@ impl KeyStore {
         self.dir.path().join("keys").join(format!("{id}.json"))
     }
 
+    /// The file that holds key `id`'s record.
+    pub fn record_path(&self, id: &str) -> PathBuf {
+        self.key_path(id)
+    }
+
     /// Changes the alias table with `change` (given the current index) and persists it.
     pub async fn update_aliases(
         &self,

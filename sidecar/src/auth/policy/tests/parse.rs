@@ -297,3 +297,136 @@ proptest! {
         let _ = glob_match(&toks, &t, false);
     }
 }
+
+// Fuzzing beyond random documents (issue 11; `docs/hardening.md`): nesting as deep as the size limit
+// allows, duplicate members at every level, and sizes around the limit.
+
+/// Writes `v` as JSON text, repeating the member `dup` of the object at `path` (with `with` as the
+/// second value), so the duplicate can be put anywhere in the document.
+fn write_with_duplicate(
+    v: &serde_json::Value,
+    path: &[usize],
+    dup: usize,
+    with: &serde_json::Value,
+    out: &mut String,
+) {
+    match v {
+        serde_json::Value::Object(m) => {
+            out.push('{');
+            for (i, (k, child)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(k).unwrap());
+                out.push(':');
+                let deeper = match path.split_first() {
+                    Some((&p, rest)) if p % m.len() == i => Some(rest),
+                    _ => None,
+                };
+                match deeper {
+                    Some(rest) => write_with_duplicate(child, rest, dup, with, out),
+                    None => out.push_str(&child.to_string()),
+                }
+                if path.is_empty() && dup % m.len() == i {
+                    out.push(',');
+                    out.push_str(&serde_json::to_string(k).unwrap());
+                    out.push(':');
+                    out.push_str(&with.to_string());
+                }
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(a) => {
+            out.push('[');
+            for (i, child) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match path.split_first() {
+                    Some((&p, rest)) if p % a.len() == i => {
+                        write_with_duplicate(child, rest, dup, with, out)
+                    }
+                    _ => out.push_str(&child.to_string()),
+                }
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Whether `path` (indexes taken modulo each level's size) ends at an object.
+fn ends_at_object(v: &serde_json::Value, path: &[usize]) -> bool {
+    match (v, path.split_first()) {
+        (serde_json::Value::Object(_), None) => true,
+        (serde_json::Value::Object(m), Some((&p, rest))) if !m.is_empty() => {
+            ends_at_object(m.values().nth(p % m.len()).unwrap(), rest)
+        }
+        (serde_json::Value::Array(a), Some((&p, rest))) if !a.is_empty() => {
+            ends_at_object(&a[p % a.len()], rest)
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn nesting_up_to_the_size_limit_is_refused_without_overflow() {
+    let half = MAX_POLICY_BYTES / 2;
+    for (open, close) in [("[", "]"), ("{\"a\":", "}")] {
+        let depth = half / open.len();
+        let doc = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+        assert!(Policy::parse(&doc).is_err());
+        let in_statement = format!(
+            r#"{{"Version":"2012-10-17","Statement":{{"Effect":"Allow","Principal":"*","Action":{}"kms:*"{},"Resource":"*"}}}}"#,
+            open.repeat(depth / 2),
+            close.repeat(depth / 2)
+        );
+        assert!(Policy::parse(&in_statement).is_err());
+    }
+}
+
+proptest! {
+    #![proptest_config(crate::fuzz_support::config(1000))]
+
+    #[test]
+    fn duplicate_members_are_refused_at_any_depth(
+        path in prop::collection::vec(any::<usize>(), 0..6),
+        dup in any::<usize>(),
+        same in any::<bool>(),
+    ) {
+        let v: serde_json::Value = serde_json::from_str(TENANT_POLICY).unwrap();
+        // The longest prefix of the generated path that ends at an object (the root always does).
+        let depth = (0..=path.len()).rev().find(|&n| ends_at_object(&v, &path[..n])).unwrap();
+        let path = &path[..depth];
+        let with = if same { serde_json::Value::Null } else { serde_json::json!("Deny") };
+        let mut text = String::new();
+        write_with_duplicate(&v, path, dup, &with, &mut text);
+        let err = Policy::parse(&text);
+        prop_assert!(err.is_err(), "accepted a duplicate member: {text}");
+    }
+
+    #[test]
+    fn random_nesting_never_panics(depth in 0usize..20_000, at in any::<prop::sample::Index>()) {
+        let text = TENANT_POLICY;
+        let i = at.index(text.len());
+        prop_assume!(text.is_char_boundary(i));
+        let doc = format!("{}[{}{}", &text[..i], "[".repeat(depth), &text[i..]);
+        if let Ok(p) = Policy::parse(&doc) {
+            eval_all(&p);
+        }
+    }
+
+    #[test]
+    fn size_limit_is_exact(extra in 0usize..64) {
+        let base = r#"{"Version":"2012-10-17","Id":"","Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}}"#;
+        let fill = MAX_POLICY_BYTES - base.len() + extra;
+        let doc = base.replace(r#""Id":"""#, &format!(r#""Id":"{}""#, "x".repeat(fill)));
+        let parsed = Policy::parse(&doc);
+        if doc.len() > MAX_POLICY_BYTES {
+            let too_large = matches!(parsed, Err(PolicyError::TooLarge { .. }));
+            prop_assert!(too_large, "{} bytes accepted", doc.len());
+        } else {
+            prop_assert!(parsed.is_ok(), "{:?}", parsed.err());
+        }
+    }
+}
