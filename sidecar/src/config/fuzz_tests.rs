@@ -124,12 +124,20 @@ fn command_line(names: Vec<String>) -> impl Strategy<Value = Vec<String>> {
 
 fn secrets() -> impl Strategy<Value = Secrets> {
     let value = prop_oneof![Just("11".repeat(32)), "[0-9a-fA-F]{0,70}", ".{0,20}"];
-    (prop::option::of(value.clone()), prop::option::of(value)).prop_map(|(root_key, pkcs11_pin)| {
-        Secrets {
-            root_key,
-            pkcs11_pin,
-        }
-    })
+    (
+        prop::option::of(value.clone()),
+        prop::option::of(value.clone()),
+        prop::option::of(value.clone()),
+        prop::option::of(value),
+    )
+        .prop_map(
+            |(root_key, pkcs11_pin, admin_token, upstream_secret)| Secrets {
+                root_key,
+                pkcs11_pin,
+                admin_token,
+                upstream_secret,
+            },
+        )
 }
 
 /// What every accepted configuration must satisfy, whatever the input.
