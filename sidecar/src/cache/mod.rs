@@ -234,29 +234,32 @@ impl DecryptCache {
         }
         let loaded = cache
             .try_get_with(key, async {
-                load.await.map(|plaintext| {
-                    Arc::new(Entry {
+                match load.await {
+                    Ok(plaintext) => Ok(Arc::new(Entry {
                         plaintext,
                         key_id: key_id.to_string(),
                         version,
                         inserted: Instant::now(),
-                    })
-                })
+                    })),
+                    // Stale-if-error: the backend failed in a way a retry may cure, so the expired
+                    // plaintext stands in (and is put back for the next caller) until the grace runs
+                    // out. Decided inside the shared load, so that callers who joined it after the
+                    // entry was taken out get the stand-in too, not the error.
+                    Err(e) if e.is_retryable() => stale.ok_or(e),
+                    Err(e) => Err(e),
+                }
             })
             .await;
-        match (loaded, stale) {
-            (Ok(entry), _) => {
+        match loaded {
+            Ok(entry) if entry.inserted.elapsed() > self.settings.ttl => {
+                self.count(|m| &m.stale);
+                Ok((entry.plaintext.clone(), CacheOutcome::Hit))
+            }
+            Ok(entry) => {
                 self.count(|m| &m.miss);
                 Ok((entry.plaintext.clone(), CacheOutcome::Miss))
             }
-            // Stale-if-error: the backend failed in a way a retry may cure, so the expired plaintext
-            // stands in (and stays for the next caller) until the grace runs out.
-            (Err(e), Some(entry)) if e.is_retryable() => {
-                self.count(|m| &m.stale);
-                cache.insert(key, entry.clone()).await;
-                Ok((entry.plaintext.clone(), CacheOutcome::Hit))
-            }
-            (Err(e), _) => {
+            Err(e) => {
                 self.count(|m| &m.miss);
                 Err(KmsError::new(e.kind(), e.wire_message().to_string()))
             }
@@ -399,6 +402,51 @@ mod tests {
         tokio::time::advance(Duration::from_secs(361)).await;
         let err = c.get_or_load(k, "key", 1, false, down()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::DependencyTimeout, "past the grace");
+    }
+
+    /// The reload of a stale entry takes it out of the cache; a caller who arrives while that
+    /// reload is in flight joins it, and must get the stand-in as well when it fails (found by the
+    /// soak test: cached Decrypts failed during a hanging outage).
+    #[tokio::test(start_paused = true)]
+    async fn callers_joining_a_failing_reload_get_the_stale_entry_too() {
+        async fn slow_failure() -> Result<Zeroizing<Vec<u8>>, KmsError> {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(KmsError::new(ErrorKind::DependencyTimeout, "down").retryable())
+        }
+        let (c, registry) = cache(Duration::from_secs(300), 100, 1 << 20);
+        let c = Arc::new(c);
+        let k = [4u8; 32];
+        c.get_or_load(k, "key", 1, false, async { plain(b"p") })
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let first = {
+            let c = c.clone();
+            tokio::spawn(async move { c.get_or_load(k, "key", 1, false, slow_failure()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (p, o) = c
+            .get_or_load(k, "key", 1, false, slow_failure())
+            .await
+            .expect("the joining caller gets the stale entry");
+        assert_eq!((p.as_slice(), o), (&b"p"[..], CacheOutcome::Hit));
+        let (p, o) = first.await.unwrap().unwrap();
+        assert_eq!((p.as_slice(), o), (&b"p"[..], CacheOutcome::Hit));
+        // Put back: the next caller finds it again (and tries the backend again).
+        let (p, _) = c
+            .get_or_load(k, "key", 1, false, slow_failure())
+            .await
+            .unwrap();
+        assert_eq!(p.as_slice(), b"p");
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        assert!(
+            text.contains(
+                "kms_sidecar_cache_requests_total{cache=\"decrypt\",result=\"stale\"} 3\n"
+            ),
+            "{text}"
+        );
     }
 
     #[tokio::test]
