@@ -74,6 +74,11 @@ impl SoftHsm {
     /// A fresh token labelled `label`, or `None` (with a printed SKIPPED reason) where SoftHSMv2 is
     /// not installed. The test script installs it, so in CI this always returns a token.
     pub fn new(test: &str) -> Option<Self> {
+        Self::with_pin(test, "1234")
+    }
+
+    /// Like [`SoftHsm::new`], with the user PIN `pin`.
+    pub fn with_pin(test: &str, pin: &str) -> Option<Self> {
         if Command::new("softhsm2-util")
             .arg("--version")
             .output()
@@ -98,7 +103,7 @@ impl SoftHsm {
         )
         .expect("softhsm conf");
         let label = format!("e2e-{}", &test[..test.len().min(27)]);
-        let pin = "1234".to_string();
+        let pin = pin.to_string();
         let out = Command::new("softhsm2-util")
             .args([
                 "--init-token",

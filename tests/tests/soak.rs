@@ -33,6 +33,7 @@
 //! between the client's send and the sidecar's age check). Conversely, during a full outage, an
 //! entry can be no younger than the moment the outage was set, so a hot Decrypt sent more than
 //! TTL + grace + 2 s after that must fail (the long outage phase checks this).
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, VecDeque};
