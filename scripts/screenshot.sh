@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Screenshots of every dashboard view against a real sidecar, for docs/img/ and the README.
 # Starts a sidecar (release build) on free ports with a throwaway data directory, drives traffic
-# with the AWS CLI (encrypt/decrypt, a garbage ciphertext, a bad credential), then runs the
+# with the AWS CLI (encrypt/decrypt, a garbage ciphertext, a bad credential, a principal a key policy
+# denies, a principal over its rate limit, a key that must rotate but does not), then runs the
 # dashboard under xvfb-run once per view with --screenshot. Needs: xvfb-run, aws, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,19 +27,35 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 KMS_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
+# "batch" may make 2 calls/s; keys without rotation count as overdue (--rotation-required).
+printf '[rate_limit_principals]\nbatch = 2.0\n' >"$work/sidecar.toml"
 "$BIN/kms-sidecar" --data-dir "$work/data" --listen "127.0.0.1:$KMS_PORT" \
-  --admin-listen "127.0.0.1:$ADMIN_PORT" >"$work/sidecar.out" 2>"$work/sidecar.err" &
+  --admin-listen "127.0.0.1:$ADMIN_PORT" --config "$work/sidecar.toml" --rotation-required true \
+  >"$work/sidecar.out" 2>"$work/sidecar.err" &
 pids+=($!)
 for _ in $(seq 100); do grep -q '^kms-sidecar: listening' "$work/sidecar.out" 2>/dev/null && break; sleep 0.1; done
 grep -q '^kms-sidecar: listening' "$work/sidecar.out" || { cat "$work/sidecar.err"; exit 1; }
 
-export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION=us-east-1 AWS_PAGER=""
+export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION=us-east-1 AWS_PAGER="" AWS_MAX_ATTEMPTS=1
 AWS_ACCESS_KEY_ID=$(sed -n 's/^  AWS_ACCESS_KEY_ID=//p' "$work/sidecar.out" | head -1)
 AWS_SECRET_ACCESS_KEY=$(sed -n 's/^  AWS_SECRET_ACCESS_KEY=//p' "$work/sidecar.out" | head -1)
 E=(--endpoint-url "http://127.0.0.1:$KMS_PORT")
 KEY=$(aws kms create-key "${E[@]}" --query KeyMetadata.KeyId --output text)
 aws kms create-alias "${E[@]}" --alias-name alias/orders --target-key-id "$KEY"
 aws kms enable-key-rotation "${E[@]}" --key-id alias/orders
+# a key left without rotation: non-compliant under --rotation-required
+LEGACY=$(aws kms create-key "${E[@]}" --description legacy --query KeyMetadata.KeyId --output text)
+aws kms create-alias "${E[@]}" --alias-name alias/legacy --target-key-id "$LEGACY"
+# two more principals: mallory (not in the key policy) and batch (over its 2 calls/s)
+"$BIN/kms-sidecar" --data-dir "$work/data" clients add mallory >"$work/mallory.out"
+"$BIN/kms-sidecar" --data-dir "$work/data" clients add batch >"$work/batch.out"
+as() { # as PRINCIPAL aws ...
+  local f="$work/$1.out"
+  shift
+  AWS_ACCESS_KEY_ID=$(sed -n 's/^  AWS_ACCESS_KEY_ID=//p' "$f" | head -1) \
+    AWS_SECRET_ACCESS_KEY=$(sed -n 's/^  AWS_SECRET_ACCESS_KEY=//p' "$f" | head -1) "$@"
+}
+sleep 1.5 # the running sidecar loads new clients within a second
 
 # Background traffic for the whole run, so every scrape sees new calls.
 traffic() {
@@ -53,6 +70,13 @@ traffic() {
       aws kms decrypt "${E[@]}" --ciphertext-blob fileb://<(head -c 64 /dev/urandom) >/dev/null 2>&1 || true
       # unknown access key: rejected as unauthenticated
       AWS_ACCESS_KEY_ID=AKSCNOTAREALKEY000 aws kms list-keys "${E[@]}" >/dev/null 2>&1 || true
+      # a principal the key policy does not name: AccessDeniedException (policy_denied)
+      as mallory aws kms encrypt "${E[@]}" --key-id alias/orders --plaintext fileb://<(printf x) >/dev/null 2>&1 || true
+      # a burst over batch's 2 calls/s: ThrottlingException
+      for _ in 1 2 3 4 5; do
+        as batch aws kms generate-random "${E[@]}" --number-of-bytes 16 >/dev/null 2>&1 &
+      done
+      wait
     fi
     i=$((i + 1))
   done
