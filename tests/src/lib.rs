@@ -629,6 +629,18 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Creates a symmetric key with the SDK and returns its id; panics on failure.
+pub async fn new_key(kms: &aws_sdk_kms::Client) -> String {
+    kms.create_key()
+        .send()
+        .await
+        .expect("CreateKey")
+        .key_metadata()
+        .expect("KeyMetadata")
+        .key_id()
+        .to_string()
+}
+
 /// The KMS error type of a failed AWS SDK call; panics if the call succeeded.
 pub fn error_code<T, E, R>(result: Result<T, aws_sdk_kms::error::SdkError<E, R>>) -> String
 where

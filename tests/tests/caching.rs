@@ -12,7 +12,7 @@ use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use base64::Engine as _;
-use kms_sidecar_e2e::Sidecar;
+use kms_sidecar_e2e::{Sidecar, new_key};
 
 async fn metrics(sidecar: &Sidecar) -> String {
     kms_sidecar_e2e::http_get(&format!("{}/metrics", sidecar.admin_url))
@@ -34,15 +34,7 @@ async fn decrypt_cache_hits_coalesces_and_still_authorizes() {
     let dir = tempfile::tempdir().unwrap();
     let sidecar = Sidecar::start(dir.path());
     let kms = sidecar.sdk();
-    let key = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key(&kms).await;
     let blob = kms
         .encrypt()
         .key_id(&key)
@@ -162,15 +154,7 @@ async fn pooled_data_keys_are_unique_and_off_the_hot_path() {
     let dir = tempfile::tempdir().unwrap();
     let sidecar = Sidecar::start(dir.path());
     let kms = sidecar.sdk();
-    let key = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key(&kms).await;
     let gdk = || {
         kms.generate_data_key()
             .key_id(&key)

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::KeyState;
-use kms_sidecar_e2e::{Creds, Sidecar, Start, sdk_client};
+use kms_sidecar_e2e::{Creds, Sidecar, Start, new_key, sdk_client};
 
 /// SplitMix64: small, seedable, good enough to pick moments and operations.
 struct Rng(u64);
@@ -370,15 +370,7 @@ async fn torn_or_damaged_files_stop_the_start_naming_the_file() {
     let sidecar = Sidecar::start(&data);
     let creds = sidecar.creds.clone();
     let kms = sidecar.sdk();
-    let key = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key(&kms).await;
     kms.rotate_key_on_demand()
         .key_id(&key)
         .send()

@@ -8,7 +8,7 @@
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use base64::Engine as _;
-use kms_sidecar_e2e::{Sidecar, SoftHsm, Start, http_get_with};
+use kms_sidecar_e2e::{Sidecar, SoftHsm, Start, http_get_with, new_key};
 
 fn encodings(secret: &[u8]) -> Vec<String> {
     vec![
@@ -30,15 +30,7 @@ async fn plaintexts_and_secrets_never_logged() {
     let kms = sidecar.sdk();
     let planted = b"PLANTED-PLAINTEXT-7f3a9c-do-not-log".to_vec();
 
-    let key = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key(&kms).await;
     let enc = kms
         .encrypt()
         .key_id(&key)
@@ -179,15 +171,7 @@ async fn pin_token_and_material_never_in_any_output_or_document() {
     let sidecar = Sidecar::start_with(dir.path(), start).unwrap();
     let kms = sidecar.sdk();
     let planted = b"PLANTED-HSM-PLAINTEXT-41c2-do-not-log".to_vec();
-    let key = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key(&kms).await;
     let blob = kms
         .encrypt()
         .key_id(&key)

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use aws_sdk_kms::primitives::Blob;
-use kms_sidecar_e2e::{Sidecar, Start, http_get as get, sample};
+use kms_sidecar_e2e::{Sidecar, Start, http_get as get, new_key, sample};
 
 #[tokio::test]
 async fn metrics_status_and_key_versions() {
@@ -28,24 +28,8 @@ async fn metrics_status_and_key_versions() {
         "ready with no keys (backend RNG answers)"
     );
 
-    let key = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
-    let plain = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key(&kms).await;
+    let plain = new_key(&kms).await;
     kms.create_alias()
         .alias_name("alias/rotated")
         .target_key_id(&key)

@@ -9,7 +9,8 @@ use std::time::Duration;
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use kms_sidecar_e2e::{
-    BackendChoice, Sidecar, Start, cli, on_every_backend, printed_creds as issued_creds, sdk_client,
+    BackendChoice, Sidecar, Start, cli, new_key, on_every_backend, printed_creds as issued_creds,
+    sdk_client,
 };
 
 on_every_backend!(everything_survives_a_restart);
@@ -72,15 +73,7 @@ async fn everything_survives_a_restart(backend: BackendChoice) {
         .send()
         .await
         .unwrap();
-    let doomed = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let doomed = new_key(&kms).await;
     kms.schedule_key_deletion()
         .key_id(&doomed)
         .pending_window_in_days(7)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use kms_sidecar_e2e::{Sidecar, Start, cli, http_get, printed_creds, sample, sdk_client};
+use kms_sidecar_e2e::{Sidecar, Start, cli, http_get, new_key, printed_creds, sample, sdk_client};
 
 async fn data_key(
     kms: &aws_sdk_kms::Client,
@@ -52,30 +52,14 @@ async fn reuse_limits_hold_and_stay_in_their_partition() {
     )
     .unwrap();
     let kms = sidecar.sdk();
-    let key_id = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key_id = new_key(&kms).await;
     kms.create_alias()
         .alias_name("alias/orders")
         .target_key_id(&key_id)
         .send()
         .await
         .unwrap();
-    let plain_key = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let plain_key = new_key(&kms).await;
 
     // max_uses = 3: the same data key three times (by alias or by id), then a fresh one
     let first = data_key(&kms, "alias/orders", None).await;
