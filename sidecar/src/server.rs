@@ -204,8 +204,10 @@ impl App {
                 ),
             );
         }
-        // 4-9. (Rate limits, caches, the circuit breaker and retries slot in here as they land.)
-        // 10. The operation: it authorizes against the key policy, then uses the backend.
+        // 4. The operation (ops/): resolve the key, rate-limit (principal, key, global), authorize
+        //    against the key policy, then the caches (decrypt cache, data-key reuse and pool), and
+        //    on a miss the backend stack: outbound budget, circuit breaker, retries with backoff
+        //    and budget, per-attempt timeout (backend/resilient.rs), metrics (backend/observed.rs).
         let caller = Caller {
             name: &client.name,
             arn: &client.arn,
