@@ -337,6 +337,11 @@ impl Sidecar {
         }
     }
 
+    /// A scrape of this sidecar's `/metrics` (no admin token).
+    pub async fn metrics(&self) -> String {
+        http_get(&format!("{}/metrics", self.admin_url)).await.1
+    }
+
     /// The process id (to send it signals).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -618,6 +623,15 @@ pub async fn http_send(method: &str, url: &str, body: &str) -> (u16, String) {
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The sum of every series whose line starts with `prefix` (e.g. all outcomes of one operation)
+/// in a Prometheus text scrape.
+pub fn sum_series(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The value of one exact series (`name{labels}`) in a Prometheus text scrape.

@@ -14,12 +14,6 @@ use aws_sdk_kms::types::DataKeySpec;
 use base64::Engine as _;
 use kms_sidecar_e2e::{Sidecar, new_key};
 
-async fn metrics(sidecar: &Sidecar) -> String {
-    kms_sidecar_e2e::http_get(&format!("{}/metrics", sidecar.admin_url))
-        .await
-        .1
-}
-
 fn sample(text: &str, series: &str) -> f64 {
     kms_sidecar_e2e::sample(text, series).unwrap_or(0.0)
 }
@@ -57,14 +51,14 @@ async fn decrypt_cache_hits_coalesces_and_still_authorizes() {
         decrypt().await.unwrap().plaintext().unwrap().as_ref(),
         b"cached"
     );
-    let before = metrics(&sidecar).await;
+    let before = sidecar.metrics().await;
     for _ in 0..5 {
         assert_eq!(
             decrypt().await.unwrap().plaintext().unwrap().as_ref(),
             b"cached"
         );
     }
-    let after = metrics(&sidecar).await;
+    let after = sidecar.metrics().await;
     assert_eq!(
         sample(&after, BACKEND_DECRYPT),
         sample(&before, BACKEND_DECRYPT),
@@ -112,7 +106,7 @@ async fn decrypt_cache_hits_coalesces_and_still_authorizes() {
         .unwrap();
     let fresh =
         base64::engine::general_purpose::STANDARD.encode(fresh.ciphertext_blob().unwrap().as_ref());
-    let before = sample(&metrics(&sidecar).await, BACKEND_DECRYPT);
+    let before = sample(&sidecar.metrics().await, BACKEND_DECRYPT);
     let raw = sidecar.raw();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..100 {
@@ -124,7 +118,7 @@ async fn decrypt_cache_hits_coalesces_and_still_authorizes() {
         let r = r.unwrap();
         assert_eq!(r.status, 200, "{}", r.text);
     }
-    let after = sample(&metrics(&sidecar).await, BACKEND_DECRYPT);
+    let after = sample(&sidecar.metrics().await, BACKEND_DECRYPT);
     assert_eq!(after - before, 1.0, "concurrent misses are coalesced");
 
     // Authorization and key state are checked before the cache: a disabled key refuses hits.
@@ -169,7 +163,7 @@ async fn pooled_data_keys_are_unique_and_off_the_hot_path() {
     let mut filled = false;
     for _ in 0..100 {
         if sample(
-            &metrics(&sidecar).await,
+            &sidecar.metrics().await,
             "kms_sidecar_cache_entries{cache=\"data_key_pool\"}",
         ) >= 16.0
         {
@@ -179,7 +173,7 @@ async fn pooled_data_keys_are_unique_and_off_the_hot_path() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(filled, "pool refilled in the background");
-    let before = metrics(&sidecar).await;
+    let before = sidecar.metrics().await;
     let mut blobs = Vec::new();
     for _ in 0..8 {
         let dk = gdk().await.unwrap();
@@ -192,7 +186,7 @@ async fn pooled_data_keys_are_unique_and_off_the_hot_path() {
             dk.plaintext().unwrap().as_ref().to_vec(),
         ));
     }
-    let after = metrics(&sidecar).await;
+    let after = sidecar.metrics().await;
     assert_eq!(
         sample(
             &after,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kms::Client;
 use aws_sdk_kms::primitives::Blob;
-use kms_sidecar_e2e::{Sidecar, Start, error_code, http_get, http_send, sample};
+use kms_sidecar_e2e::{Sidecar, Start, error_code, http_get, http_send, sample, sum_series};
 
 /// Fault injection on, quick breaker and cache timings, no data-key pool (its background refills
 /// would add backend calls the counts below do not expect).
@@ -39,18 +39,6 @@ fn start(extra: &[&str]) -> (tempfile::TempDir, Sidecar) {
     )
     .unwrap();
     (dir, sidecar)
-}
-
-async fn metrics(sidecar: &Sidecar) -> String {
-    http_get(&format!("{}/metrics", sidecar.admin_url)).await.1
-}
-
-/// The sum of every series that starts with `prefix` (e.g. all outcomes of one operation).
-fn sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn set_faults(sidecar: &Sidecar, spec: &str) -> serde_json::Value {
@@ -163,7 +151,7 @@ async fn an_outage_is_survived_by_the_cache_and_the_breaker_recovers() {
             .unwrap_or_else(|e| panic!("cached item {i} failed during the outage: {e:?}"));
         assert_eq!(out.plaintext().unwrap().as_ref(), &[*i; 32]);
     }
-    let text = metrics(&sidecar).await;
+    let text = sidecar.metrics().await;
     assert_eq!(sample(&text, CIRCUIT), Some(2.0), "breaker open\n{text}");
     assert_eq!(
         sample(
@@ -210,11 +198,11 @@ async fn an_outage_is_survived_by_the_cache_and_the_breaker_recovers() {
             .plaintext(Blob::new(b"probe".to_vec()))
             .send()
             .await;
-        sample(&metrics(&sidecar).await, CIRCUIT) == Some(0.0)
+        sample(&sidecar.metrics().await, CIRCUIT) == Some(0.0)
     })
     .await;
-    assert!(closed, "breaker closed again\n{}", metrics(&sidecar).await);
-    let text = metrics(&sidecar).await;
+    assert!(closed, "breaker closed again\n{}", sidecar.metrics().await);
+    let text = sidecar.metrics().await;
     for to in ["open", "half_open", "closed"] {
         let series =
             format!("kms_sidecar_circuit_transitions_total{{backend=\"embedded\",to=\"{to}\"}}");
@@ -238,19 +226,20 @@ async fn the_retry_budget_bounds_backend_attempts() {
     let kms = sidecar.sdk();
     let key = create_key(&kms).await;
     let attempts = |text: &str| {
-        sum(
+        sum_series(
             text,
             "kms_sidecar_backend_requests_total{backend=\"embedded\",operation=\"encrypt\",",
         )
     };
-    let requests = |text: &str| sum(text, "kms_sidecar_requests_total{operation=\"Encrypt\",");
+    let requests =
+        |text: &str| sum_series(text, "kms_sidecar_requests_total{operation=\"Encrypt\",");
     let retries = |text: &str| {
-        sum(
+        sum_series(
             text,
             "kms_sidecar_backend_retries_total{backend=\"embedded\",",
         )
     };
-    let before = metrics(&sidecar).await;
+    let before = sidecar.metrics().await;
 
     // 30% of attempts fail: unbounded, three attempts per call would make ~1.39 attempts per
     // request; the budget (10% of requests plus 10 per 10 s window) must hold it near 1.1.
@@ -267,7 +256,7 @@ async fn the_retry_budget_bounds_backend_attempts() {
             .send()
             .await;
     }
-    let middle = metrics(&sidecar).await;
+    let middle = sidecar.metrics().await;
     let (n, a, r) = (
         requests(&middle) - requests(&before),
         attempts(&middle) - attempts(&before),
@@ -303,7 +292,7 @@ async fn the_retry_budget_bounds_backend_attempts() {
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
     }
-    let after = metrics(&sidecar).await;
+    let after = sidecar.metrics().await;
     let n = requests(&after) - requests(&middle);
     let a = attempts(&after) - attempts(&middle);
     eprintln!("retry budget, outage: {a} backend attempts for {n} requests");
@@ -355,7 +344,7 @@ async fn readiness_follows_the_backend() {
         .send()
         .await;
     assert_eq!(error_code(result), "ThrottlingException");
-    let text = metrics(&sidecar).await;
+    let text = sidecar.metrics().await;
     assert_eq!(sample(&text, CIRCUIT), Some(0.0), "{text}");
     assert!(
         sample(
@@ -455,7 +444,7 @@ async fn faults_round_trip_are_counted_and_refused_when_disabled() {
         .send()
         .await
         .unwrap();
-    let text = metrics(&sidecar).await;
+    let text = sidecar.metrics().await;
     let injected = sample(
         &text,
         "kms_sidecar_faults_injected_total{backend=\"embedded\",fault=\"error\"}",
@@ -533,7 +522,7 @@ async fn latency_slows_misses_and_spares_cache_hits() {
     assert!(started.elapsed() < Duration::from_millis(150));
     assert_eq!(
         sample(
-            &metrics(&sidecar).await,
+            &sidecar.metrics().await,
             "kms_sidecar_faults_injected_total{backend=\"embedded\",fault=\"latency\"}"
         ),
         Some(1.0)

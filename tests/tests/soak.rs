@@ -17,7 +17,7 @@
 //!   (below); and no plaintext is served past TTL + grace during a full outage.
 //! - **Flat resources**: RSS grows by less than 32 MiB and open fds by less than 32 between the end
 //!   of the warm-up and the end of the run.
-//! - **Metrics add up**: the increase of `sum(kms_sidecar_requests_total)` over the run equals the
+//! - **Metrics add up**: the increase of `sum_series(kms_sidecar_requests_total)` over the run equals the
 //!   number of calls the client got an HTTP response for (calls without a response, e.g. a
 //!   connection error, may or may not be counted and widen the allowed range by their number).
 //!
@@ -46,7 +46,7 @@ use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use kms_sidecar_e2e::{Sidecar, Start, http_get, http_send, sample};
+use kms_sidecar_e2e::{Sidecar, Start, http_send, sample, sum_series};
 
 const TTL: Duration = Duration::from_secs(1);
 const GRACE: Duration = Duration::from_secs(6);
@@ -463,18 +463,6 @@ fn push_cold(shared: &Shared, item: Item) {
     }
 }
 
-async fn metrics(sidecar: &Sidecar) -> String {
-    http_get(&format!("{}/metrics", sidecar.admin_url)).await.1
-}
-
-/// The sum of every series that starts with `prefix`.
-fn sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// RSS (bytes) and open fds of `pid`, from /proc.
 fn proc_usage(pid: u32) -> (u64, i64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -492,7 +480,7 @@ fn proc_usage(pid: u32) -> (u64, i64) {
 /// RSS and fds from /proc and from the sidecar's own process metrics, printed.
 async fn usage(sidecar: &Sidecar, when: &str) -> (u64, i64) {
     let (rss, fds) = proc_usage(sidecar.pid());
-    let text = metrics(sidecar).await;
+    let text = sidecar.metrics().await;
     let m_rss = sample(&text, "process_resident_memory_bytes").unwrap_or(-1.0);
     let m_fds = sample(&text, "process_open_fds").unwrap_or(-1.0);
     eprintln!(
@@ -514,7 +502,7 @@ async fn clear_faults(sidecar: &Sidecar) -> Duration {
     let (status, body) = http_send("DELETE", &format!("{}/v1/faults", sidecar.admin_url), "").await;
     assert_eq!(status, 200, "{body}");
     loop {
-        let text = metrics(sidecar).await;
+        let text = sidecar.metrics().await;
         if sample(&text, CIRCUIT) == Some(0.0) {
             return started.elapsed();
         }
@@ -601,7 +589,7 @@ async fn soak_under_faults() {
         stop: AtomicBool::new(false),
         stats: Mutex::new(Stats::default()),
     });
-    let before = metrics(&sidecar).await;
+    let before = sidecar.metrics().await;
     let mut workers = tokio::task::JoinSet::new();
     for id in 0..WORKERS {
         workers.spawn(worker(shared.clone(), id));
@@ -668,12 +656,12 @@ async fn soak_under_faults() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss1, fds1) = usage(&sidecar, "at the end").await;
     rss_max = rss_max.max(rss1);
-    let after = metrics(&sidecar).await;
+    let after = sidecar.metrics().await;
 
     // The workers are done: the counts are final.
     let stats = std::mem::take(&mut *shared.stats.lock().unwrap());
-    let counted =
-        sum(&after, "kms_sidecar_requests_total{") - sum(&before, "kms_sidecar_requests_total{");
+    let counted = sum_series(&after, "kms_sidecar_requests_total{")
+        - sum_series(&before, "kms_sidecar_requests_total{");
     let total: u64 = stats.outcomes.values().flat_map(|o| o.values()).sum();
     eprintln!(
         "soak: {total} calls in {:.1} s ({:.0}/s), {phases_run} fault phases, max latency {:?}",
@@ -761,7 +749,7 @@ async fn soak_under_faults() {
         rss1 - rss0
     );
     assert!(fds1 - fds0 < FD_BOUND, "fds grew from {fds0} to {fds1}");
-    let text = metrics(&sidecar).await;
+    let text = sidecar.metrics().await;
     assert_eq!(
         sample(&text, CIRCUIT),
         Some(0.0),
