@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Common, Search, finish, new_report, now_unix, prepare_target, step, step_of};
+use super::{Common, Search, new_report, now_unix, prepare_target, run_search};
 use crate::engine::RunResult;
 use crate::error::LoadError;
 use crate::report::{MaxReport, Report};
@@ -61,41 +61,17 @@ pub async fn max(common: &Common, cfg: &MaxConfig) -> Result<Report, LoadError> 
     );
     report.setup = prepared.setup.clone();
     let mut search = Search::new(cfg.start_rate, cfg.factor, cfg.max_rate, cfg.refine);
-    let mut steps = Vec::new();
-    let mut outcome = Ok(());
-    while let Some(rate) = search.next_rate() {
-        let warmup = if steps.is_empty() {
-            common.warmup
-        } else {
-            Duration::ZERO
-        };
-        let r = match step(
-            common,
-            &prepared,
-            &mut report,
-            "max",
-            rate,
-            warmup,
-            cfg.step,
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        };
-        let verdict = cfg.verdict(&r);
-        steps.push(step_of(&r, rate, verdict.as_deref(), report.runs.len() - 1));
-        search.observe(rate, verdict);
-        if search.next_rate().is_some() {
-            tokio::time::sleep(cfg.pause).await;
-        }
-    }
-    let cleaned = finish(common, &prepared).await;
-    outcome?;
-    cleaned?;
+    let steps = run_search(
+        common,
+        &prepared,
+        &mut report,
+        "max",
+        &mut search,
+        cfg.step,
+        cfg.pause,
+        |r| cfg.verdict(r),
+    )
+    .await?;
     let (best, _, stop_reason) = search.result();
     report.max = Some(MaxReport {
         start_rate: cfg.start_rate,

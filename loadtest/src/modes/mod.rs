@@ -233,6 +233,48 @@ pub(crate) async fn step(
     Ok(r)
 }
 
+/// Runs the steps a rate search proposes (only the first warms up; later ones start on warm
+/// connections and caches), each judged by `verdict`, `pause` apart, then cleans up the target.
+/// The steps so far are kept in `report` even when one fails.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_search(
+    common: &Common,
+    prepared: &Prepared,
+    report: &mut Report,
+    label: &str,
+    search: &mut Search,
+    duration: Duration,
+    pause: Duration,
+    verdict: impl Fn(&RunResult) -> Option<String>,
+) -> Result<Vec<Step>, LoadError> {
+    let mut steps = Vec::new();
+    let mut outcome = Ok(());
+    while let Some(rate) = search.next_rate() {
+        let warmup = if steps.is_empty() {
+            common.warmup
+        } else {
+            Duration::ZERO
+        };
+        let r = match step(common, prepared, report, label, rate, warmup, duration).await {
+            Ok(r) => r,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        let reason = verdict(&r);
+        steps.push(step_of(&r, rate, reason.as_deref(), report.runs.len() - 1));
+        search.observe(rate, reason);
+        if search.next_rate().is_some() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    let cleaned = finish(common, prepared).await;
+    outcome?;
+    cleaned?;
+    Ok(steps)
+}
+
 /// A step's summary for the report.
 pub(crate) fn step_of(r: &RunResult, rate: f64, reason: Option<&str>, run_index: usize) -> Step {
     Step {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde::Deserialize;
 
-use super::{Common, Search, finish, new_report, now_unix, prepare_target, step, step_of};
+use super::{Common, Search, new_report, now_unix, prepare_target, run_search};
 use crate::engine::RunResult;
 use crate::error::LoadError;
 use crate::http::Conn;
@@ -206,42 +206,17 @@ pub async fn probe(common: &Common, cfg: &ProbeConfig) -> Result<Report, LoadErr
         }
     };
     let mut search = Search::new(cfg.start_rate, cfg.factor, cfg.max_rate, cfg.refine);
-    let mut steps = Vec::new();
-    let mut outcome = Ok(());
-    while let Some(rate) = search.next_rate() {
-        // Only the first step warms up; later steps start on warm connections and caches.
-        let warmup = if steps.is_empty() {
-            common.warmup
-        } else {
-            Duration::ZERO
-        };
-        let r = match step(
-            common,
-            &prepared,
-            &mut report,
-            "probe",
-            rate,
-            warmup,
-            cfg.step,
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        };
-        let verdict = cfg.verdict(&r);
-        steps.push(step_of(&r, rate, verdict.as_deref(), report.runs.len() - 1));
-        search.observe(rate, verdict);
-        if search.next_rate().is_some() {
-            tokio::time::sleep(cfg.pause).await;
-        }
-    }
-    let cleaned = finish(common, &prepared).await;
-    outcome?;
-    cleaned?;
+    let steps = run_search(
+        common,
+        &prepared,
+        &mut report,
+        "probe",
+        &mut search,
+        cfg.step,
+        cfg.pause,
+        |r| cfg.verdict(r),
+    )
+    .await?;
     let (knee, lowest_fail, stop_reason) = search.result();
     let saturated_ok_rate = lowest_fail.and_then(|f| {
         steps
