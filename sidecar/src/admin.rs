@@ -14,17 +14,43 @@ use zeroize::Zeroizing;
 use crate::auth::admin_token::{self, AdminAuthError};
 use crate::backend::Backend as _;
 use crate::backend::KeyRef;
+use crate::backend::faults::Faults;
 use crate::backend::faults::{FaultKind, FaultSpec};
+use crate::config::Config;
+use crate::core::Core;
+use crate::frontend::http::Body;
 use crate::keys::{self, Index, KeyState};
 use crate::observe::audit::AuditQuery;
 use crate::observe::{metrics, security};
-use crate::server::{App, Body};
 
 /// How long a readiness result is reused, so probes cannot flood the backend.
 const READINESS_TTL: Duration = Duration::from_secs(1);
 
 /// The largest `/v1/faults` body read.
 const MAX_FAULT_BODY: usize = 16 * 1024;
+
+/// What the admin API reads: the core (keys, caches, limits, metrics, audit log), the settings,
+/// the fault injector when enabled, and the cached readiness result.
+#[derive(Debug)]
+pub struct Admin {
+    core: Arc<Core>,
+    config: Config,
+    readiness: Readiness,
+    faults: Option<Arc<Faults>>,
+    started: Instant,
+}
+
+impl Admin {
+    pub fn new(core: Arc<Core>, config: Config, faults: Option<Arc<Faults>>) -> Self {
+        Self {
+            core,
+            config,
+            readiness: Readiness::default(),
+            faults,
+            started: Instant::now(),
+        }
+    }
+}
 
 /// The cached result of the last readiness check.
 #[derive(Debug, Default)]
@@ -47,7 +73,7 @@ impl Report {
             Some(source) => format!("backend {call} failed: {:?}: {source}", e.kind),
             None => format!("backend {call} failed: {:?}", e.kind),
         };
-        if e.is_throttle() {
+        if crate::limits::classify::is_throttle(&e) {
             self.degraded.push(line);
         } else {
             self.down.push(line);
@@ -72,13 +98,13 @@ pub struct KeySummary {
     pub rotation_overdue: bool,
 }
 
-fn key_summaries(app: &App, index: &Index, now: f64) -> Vec<KeySummary> {
+fn key_summaries(app: &Admin, index: &Index, now: f64) -> Vec<KeySummary> {
     let mut out: Vec<KeySummary> = index
         .keys
         .values()
         .map(|m| KeySummary {
             key_id: m.id.clone(),
-            arn: app.keys.key_arn(&m.id),
+            arn: app.core.keys().key_arn(&m.id),
             aliases: index
                 .aliases
                 .iter()
@@ -91,7 +117,7 @@ fn key_summaries(app: &App, index: &Index, now: f64) -> Vec<KeySummary> {
             rotation_period_days: m.rotation_period_days.filter(|_| m.rotation_enabled),
             last_rotation: m.versions.last().map_or(m.created, |v| v.created),
             next_rotation: m.next_rotation.filter(|_| m.rotation_enabled),
-            rotation_overdue: app.metrics.keys.is_overdue(m, now),
+            rotation_overdue: app.core.metrics().keys.is_overdue(m, now),
         })
         .collect();
     out.sort_by(|a, b| a.key_id.cmp(&b.key_id));
@@ -118,11 +144,11 @@ struct BackendStatus {
 }
 
 /// The configured inbound limits and outbound budget, as `/v1/status` lists them.
-fn limits(app: &App) -> Vec<serde_json::Value> {
+fn limits(app: &Admin) -> Vec<serde_json::Value> {
     let config = &app.config;
     // the running spec: it changes on reload
     let rate = app
-        .kms
+        .core
         .rate()
         .map_or_else(|| Arc::new(config.rate.clone()), |r| r.spec.load_full());
     let mut out = Vec::new();
@@ -163,7 +189,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> (StatusCode, &'static st
 
 /// Runs (at most once per [`READINESS_TTL`]) a real round trip through the backend: random bytes,
 /// and an encrypt + decrypt under the current version of one enabled key if there is one.
-async fn readiness(app: &App) -> Report {
+async fn readiness(app: &Admin) -> Report {
     let mut last = app.readiness.last.lock().await;
     if let Some((at, report)) = last.as_ref()
         && at.elapsed() < READINESS_TTL
@@ -178,20 +204,21 @@ async fn readiness(app: &App) -> Report {
         ));
     }
     let reasons = &mut report.down;
-    if !app.audit.is_healthy() {
+    if !app.core.audit().is_healthy() {
         reasons.push(format!(
             "audit log not writable: {}",
-            app.audit
+            app.core
+                .audit()
                 .last_error()
                 .unwrap_or_else(|| "unknown error".into())
         ));
     }
-    let backend = app.keys.backend();
+    let backend = app.core.keys().backend();
     if let Err(e) = backend.random(16).await {
         report.backend_failed("random", &e);
     }
     let probe = {
-        let index = app.keys.snapshot();
+        let index = app.core.keys().snapshot();
         index
             .keys
             .values()
@@ -222,7 +249,7 @@ async fn readiness(app: &App) -> Report {
 
 /// `/v1/faults`: the current fault spec (GET), a new one (PUT, POST), none (DELETE). Refused with
 /// 403 unless fault injection is enabled; a bad spec is a 400 naming the problem.
-async fn faults(app: &App, req: Request<Incoming>) -> (StatusCode, &'static str, Vec<u8>) {
+async fn faults(app: &Admin, req: Request<Incoming>) -> (StatusCode, &'static str, Vec<u8>) {
     let error = |status: StatusCode, message: String| {
         json(status, &serde_json::json!({ "error": message }))
     };
@@ -292,7 +319,7 @@ async fn faults(app: &App, req: Request<Incoming>) -> (StatusCode, &'static str,
 
 /// With an admin token configured, refuses requests without it (401), counted as unauthorized
 /// calls with operation `admin`.
-fn check_token(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
+fn check_token(app: &Admin, req: &Request<Incoming>) -> Option<Response<Body>> {
     let token = app.config.admin_token.as_ref()?;
     if admin_token::is_open_path(req.uri().path()) {
         return None;
@@ -306,7 +333,7 @@ fn check_token(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
         AdminAuthError::Missing => "missing_signature",
         AdminAuthError::Wrong => "bad_signature",
     };
-    app.metrics.unauthorized.record(
+    app.core.metrics().unauthorized.record(
         security::UNKNOWN_PRINCIPAL,
         "admin",
         security::NO_KEY,
@@ -326,23 +353,23 @@ fn check_token(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
 }
 
 /// Serves one admin request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: Arc<Admin>, req: Request<Incoming>) -> Response<Body> {
     if let Some(refused) = check_token(&app, &req) {
         return refused;
     }
     let now = keys::now();
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let index = app.keys.snapshot();
-            app.metrics.keys.refresh(&index, now);
-            app.kms.cache().sync().await;
-            app.kms.cache().refresh_gauges(&index);
-            app.kms.pool().refresh_gauges();
-            app.kms.reuse().refresh_gauges();
+            let index = app.core.keys().snapshot();
+            app.core.metrics().keys.refresh(&index, now);
+            app.core.kms().cache().sync().await;
+            app.core.kms().cache().refresh_gauges(&index);
+            app.core.kms().pool().refresh_gauges();
+            app.core.kms().reuse().refresh_gauges();
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                metrics::render(&app.metrics.registry),
+                metrics::render(&app.core.metrics().registry),
             )
         }
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
@@ -367,17 +394,21 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         }
         (_, "/v1/faults") => faults(&app, req).await,
         (&Method::GET, "/v1/status") => {
-            let index = app.keys.snapshot();
+            let index = app.core.keys().snapshot();
             let status = Status {
                 version: env!("CARGO_PKG_VERSION"),
                 uptime_seconds: app.started.elapsed().as_secs_f64(),
                 backend: BackendStatus {
-                    name: app.keys.backend().name(),
-                    circuit: app.kms.breaker_state().map_or("closed", |s| s.as_str()),
+                    name: app.core.keys().backend().name(),
+                    circuit: app
+                        .core
+                        .kms()
+                        .breaker_state()
+                        .map_or("closed", |s| s.as_str()),
                 },
                 limits: limits(&app),
                 cache: Some(
-                    serde_json::json!({ "enabled": app.kms.cache().enabled(), "pool_enabled": app.kms.pool().enabled() }),
+                    serde_json::json!({ "enabled": app.core.kms().cache().enabled(), "pool_enabled": app.core.kms().pool().enabled() }),
                 ),
                 faults: serde_json::json!({
                     "enabled": app.faults.is_some(),
@@ -391,7 +422,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             match AuditQuery::from_query_string(req.uri().query().unwrap_or_default()) {
                 Ok(query) => json(
                     StatusCode::OK,
-                    &serde_json::json!({ "records": app.audit.query(&query) }),
+                    &serde_json::json!({ "records": app.core.audit().query(&query) }),
                 ),
                 Err(e) => (
                     StatusCode::BAD_REQUEST,
@@ -401,7 +432,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (&Method::GET, "/v1/keys") => {
-            let index = app.keys.snapshot();
+            let index = app.core.keys().snapshot();
             json(
                 StatusCode::OK,
                 &serde_json::json!({ "keys": key_summaries(&app, &index, now) }),

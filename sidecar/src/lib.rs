@@ -1,10 +1,16 @@
-//! kms-sidecar: the AWS KMS JSON API on localhost, in front of an embedded or HSM key backend.
+//! kms-sidecar: a KMS on localhost, in front of an embedded, HSM or upstream key backend.
 //!
-//! An application changes only its AWS SDK's endpoint URL. The request path is built in
-//! [`server`]; each concern has its module: the wire format ([`protocol`]), who is calling ([`auth`]),
-//! key metadata and lifecycle ([`keys`]), where key material lives ([`backend`]), the operations
-//! ([`ops`]), metrics and logs ([`observe`]), settings ([`config`]) and the data directory
-//! ([`datadir`]).
+//! An application changes only its AWS SDK's endpoint URL. Modules, from the outside in (arrows
+//! point down this list; nothing imports a module above it):
+//! - [`server`]: listeners, connections, start-up, shutdown and background work;
+//!   [`admin`]: the admin API;
+//! - [`frontend`]: one folder per wire format (the AWS JSON API), each decoding its requests,
+//!   authenticating its callers and mapping errors to its wire;
+//! - [`core`]: the request pipeline every front-end shares, the operations, the one observation;
+//! - [`auth`] (credentials, SigV4, key policies), [`cache`], [`limits`] (rate limits, breaker,
+//!   retries), [`keys`] (metadata, lifecycle, ciphertext, registry), [`observe`] (request metrics,
+//!   audit, traces), [`backend`] (where key material lives);
+//! - [`config`], [`datadir`], [`crypto`], [`tls`], and [`kms`]: the vocabulary all of them speak.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -13,13 +19,14 @@ pub mod backend;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod crypto;
 pub mod datadir;
+pub mod frontend;
 pub mod keys;
+pub mod kms;
 pub mod limits;
 pub mod observe;
-pub mod ops;
-pub mod protocol;
 pub mod server;
 pub mod tls;
 

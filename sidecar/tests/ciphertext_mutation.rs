@@ -9,10 +9,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use kms_sidecar::backend::Backend;
 use kms_sidecar::backend::embedded::Embedded;
+use kms_sidecar::core::Kms;
 use kms_sidecar::datadir::{DataDir, RootKeySource};
+use kms_sidecar::frontend::aws_json::call_internal;
 use kms_sidecar::keys::{ArnScope, KeyStore};
-use kms_sidecar::ops::Kms;
-use kms_sidecar::protocol::{ErrorKind, Operation};
+use kms_sidecar::kms::{ErrorKind, Operation};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -73,21 +74,25 @@ fn mutated_ciphertexts_never_decrypt() {
         Vec::new(),
     );
     let blob = rt.block_on(async {
-        let body = kms.call_internal(Operation::CreateKey, b"{}").await.unwrap().body;
+        let body = call_internal(&kms, Operation::CreateKey, b"{}").await.unwrap();
         let key: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let key_id = key["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
         let req = json!({"KeyId": key_id, "Plaintext": B64.encode("attack at dawn"), "EncryptionContext": {"a": "b"}});
-        let body = kms.call_internal(Operation::Encrypt, req.to_string().as_bytes()).await.unwrap().body;
+        let body = call_internal(&kms, Operation::Encrypt, req.to_string().as_bytes()).await.unwrap();
         let out: serde_json::Value = serde_json::from_slice(&body).unwrap();
         // A second key exists, so a header mutation could name another real key id prefix.
-        kms.call_internal(Operation::CreateKey, b"{}").await.unwrap();
+        call_internal(&kms, Operation::CreateKey, b"{}").await.unwrap();
         B64.decode(out["CiphertextBlob"].as_str().unwrap()).unwrap()
     });
     // The unmutated blob decrypts, so a failure below is the mutation's doing.
     let ok = json!({"CiphertextBlob": B64.encode(&blob), "EncryptionContext": {"a": "b"}});
     assert!(
-        rt.block_on(kms.call_internal(Operation::Decrypt, ok.to_string().as_bytes()))
-            .is_ok()
+        rt.block_on(call_internal(
+            &kms,
+            Operation::Decrypt,
+            ok.to_string().as_bytes()
+        ))
+        .is_ok()
     );
 
     let cases: u32 = std::env::var("KMS_SIDECAR_PROPTEST_CASES")
@@ -103,7 +108,7 @@ fn mutated_ciphertexts_never_decrypt() {
         let bad = apply(&blob, &m);
         prop_assume!(bad != blob);
         let req = json!({"CiphertextBlob": B64.encode(&bad), "EncryptionContext": {"a": "b"}});
-        let result = rt.block_on(kms.call_internal(Operation::Decrypt, req.to_string().as_bytes()));
+        let result = rt.block_on(call_internal(&kms, Operation::Decrypt, req.to_string().as_bytes()));
         match result {
             Ok(_) => prop_assert!(false, "mutation {:?} decrypted", m),
             // Truncation to nothing is a length violation (ValidationException), as in KMS.

@@ -24,10 +24,11 @@ use kms_sidecar::backend::pkcs11::{self as p11, Pkcs11, Pkcs11Settings};
 use kms_sidecar::backend::upstream::{self as up, Upstream, UpstreamSettings};
 use kms_sidecar::backend::{Backend, BackendError, BackendErrorKind, KeyRef};
 use kms_sidecar::config::{Config, Options, Secrets};
+use kms_sidecar::core::Kms;
 use kms_sidecar::datadir::{DataDir, RootKeySource};
+use kms_sidecar::frontend::aws_json::call_internal;
 use kms_sidecar::keys::{self, ArnScope, KeyStore};
-use kms_sidecar::ops::Kms;
-use kms_sidecar::protocol::{ErrorKind, Operation};
+use kms_sidecar::kms::{ErrorKind, Operation};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -380,9 +381,9 @@ conformance!(
 );
 
 async fn call(kms: &Kms, op: Operation, body: Value) -> Result<Value, ErrorKind> {
-    kms.call_internal(op, &serde_json::to_vec(&body).unwrap())
+    call_internal(kms, op, &serde_json::to_vec(&body).unwrap())
         .await
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .map(|r| serde_json::from_slice(&r).unwrap())
         .map_err(|e| e.kind())
 }
 

@@ -33,7 +33,8 @@ use kms_sidecar::auth::clients::{self, ClientStore};
 use kms_sidecar::auth::sigv4::{self, SignedRequest, Verifier};
 use kms_sidecar::config::{Config, Options, Secrets};
 use kms_sidecar::datadir::{DataDir, RootKeySource};
-use kms_sidecar::protocol::{ErrorKind, Operation, Origin};
+use kms_sidecar::frontend::aws_json::error;
+use kms_sidecar::kms::{ErrorKind, Operation, Origin};
 use kms_sidecar::server::Sidecar;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -249,7 +250,7 @@ fn client_errors() -> Vec<(&'static str, u16)> {
     ErrorKind::ALL
         .iter()
         .filter(|k| k.origin() == Origin::Client)
-        .map(|k| (k.aws_type(), k.status().as_u16()))
+        .map(|k| (error::aws_type(*k), error::status(*k).as_u16()))
         .collect()
 }
 

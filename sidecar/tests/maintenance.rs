@@ -10,10 +10,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use kms_sidecar::backend::Backend;
 use kms_sidecar::backend::embedded::Embedded;
+use kms_sidecar::core::Kms;
 use kms_sidecar::datadir::{DataDir, RootKeySource};
+use kms_sidecar::frontend::aws_json::call_internal;
 use kms_sidecar::keys::{self, ArnScope, KeyStore};
-use kms_sidecar::ops::Kms;
-use kms_sidecar::protocol::{ErrorKind, Operation};
+use kms_sidecar::kms::{ErrorKind, Operation};
 use serde_json::{Value, json};
 
 const DAY: f64 = 86_400.0;
@@ -32,9 +33,9 @@ fn open(path: &std::path::Path) -> Kms {
 }
 
 async fn call(kms: &Kms, op: Operation, body: Value) -> Result<Value, ErrorKind> {
-    kms.call_internal(op, &serde_json::to_vec(&body).unwrap())
+    call_internal(kms, op, &serde_json::to_vec(&body).unwrap())
         .await
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .map(|r| serde_json::from_slice(&r).unwrap())
         .map_err(|e| e.kind())
 }
 

@@ -171,7 +171,7 @@ async fn targets_sizes_and_methods() {
     assert_eq!(r.status, 200, "{}", r.text);
 
     // Every operation with junk members answers 4xx or 200, never 5xx.
-    for op in kms_sidecar::protocol::Operation::ALL {
+    for op in kms_sidecar::kms::Operation::ALL {
         for body in [
             &b"{}"[..],
             br#"{"KeyId":"alias/none","Limit":-1,"NumberOfBytes":0}"#,

@@ -18,6 +18,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::Principal;
 use crate::crypto;
 use crate::datadir::{self, DataDir};
 
@@ -41,12 +42,8 @@ impl std::fmt::Debug for SigningKey {
 #[derive(Debug)]
 pub struct Client {
     pub access_key_id: String,
-    /// The principal name the credential authenticates as.
-    pub name: String,
-    /// The principal's ARN, `arn:aws:iam::<account>:user/<name>`, as key policies name it.
-    pub arn: String,
-    /// Principal attributes (`aws:PrincipalTag/<name>` in key policies), e.g. `tenant`.
-    pub tags: BTreeMap<String, String>,
+    /// The principal the credential authenticates as.
+    pub principal: Arc<Principal>,
     pub created: f64,
     /// The sealed form of the secret, to notice a rotated secret on reload.
     sealed: String,
@@ -208,7 +205,7 @@ pub fn add(dir: &DataDir, name: &str, tags: BTreeMap<String, String>) -> anyhow:
         file.clients.push(Record {
             access_key_id: access_key_id.clone(),
             name: name.to_string(),
-            created: crate::keys::now(),
+            created: crate::kms::now(),
             sealed_secret: B64.encode(sealed),
             tags,
         });
@@ -236,7 +233,7 @@ pub fn revoke(dir: &DataDir, access_key_id: &str) -> anyhow::Result<()> {
         file.revoked.push(RevokedRecord {
             access_key_id: gone.access_key_id,
             name: gone.name,
-            revoked: crate::keys::now(),
+            revoked: crate::kms::now(),
         });
         write_file(path, &file)
     })
@@ -322,7 +319,7 @@ impl ClientStore {
         self.clients
             .load()
             .values()
-            .map(|c| c.name.clone())
+            .map(|c| c.principal.name.clone())
             .collect()
     }
 
@@ -354,10 +351,11 @@ impl ClientStore {
         let old = self.clients.load();
         let mut next = HashMap::with_capacity(file.clients.len());
         for r in file.clients {
-            if let Some(existing) = old
-                .get(&r.access_key_id)
-                .filter(|c| c.sealed == r.sealed_secret && c.tags == r.tags && c.name == r.name)
-            {
+            if let Some(existing) = old.get(&r.access_key_id).filter(|c| {
+                c.sealed == r.sealed_secret
+                    && c.principal.tags == r.tags
+                    && c.principal.name == r.name
+            }) {
                 next.insert(r.access_key_id.clone(), existing.clone());
                 continue;
             }
@@ -384,9 +382,11 @@ impl ClientStore {
                 r.access_key_id.clone(),
                 Arc::new(Client {
                     access_key_id: r.access_key_id,
-                    arn: principal_arn(&self.account, &r.name),
-                    name: r.name,
-                    tags: r.tags,
+                    principal: Arc::new(Principal {
+                        arn: principal_arn(&self.account, &r.name),
+                        name: r.name,
+                        tags: r.tags,
+                    }),
                     sealed: r.sealed_secret,
                     created: r.created,
                     secret: SecretString::from(secret),
@@ -433,8 +433,8 @@ mod tests {
         assert!(store.reload_if_changed().unwrap());
         assert!(!store.reload_if_changed().unwrap());
         let client = store.get(&issued.access_key_id).unwrap();
-        assert_eq!(client.arn, "arn:aws:iam::111122223333:user/app");
-        assert_eq!(client.tags["tenant"], "a");
+        assert_eq!(client.principal.arn, "arn:aws:iam::111122223333:user/app");
+        assert_eq!(client.principal.tags["tenant"], "a");
         let rotated = rotate_secret(&dir, &issued.access_key_id).unwrap();
         assert!(store.reload_if_changed().unwrap());
         let client = store.get(&issued.access_key_id).unwrap();

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::clients::{Client, ClientStore, SigningKey};
-use crate::protocol::{ErrorKind, KmsError};
+use crate::kms::{ErrorKind, KmsError};
 
 type HmacSha256 = Hmac<Sha256>;
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";

@@ -115,7 +115,7 @@ async fn passes_through_until_set_and_after_clear() {
     f.random(4).await.unwrap();
     f.set(spec(r#"{"outage": "fail"}"#)).unwrap();
     let err = f.decrypt(KEY, b"", b"x").await.unwrap_err();
-    assert!(err.is_retryable() && !err.is_throttle());
+    assert!(err.is_retryable() && !crate::limits::classify::is_throttle(&err));
     assert!(err.source.as_deref().is_some_and(|s| s.is::<Injected>()));
     assert_eq!(
         inner.calls.load(Ordering::SeqCst),
@@ -178,8 +178,8 @@ async fn rates_fail_about_their_share_and_throttles_say_so() {
     let err = f.encrypt(KEY, b"", b"x").await.unwrap_err();
     assert!(err.is_retryable() && err.is_backend_throttle());
     assert_eq!(
-        crate::protocol::KmsError::from(err).kind(),
-        crate::protocol::ErrorKind::Throttling
+        crate::kms::KmsError::from(err).kind(),
+        crate::kms::ErrorKind::Throttling
     );
     assert_eq!(f.counters().get(FaultKind::Throttle), 1);
     assert_eq!(f.counters().get(FaultKind::Error), failed as u64);

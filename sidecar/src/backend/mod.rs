@@ -11,16 +11,15 @@
 
 pub mod embedded;
 pub mod faults;
+pub mod metrics;
 pub mod observed;
 pub mod pkcs11;
-pub mod resilient;
 pub mod upstream;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use crate::protocol::error::BoxError;
-use crate::protocol::{ErrorKind, KmsError};
+use crate::kms::BoxError;
 
 /// One version of one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,15 +82,6 @@ impl BackendError {
             .as_deref()
             .is_some_and(|s| s.is::<BackendThrottled>())
     }
-
-    /// Whether the call was refused for a quota: the backend's own, or the sidecar's outbound budget.
-    pub fn is_throttle(&self) -> bool {
-        self.is_backend_throttle()
-            || self
-                .source
-                .as_deref()
-                .is_some_and(|s| s.is::<crate::limits::BudgetExhausted>())
-    }
 }
 
 /// The source of an `Unavailable` error when the backend refused the call for its quota.
@@ -100,40 +90,6 @@ impl BackendError {
 pub struct BackendThrottled {
     #[source]
     pub cause: Option<BoxError>,
-}
-
-impl From<BackendError> for KmsError {
-    fn from(e: BackendError) -> Self {
-        match e.kind {
-            BackendErrorKind::InvalidCiphertext => KmsError::new(
-                ErrorKind::InvalidCiphertext,
-                "the ciphertext is invalid, was not produced by this service, or was changed",
-            ),
-            BackendErrorKind::MaterialMissing => {
-                KmsError::new(ErrorKind::KeyUnavailable, "key material unavailable").with_source(e)
-            }
-            // The outbound budget ran dry: the caller is throttled, as by the backend's own quota.
-            BackendErrorKind::Unavailable
-                if e.source
-                    .as_deref()
-                    .is_some_and(|s| s.is::<crate::limits::BudgetExhausted>()) =>
-            {
-                KmsError::new(ErrorKind::Throttling, "Rate exceeded").with_source(e)
-            }
-            // The backend's own quota: retryable later, so a cached plaintext may stand in.
-            BackendErrorKind::Unavailable if e.is_backend_throttle() => {
-                KmsError::new(ErrorKind::Throttling, "Rate exceeded")
-                    .retryable()
-                    .with_source(e)
-            }
-            BackendErrorKind::Unavailable => {
-                KmsError::new(ErrorKind::DependencyTimeout, "backend unavailable")
-                    .retryable()
-                    .with_source(e)
-            }
-            BackendErrorKind::Internal => KmsError::internal(e),
-        }
-    }
 }
 
 /// A store of master keys that can use them but never hands them out.
@@ -166,42 +122,4 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Random bytes for data keys and GenerateRandom.
     async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, BackendError>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classification_maps_to_kms_errors() {
-        let cases = [
-            (
-                BackendErrorKind::InvalidCiphertext,
-                ErrorKind::InvalidCiphertext,
-                false,
-            ),
-            (
-                BackendErrorKind::MaterialMissing,
-                ErrorKind::KeyUnavailable,
-                false,
-            ),
-            (
-                BackendErrorKind::Unavailable,
-                ErrorKind::DependencyTimeout,
-                true,
-            ),
-            (BackendErrorKind::Internal, ErrorKind::Internal, false),
-        ];
-        for (backend, kms, retry) in cases {
-            let err: KmsError = BackendError::new(backend).into();
-            assert_eq!(err.kind(), kms);
-            assert_eq!(err.is_retryable(), retry);
-            assert_eq!(BackendError::new(backend).is_retryable(), retry);
-        }
-        let throttled = BackendError::throttled(faults::Injected(faults::FaultKind::Throttle));
-        assert!(throttled.is_retryable() && throttled.is_throttle());
-        let err: KmsError = throttled.into();
-        assert_eq!(err.kind(), ErrorKind::Throttling);
-        assert!(!BackendError::new(BackendErrorKind::Unavailable).is_throttle());
-    }
 }

@@ -9,7 +9,7 @@ use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
 use super::{Backend, BackendError, KeyRef};
-use crate::observe::backend::{BackendMetrics, BackendOp};
+use crate::backend::metrics::{BackendMetrics, BackendOp};
 
 /// Measures an inner backend.
 #[derive(Debug)]

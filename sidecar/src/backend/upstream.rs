@@ -38,7 +38,7 @@ use zeroize::Zeroizing;
 
 use super::{Backend, BackendError, BackendErrorKind, KeyRef};
 use crate::crypto;
-use crate::protocol::error::BoxError;
+use crate::kms::BoxError;
 
 #[cfg(test)]
 mod tests;
@@ -214,15 +214,34 @@ where
         SdkError::DispatchFailure(_) => Unavailable,
         _ => Internal,
     };
-    BackendError::with_source(
-        kind,
-        UpstreamError {
-            operation,
-            code,
-            status,
-            source: e.into_source().ok(),
-        },
-    )
+    // The upstream's own quota: back off and retry, and keep the breaker closed (a throttling
+    // KMS is up); the caller sees ThrottlingException, as from KMS itself.
+    let throttled = kind == Unavailable && is_throttling(code.as_deref(), status);
+    let error = UpstreamError {
+        operation,
+        code,
+        status,
+        source: e.into_source().ok(),
+    };
+    if throttled {
+        BackendError::throttled(error)
+    } else {
+        BackendError::with_source(kind, error)
+    }
+}
+
+/// Whether an upstream answer refused the call for its request quota.
+pub fn is_throttling(code: Option<&str>, status: Option<u16>) -> bool {
+    match code {
+        Some(
+            "ThrottlingException"
+            | "Throttling"
+            | "TooManyRequestsException"
+            | "RequestLimitExceeded",
+        ) => true,
+        Some(_) => false,
+        None => status == Some(429),
+    }
 }
 
 fn missing(operation: &'static str, field: &'static str) -> BackendError {

@@ -18,8 +18,29 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::keys::Index;
-use crate::observe::metrics::CacheOutcome;
-use crate::protocol::{EncryptionContext, KmsError};
+use crate::kms::{EncryptionContext, KmsError};
+
+/// Whether a response came from the cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+    /// The operation does not use a cache.
+    #[default]
+    None,
+}
+
+impl CacheOutcome {
+    pub const ALL: [CacheOutcome; 3] = [CacheOutcome::Hit, CacheOutcome::Miss, CacheOutcome::None];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::None => "none",
+        }
+    }
+}
 
 /// Decrypt cache settings.
 #[derive(Debug, Clone, Copy)]
@@ -188,7 +209,7 @@ impl DecryptCache {
     }
 
     fn count(&self, pick: impl Fn(&CacheMetrics) -> &IntCounter) {
-        if !crate::observe::RECORD {
+        if cfg!(feature = "bench-noop-metrics") {
             return;
         }
         if let Some(m) = &self.metrics {
@@ -261,7 +282,7 @@ impl DecryptCache {
             }
             Err(e) => {
                 self.count(|m| &m.miss);
-                Err(KmsError::new(e.kind(), e.wire_message().to_string()))
+                Err(KmsError::shared(e))
             }
         }
     }
@@ -307,7 +328,7 @@ impl DecryptCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ErrorKind;
+    use crate::kms::ErrorKind;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn cache(ttl: Duration, entries: u64, bytes: u64) -> (DecryptCache, Registry) {

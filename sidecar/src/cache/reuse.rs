@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::CacheMetrics;
-use crate::protocol::EncryptionContext;
+use crate::kms::EncryptionContext;
 
 /// Reuse settings; `keys` empty turns reuse off.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

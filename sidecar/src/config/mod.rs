@@ -21,13 +21,13 @@ use crate::cache::pool::PoolSettings;
 use crate::cache::reuse::ReuseSettings;
 use crate::datadir::RootKeySource;
 use crate::keys::ArnScope;
+use crate::keys::metrics::RotationPolicy;
 use crate::limits::RetryBudgetSpec;
 use crate::limits::{
     BreakerSpec, BudgetSpec, OutboundBudget, RateSpec, RetryPolicy, RetrySpec, ValidRateSpec,
     WindowSpec,
 };
 use crate::observe::audit::AuditConfig;
-use crate::observe::keys::RotationPolicy;
 use crate::observe::{LogFormat, MetricsSettings};
 use crate::tls::TlsSource;
 
@@ -525,12 +525,12 @@ impl Config {
             price_per_10k_requests: price(
                 "price_per_10k_requests",
                 cli.price_per_10k_requests.or(file.price_per_10k_requests),
-                crate::observe::backend::DEFAULT_PRICE_PER_10K_REQUESTS,
+                crate::backend::metrics::DEFAULT_PRICE_PER_10K_REQUESTS,
             )?,
             price_per_key_month: price(
                 "price_per_key_month",
                 cli.price_per_key_month.or(file.price_per_key_month),
-                crate::observe::backend::DEFAULT_PRICE_PER_KEY_MONTH,
+                crate::backend::metrics::DEFAULT_PRICE_PER_KEY_MONTH,
             )?,
         };
         let data_dir = cli

@@ -6,7 +6,7 @@
 //! changed header byte or a different context fails authentication like a changed ciphertext byte.
 
 use crate::crypto::{NONCE_LEN, TAG_LEN};
-use crate::protocol::{EncryptionContext, ErrorKind, KmsError};
+use crate::kms::{EncryptionContext, ErrorKind, KmsError};
 
 /// First bytes of every blob: "KSC" then the format version.
 pub const MAGIC: [u8; 3] = *b"KSC";

@@ -6,13 +6,13 @@
 //! no reader ever sees a state that a crash could lose.
 
 pub mod ciphertext;
+pub mod metrics;
 pub mod model;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use arc_swap::{ArcSwap, Guard};
@@ -20,16 +20,11 @@ use arc_swap::{ArcSwap, Guard};
 use crate::auth::policy::Policy;
 use crate::backend::{Backend, KeyRef};
 use crate::datadir::{self, DataDir};
-use crate::observe::keys::KeyMetrics;
-use crate::protocol::{ErrorKind, KmsError, Timestamp};
+use crate::kms::{ErrorKind, KmsError, Timestamp};
+use metrics::KeyMetrics;
 pub use model::{AliasEntry, AliasFile, KeyMeta, KeyState, KeyVersion, RotationType};
 
-/// Seconds since the Unix epoch, as KMS timestamps are sent.
-pub fn now() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+pub use crate::kms::now;
 
 /// The region and account that ARNs are built with.
 #[derive(Debug, Clone)]
@@ -192,6 +187,25 @@ impl KeyStore {
     /// Resolves a key id or key ARN only (aliases refused), as TargetKeyId requires.
     pub fn resolve_key_only(&self, key_id: &str) -> Result<Arc<KeyMeta>, KmsError> {
         self.resolve_in(&self.snapshot(), key_id, false)
+    }
+
+    /// The id of the key `key_id` names (any form), or `None`: a lookup without errors or
+    /// allocation, for the rate limits' per-key bucket before the operation resolves the key.
+    pub fn find<'i>(&self, index: &'i Index, key_id: &str) -> Option<&'i str> {
+        let local = match key_id.strip_prefix("arn:aws:kms:") {
+            Some(rest) => rest
+                .strip_prefix(self.scope.region.as_str())?
+                .strip_prefix(':')?
+                .strip_prefix(self.scope.account.as_str())?
+                .strip_prefix(':')?,
+            None => key_id,
+        };
+        let id = match local.strip_prefix("alias/") {
+            Some(_) => index.aliases.get(local)?.target.as_str(),
+            None if key_id.starts_with("arn:") => local.strip_prefix("key/")?,
+            None => local,
+        };
+        index.keys.get(id).map(|m| m.id.as_str())
     }
 
     fn resolve_in(

@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Timestamp;
-use crate::protocol::shapes::KeyMetadataOut;
+use crate::kms::Timestamp;
 
 /// Key states as KMS names them (only those a symmetric key in this sidecar can reach).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,28 +88,6 @@ impl KeyMeta {
 
     pub fn has_version(&self, version: u32) -> bool {
         self.versions.iter().any(|v| v.version == version)
-    }
-
-    /// The KMS `KeyMetadata` view of this record.
-    pub fn to_wire(&self, arn: String, account: &str) -> KeyMetadataOut {
-        KeyMetadataOut {
-            aws_account_id: account.to_string(),
-            key_id: self.id.clone(),
-            arn,
-            creation_date: self.created,
-            enabled: self.state == KeyState::Enabled,
-            description: self.description.clone(),
-            key_usage: "ENCRYPT_DECRYPT",
-            key_state: self.state.as_str(),
-            deletion_date: self.deletion_date,
-            pending_deletion_window_in_days: self.pending_window_days,
-            origin: "AWS_KMS",
-            key_manager: "CUSTOMER",
-            customer_master_key_spec: "SYMMETRIC_DEFAULT",
-            key_spec: "SYMMETRIC_DEFAULT",
-            encryption_algorithms: ["SYMMETRIC_DEFAULT"],
-            multi_region: false,
-        }
     }
 
     /// When the next automatic rotation is due, counted from `from` (enabling or last rotation).

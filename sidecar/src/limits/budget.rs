@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::rate::{RateMetrics, Scope, THROTTLING_MESSAGE, Throttled};
 use super::rate_spec::MAX_RATE_PER_SECOND;
-use crate::protocol::{ErrorKind, KmsError};
+use crate::kms::{ErrorKind, KmsError};
 
 /// The slowest budget accepted: one call every 1,000 s.
 pub const MIN_BUDGET_PER_SECOND: f64 = 0.001;

@@ -11,7 +11,7 @@
 //! account's quota shared by a fleet of sidecars).
 //!
 //! The outbound pieces stack around a backend call like this (see
-//! [`crate::backend::resilient::Resilient`]), outermost first:
+//! [`crate::limits::resilient::Resilient`]), outermost first:
 //!
 //! ```text
 //! request deadline
@@ -33,8 +33,10 @@
 
 pub mod breaker;
 pub mod budget;
+pub mod classify;
 pub mod rate;
 pub mod rate_spec;
+pub mod resilient;
 pub mod retry;
 mod window;
 

@@ -26,7 +26,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 
 use super::rate_spec::{DEFAULT, OTHER, ValidRateSpec, Window};
-use crate::protocol::{ErrorKind, KmsError};
+use crate::kms::{ErrorKind, KmsError};
 
 /// Which limit refused a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -10,35 +10,10 @@ use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
-use crate::protocol::{ErrorKind, Operation};
+use crate::cache::CacheOutcome;
+use crate::kms::{ErrorKind, Operation};
 
-/// Histogram buckets from 50 µs to 10 s, in seconds.
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
-];
-
-/// Whether a response came from the cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CacheOutcome {
-    Hit,
-    Miss,
-    /// The operation does not use a cache.
-    #[default]
-    None,
-}
-
-impl CacheOutcome {
-    const ALL: [CacheOutcome; 3] = [CacheOutcome::Hit, CacheOutcome::Miss, CacheOutcome::None];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            CacheOutcome::Hit => "hit",
-            CacheOutcome::Miss => "miss",
-            CacheOutcome::None => "none",
-        }
-    }
-}
+pub use crate::kms::LATENCY_BUCKETS;
 
 /// The `operation` label for a request whose target named no known operation.
 const UNKNOWN_OPERATION: &str = "unknown";
@@ -121,7 +96,7 @@ impl RequestMetrics {
         let out = outcome_slot(outcome);
         if let Some(cell) = self.request_cells.get(op * OUTCOMES + out) {
             cell.get_or_init(|| {
-                let outcome = outcome.map_or("ok", ErrorKind::aws_type);
+                let outcome = outcome.map_or("ok", ErrorKind::name);
                 self.requests.with_label_values(&[op_label(op), outcome])
             })
             .inc();

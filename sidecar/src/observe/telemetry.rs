@@ -143,10 +143,10 @@ pub fn request_span(headers: &http::HeaderMap, request_id: &str, propagate: bool
 mod tests {
     use super::*;
     use crate::backend::embedded::Embedded;
+    use crate::backend::metrics::BackendMetrics;
     use crate::backend::observed::Observed;
     use crate::backend::{Backend, KeyRef};
     use crate::datadir::{DataDir, RootKeySource};
-    use crate::observe::backend::BackendMetrics;
     use opentelemetry::trace::TraceContextExt;
     use opentelemetry_sdk::trace::InMemorySpanExporter;
     use std::sync::Arc;

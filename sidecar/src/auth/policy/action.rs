@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::protocol::Operation;
+use crate::kms::Operation;
 
 macro_rules! kms_actions {
     ($($variant:ident),* $(,)?) => {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::protocol::{EncryptionContext, ErrorKind, KmsError};
+use crate::kms::{EncryptionContext, ErrorKind, KmsError};
 
 /// The largest policy document KMS accepts, in bytes.
 pub const MAX_POLICY_BYTES: usize = 32 * 1024;

@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::protocol::{ErrorKind, KmsError};
+use crate::kms::{ErrorKind, KmsError};
 
 #[test]
 fn error_codes_map_to_backend_kinds() {
@@ -193,7 +193,7 @@ fn chain(e: &BackendError) -> String {
 #[tokio::test]
 async fn upstream_answers_are_classified_through_the_sdk() {
     use BackendErrorKind::*;
-    let cases: [(u16, &'static str, BackendErrorKind); 7] = [
+    let cases: [(u16, &'static str, BackendErrorKind); 8] = [
         (
             400,
             r#"{"__type":"InvalidCiphertextException","message":"bad"}"#,
@@ -210,6 +210,7 @@ async fn upstream_answers_are_classified_through_the_sdk() {
             MaterialMissing,
         ),
         (400, r#"{"__type":"ThrottlingException"}"#, Unavailable),
+        (429, "slow down", Unavailable),
         (500, r#"{"__type":"KMSInternalException"}"#, Unavailable),
         (400, r#"{"__type":"AccessDeniedException"}"#, Internal),
         (502, "<html>bad gateway</html>", Unavailable),
@@ -218,9 +219,14 @@ async fn upstream_answers_are_classified_through_the_sdk() {
         let backend = Upstream::new(settings(&fake(status, body).await)).unwrap();
         let err = backend.decrypt(KEY, b"aad", b"blob").await.unwrap_err();
         assert_eq!(err.kind, want, "{status} {body}: {}", chain(&err));
-        let upstream = err
-            .source
-            .as_deref()
+        // A throttle is marked as one (retried, never counted by the breaker); nothing else is.
+        let throttle = body.contains("Throttling") || status == 429;
+        assert_eq!(err.is_backend_throttle(), throttle, "{status} {body}");
+        let mut source = err.source.as_deref();
+        if let Some(t) = source.and_then(|s| s.downcast_ref::<crate::backend::BackendThrottled>()) {
+            source = t.cause.as_deref();
+        }
+        let upstream = source
             .and_then(|s| s.downcast_ref::<UpstreamError>())
             .expect("the upstream error is kept");
         assert_eq!(upstream.operation, "Decrypt");
@@ -252,7 +258,7 @@ async fn errors_never_carry_plaintext_or_secrets() {
     // And the client sees a retryable KMS error without internals.
     let kms = KmsError::from(err);
     assert_eq!(kms.kind(), ErrorKind::DependencyTimeout);
-    assert!(!String::from_utf8_lossy(&kms.to_body()).contains("127.0.0.1"));
+    assert!(!kms.wire_message().contains("127.0.0.1"));
 }
 
 #[tokio::test]

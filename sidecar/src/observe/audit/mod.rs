@@ -33,8 +33,8 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::observe::metrics::CacheOutcome;
-use crate::protocol::{EncryptionContext, ErrorKind, KmsError, Operation};
+use crate::cache::CacheOutcome;
+use crate::kms::{EncryptionContext, ErrorKind, KmsError, Operation};
 
 use writer::{Msg, Shared, Writer, lock, open_current};
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use crate::protocol::Operation;
+use crate::kms::Operation;
 
 use super::chain::{read_tail, record_hash, rotated_files, sync_dir};
 use super::{
@@ -148,7 +148,7 @@ impl Writer {
                 .include_context_values
                 .then_some(ev.encryption_context),
             outcome: ev.outcome,
-            error_type: ev.error_type.map(|k| k.aws_type().to_owned()),
+            error_type: ev.error_type.map(|k| k.name().to_owned()),
             reason: ev.reason.map(str::to_owned),
             cache: ev.cache.as_str().to_owned(),
             latency_ms: finite(ev.latency_ms),

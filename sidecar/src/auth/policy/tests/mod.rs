@@ -2,7 +2,7 @@
 //! AccessDenied messages here; evaluation and parsing in their own files.
 
 use super::*;
-use crate::protocol::Operation;
+use crate::kms::Operation;
 
 mod eval;
 mod parse;

@@ -10,8 +10,8 @@ use prometheus::{
     Registry,
 };
 
-use super::metrics::LATENCY_BUCKETS;
 use crate::backend::BackendErrorKind;
+use crate::kms::LATENCY_BUCKETS;
 
 /// The backend calls that are measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,7 +175,7 @@ mod tests {
             Duration::from_micros(10),
         );
         m.charge_keys(2, Duration::from_secs(30 * 86_400));
-        let text = String::from_utf8(super::super::metrics::render(&registry)).unwrap();
+        let text = String::from_utf8(crate::observe::metrics::render(&registry)).unwrap();
         assert!(text.contains(
             "kms_sidecar_backend_requests_total{backend=\"embedded\",operation=\"encrypt\",outcome=\"ok\"} 10000\n"
         ));

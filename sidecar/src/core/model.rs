@@ -1,4 +1,9 @@
-//! Request and response members of each operation, named as in the KMS API reference.
+//! The typed requests and replies of the KMS operations, named as in the KMS API reference.
+//!
+//! A front-end builds these and hands them to the core; the core answers with the reply types. They
+//! are KMS's data model, and their serde attributes are its JSON 1.1 binding (PascalCase members,
+//! base64 blobs), which the AWS JSON front-end uses to decode and encode them; other front-ends
+//! build and read the structs directly.
 //!
 //! Every request member is optional at the JSON level so that a missing required member becomes a
 //! `ValidationException` (as KMS answers) rather than a `SerializationException`. Members KMS defines
@@ -7,7 +12,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Blob, EncryptionContext, SecretBlob, Timestamp};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserializer, Serializer};
+use zeroize::Zeroizing;
+
+use crate::kms::{EncryptionContext, Timestamp};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -324,3 +334,67 @@ pub struct ListKeyPoliciesResponse {
 /// An empty response body (`{}`), for operations that return nothing.
 #[derive(Debug, Serialize)]
 pub struct Empty {}
+
+/// A blob member (base64 in JSON) holding secret bytes: zeroized on drop, redacted in `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretBlob(pub Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for SecretBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl SecretBlob {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretBlob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Zeroizing::new(String::deserialize(d)?);
+        B64.decode(text.as_bytes())
+            .map(|v| SecretBlob(Zeroizing::new(v)))
+            .map_err(|_| serde::de::Error::custom("a blob member is not valid base64"))
+    }
+}
+
+impl serde::Serialize for SecretBlob {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = Zeroizing::new(B64.encode(self.as_slice()));
+        s.serialize_str(&text)
+    }
+}
+
+/// A blob member that is not secret (ciphertexts).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Blob(pub Vec<u8>);
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        B64.decode(text.as_bytes())
+            .map(Blob)
+            .map_err(|_| serde::de::Error::custom("a blob member is not valid base64"))
+    }
+}
+
+impl serde::Serialize for Blob {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(&self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_blob_is_redacted() {
+        let b: SecretBlob = serde_json::from_str("\"c2VjcmV0\"").unwrap();
+        assert_eq!(b.as_slice(), b"secret");
+        assert_eq!(format!("{b:?}"), "[redacted]");
+        assert!(serde_json::from_str::<SecretBlob>("\"!!\"").is_err());
+    }
+}

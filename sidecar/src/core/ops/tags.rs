@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::{Cx, page, require_not_pending, required, take_page};
-use crate::protocol::shapes::*;
-use crate::protocol::{ErrorKind, KmsError};
+use crate::core::model::*;
+use crate::kms::{ErrorKind, KmsError};
 
 /// KMS allows 50 tags per key.
 const MAX_TAGS: usize = 50;

@@ -1,6 +1,8 @@
-//! The KMS operations: each takes a decoded request, applies KMS's validation and key-state rules,
-//! and answers. Dispatch by operation is here; the work is in `data` (cryptographic operations),
-//! `lifecycle` (keys, states, rotation), `aliases` and `tags`.
+//! The KMS operations: each takes a typed request, authorizes against the key policy, applies KMS's
+//! validation and key-state rules, and answers. Dispatch by operation is here; the work is in `data`
+//! (cryptographic operations, caches, the backend), `lifecycle` (keys, states, rotation),
+//! `aliases`, `policies` and `tags`. Rate limits are charged before this, by the pipeline
+//! (`core::Core::call`).
 
 mod aliases;
 mod data;
@@ -12,30 +14,18 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use zeroize::Zeroizing;
 
 use std::collections::BTreeMap;
 
 use crate::auth::policy::{self, Action, Decision, DenyReason, RequestContext};
+use crate::cache::CacheOutcome;
 use crate::cache::DecryptCache;
 use crate::cache::pool::DataKeyPool;
 use crate::cache::reuse::DataKeyReuse;
+use crate::core::request::{Request, Response};
 use crate::keys::{KeyMeta, KeyState, KeyStore};
-use crate::limits::{Breaker, RateLimits, RateMetrics, State};
-use crate::observe::metrics::CacheOutcome;
-use crate::protocol::{self, EncryptionContext, ErrorKind, KmsError, Operation};
-
-/// A successful answer: the JSON body, zeroized after sending (it may hold plaintext).
-#[derive(Debug)]
-pub struct Reply {
-    pub body: Zeroizing<Vec<u8>>,
-}
-
-fn reply<T: serde::Serialize>(value: &T) -> Result<Reply, KmsError> {
-    Ok(Reply {
-        body: Zeroizing::new(protocol::encode(value)?),
-    })
-}
+use crate::kms::{EncryptionContext, ErrorKind, KmsError, Operation};
+use crate::limits::{Breaker, State};
 
 /// Who is calling, as key policies see it.
 #[derive(Debug, Clone, Copy)]
@@ -86,8 +76,6 @@ pub(crate) struct Cx<'a> {
     admins: &'a [String],
     op: Operation,
     obs: &'a mut Observation,
-    /// Whether this call has been charged to the rate limits.
-    rate_checked: bool,
 }
 
 impl Cx<'_> {
@@ -99,8 +87,6 @@ impl Cx<'_> {
         context: Option<&EncryptionContext>,
     ) -> Result<(), KmsError> {
         self.obs.key_id = Some(meta.id.clone());
-        // Rate limits (principal, key, global) are charged once per call, at the first key it names.
-        self.rate_limit(Some(&meta.id))?;
         if self.caller.admin && ADMIN_ACTIONS.contains(&action) {
             return Ok(());
         }
@@ -130,22 +116,6 @@ impl Cx<'_> {
             &key_arn,
             &decision,
         ))
-    }
-
-    /// Charges this call to the inbound rate limits, once; over a limit is `ThrottlingException`.
-    fn rate_limit(&mut self, key: Option<&str>) -> Result<(), KmsError> {
-        if self.rate_checked {
-            return Ok(());
-        }
-        self.rate_checked = true;
-        match &self.kms.rate {
-            Some(rate) => rate
-                .limits
-                .load()
-                .check_recorded(&rate.metrics, self.caller.name, key)
-                .map_err(KmsError::from),
-            None => Ok(()),
-        }
     }
 
     /// Resolves `key_id` (any form) and authorizes this call's operation on it.
@@ -208,21 +178,9 @@ pub struct Kms {
     /// Drop a key's cached plaintexts when it rotates (they stay valid; this trades hits for
     /// freshness).
     invalidate_on_rotation: bool,
-    /// Inbound rate limits, swappable on reload.
-    rate: Option<Arc<RateLimiting>>,
     /// The backend's circuit breaker: while it is open, cached plaintexts past their TTL are served
     /// within the stale grace.
     breaker: Option<Arc<Breaker>>,
-}
-
-/// Inbound rate limits and their metrics.
-#[derive(Debug)]
-pub struct RateLimiting {
-    pub limits: arc_swap::ArcSwap<RateLimits>,
-    /// The configured spec the limits were built from (before principals were added); replaced on
-    /// reload, read by `/v1/status`.
-    pub spec: arc_swap::ArcSwap<crate::limits::RateSpec>,
-    pub metrics: Arc<RateMetrics>,
 }
 
 impl Kms {
@@ -252,7 +210,6 @@ impl Kms {
             pool: Arc::new(pool),
             reuse: Arc::new(DataKeyReuse::disabled()),
             invalidate_on_rotation,
-            rate: None,
             breaker: None,
         }
     }
@@ -267,16 +224,10 @@ impl Kms {
         &self.reuse
     }
 
-    /// Adds inbound rate limits and the backend's breaker (for stale-if-error).
-    pub fn with_limits(mut self, rate: Arc<RateLimiting>, breaker: Option<Arc<Breaker>>) -> Self {
-        self.rate = Some(rate);
-        self.breaker = breaker;
+    /// Adds the backend's breaker (for stale-if-error).
+    pub fn with_breaker(mut self, breaker: Arc<Breaker>) -> Self {
+        self.breaker = Some(breaker);
         self
-    }
-
-    /// The inbound rate limits, if configured.
-    pub fn rate(&self) -> Option<&Arc<RateLimiting>> {
-        self.rate.as_ref()
     }
 
     /// The backend's circuit breaker state, when there is a breaker.
@@ -310,9 +261,9 @@ impl Kms {
         &self.keys
     }
 
-    /// Runs `op` as the built-in admin principal `arn:aws:iam::<account>:user/kms-sidecar`: for
-    /// tools and tests that drive the service without a signed request.
-    pub async fn call_internal(&self, op: Operation, body: &[u8]) -> Result<Reply, KmsError> {
+    /// Runs `request` as the built-in admin principal `arn:aws:iam::<account>:user/kms-sidecar`:
+    /// for tools and tests that drive the operations without a front-end.
+    pub async fn call_internal(&self, request: Request) -> Result<Response, KmsError> {
         let arn = format!(
             "arn:aws:iam::{}:user/kms-sidecar",
             self.keys.scope().account
@@ -324,85 +275,71 @@ impl Kms {
             tags: &tags,
             admin: true,
         };
-        self.call(op, body, caller, &mut Observation::default())
-            .await
+        self.run(request, caller, &mut Observation::default()).await
     }
 
-    /// Runs `op` on a raw JSON body for `caller`; `obs` records what was learned on the way.
-    pub async fn call(
+    /// Runs `request` for `caller`, who has been authenticated and charged to the rate limits;
+    /// `obs` records what was learned on the way.
+    pub async fn run(
         &self,
-        op: Operation,
-        body: &[u8],
+        request: Request,
         caller: Caller<'_>,
         obs: &mut Observation,
-    ) -> Result<Reply, KmsError> {
-        use protocol::decode;
+    ) -> Result<Response, KmsError> {
+        use Request as R;
+        use Response as A;
         let k = &mut Cx {
             keys: &self.keys,
             kms: self,
             caller,
             admins: &self.admin_arns,
-            op,
+            op: request.operation(),
             obs,
-            rate_checked: false,
         };
-        // Calls that name no key are charged to the principal and global limits up front; the
-        // others are charged when their key is resolved (so the key's own limit applies too).
-        if matches!(
-            op,
-            Operation::CreateKey
-                | Operation::ListKeys
-                | Operation::ListAliases
-                | Operation::GenerateRandom
-        ) {
-            k.rate_limit(None)?;
-        }
-        match op {
-            Operation::Encrypt => reply(&data::encrypt(k, decode(body)?).await?),
-            Operation::Decrypt => reply(&data::decrypt(k, decode(body)?).await?),
-            Operation::ReEncrypt => reply(&data::re_encrypt(k, decode(body)?).await?),
-            Operation::GenerateDataKey => {
-                reply(&data::generate_data_key(k, decode(body)?, true).await?)
+        Ok(match request {
+            R::Encrypt(r) => A::Encrypt(data::encrypt(k, r).await?),
+            R::Decrypt(r) => A::Decrypt(data::decrypt(k, r).await?),
+            R::ReEncrypt(r) => A::ReEncrypt(data::re_encrypt(k, r).await?),
+            R::GenerateDataKey(r) => A::GenerateDataKey(data::generate_data_key(k, r, true).await?),
+            R::GenerateDataKeyWithoutPlaintext(r) => {
+                A::GenerateDataKeyWithoutPlaintext(data::generate_data_key(k, r, false).await?)
             }
-            Operation::GenerateDataKeyWithoutPlaintext => {
-                reply(&data::generate_data_key(k, decode(body)?, false).await?)
+            R::GenerateRandom(r) => A::GenerateRandom(data::generate_random(k, r).await?),
+            R::CreateKey(r) => A::CreateKey(lifecycle::create_key(k, r).await?),
+            R::DescribeKey(r) => A::DescribeKey(lifecycle::describe_key(k, r)?),
+            R::ListKeys(r) => A::ListKeys(lifecycle::list_keys(k, r)?),
+            R::EnableKey(r) => A::EnableKey(lifecycle::enable_key(k, r).await?),
+            R::DisableKey(r) => A::DisableKey(lifecycle::disable_key(k, r).await?),
+            R::ScheduleKeyDeletion(r) => {
+                A::ScheduleKeyDeletion(lifecycle::schedule_key_deletion(k, r).await?)
             }
-            Operation::GenerateRandom => reply(&data::generate_random(k, decode(body)?).await?),
-            Operation::CreateKey => reply(&lifecycle::create_key(k, decode(body)?).await?),
-            Operation::DescribeKey => reply(&lifecycle::describe_key(k, decode(body)?)?),
-            Operation::ListKeys => reply(&lifecycle::list_keys(k, decode(body)?)?),
-            Operation::EnableKey => reply(&lifecycle::enable_key(k, decode(body)?).await?),
-            Operation::DisableKey => reply(&lifecycle::disable_key(k, decode(body)?).await?),
-            Operation::ScheduleKeyDeletion => {
-                reply(&lifecycle::schedule_key_deletion(k, decode(body)?).await?)
+            R::CancelKeyDeletion(r) => {
+                A::CancelKeyDeletion(lifecycle::cancel_key_deletion(k, r).await?)
             }
-            Operation::CancelKeyDeletion => {
-                reply(&lifecycle::cancel_key_deletion(k, decode(body)?).await?)
+            R::EnableKeyRotation(r) => {
+                A::EnableKeyRotation(lifecycle::enable_key_rotation(k, r).await?)
             }
-            Operation::EnableKeyRotation => {
-                reply(&lifecycle::enable_key_rotation(k, decode(body)?).await?)
+            R::DisableKeyRotation(r) => {
+                A::DisableKeyRotation(lifecycle::disable_key_rotation(k, r).await?)
             }
-            Operation::DisableKeyRotation => {
-                reply(&lifecycle::disable_key_rotation(k, decode(body)?).await?)
+            R::GetKeyRotationStatus(r) => {
+                A::GetKeyRotationStatus(lifecycle::get_key_rotation_status(k, r)?)
             }
-            Operation::GetKeyRotationStatus => {
-                reply(&lifecycle::get_key_rotation_status(k, decode(body)?)?)
+            R::RotateKeyOnDemand(r) => {
+                A::RotateKeyOnDemand(lifecycle::rotate_key_on_demand(k, r).await?)
             }
-            Operation::RotateKeyOnDemand => {
-                reply(&lifecycle::rotate_key_on_demand(k, decode(body)?).await?)
-            }
-            Operation::ListKeyRotations => reply(&lifecycle::list_key_rotations(k, decode(body)?)?),
-            Operation::CreateAlias => reply(&aliases::create_alias(k, decode(body)?).await?),
-            Operation::UpdateAlias => reply(&aliases::update_alias(k, decode(body)?).await?),
-            Operation::DeleteAlias => reply(&aliases::delete_alias(k, decode(body)?).await?),
-            Operation::ListAliases => reply(&aliases::list_aliases(k, decode(body)?)?),
-            Operation::TagResource => reply(&tags::tag_resource(k, decode(body)?).await?),
-            Operation::UntagResource => reply(&tags::untag_resource(k, decode(body)?).await?),
-            Operation::ListResourceTags => reply(&tags::list_resource_tags(k, decode(body)?)?),
-            Operation::PutKeyPolicy => reply(&policies::put_key_policy(k, decode(body)?).await?),
-            Operation::GetKeyPolicy => reply(&policies::get_key_policy(k, decode(body)?)?),
-            Operation::ListKeyPolicies => reply(&policies::list_key_policies(k, decode(body)?)?),
-        }
+            R::ListKeyRotations(r) => A::ListKeyRotations(lifecycle::list_key_rotations(k, r)?),
+            R::CreateAlias(r) => A::CreateAlias(aliases::create_alias(k, r).await?),
+            R::UpdateAlias(r) => A::UpdateAlias(aliases::update_alias(k, r).await?),
+            R::DeleteAlias(r) => A::DeleteAlias(aliases::delete_alias(k, r).await?),
+            R::ListAliases(r) => A::ListAliases(aliases::list_aliases(k, r)?),
+            R::TagResource(r) => A::TagResource(tags::tag_resource(k, r).await?),
+            R::UntagResource(r) => A::UntagResource(tags::untag_resource(k, r).await?),
+            R::ListResourceTags(r) => A::ListResourceTags(tags::list_resource_tags(k, r)?),
+            R::PutKeyPolicy(r) => A::PutKeyPolicy(policies::put_key_policy(k, r).await?),
+            R::GetKeyPolicy(r) => A::GetKeyPolicy(policies::get_key_policy(k, r)?),
+            R::ListKeyPolicies(r) => A::ListKeyPolicies(policies::list_key_policies(k, r)?),
+        })
     }
 }
 

@@ -4,8 +4,8 @@
 
 use super::{Cx, page, require_not_pending, required};
 use crate::auth::policy::Policy;
-use crate::protocol::shapes::*;
-use crate::protocol::{ErrorKind, KmsError};
+use crate::core::model::*;
+use crate::kms::{ErrorKind, KmsError};
 
 const POLICY_NAME: &str = "default";
 

@@ -7,7 +7,7 @@
 //! Failures keep the backend's classification. A refusal by the open breaker is a retryable
 //! `Unavailable` error (the client may retry later; this loop does not), which the error mapping turns
 //! into `DependencyTimeoutException`. An empty outbound budget is also `Unavailable`, with
-//! [`BudgetExhausted`] as its source: [`to_kms_error`] maps it to `ThrottlingException`.
+//! [`BudgetExhausted`] as its source, which `limits/classify.rs` maps to `ThrottlingException`.
 //!
 //! `create_version` is attempted once: after a timeout its outcome is unknown, and a blind retry could
 //! write key material twice.
@@ -21,11 +21,9 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
-use super::{Backend, BackendError, BackendErrorKind, KeyRef};
-use crate::limits::budget::BudgetExhausted;
+use crate::backend::{Backend, BackendError, BackendErrorKind, KeyRef};
 use crate::limits::retry::{Attempt, RetryCounters, Retryable, retry_observed};
 use crate::limits::{Breaker, OutboundBudget, RetryBudget, RetryPolicy};
-use crate::protocol::KmsError;
 
 /// Default for [`Resilience::request_timeout`]: AWS SDKs time out after a few seconds too, and a
 /// caller is better served by an error than by a longer wait.
@@ -50,18 +48,6 @@ pub struct Resilience {
 pub struct Resilient {
     inner: Arc<dyn Backend>,
     limits: Resilience,
-}
-
-/// Maps a backend error to the client's error, turning an exhausted outbound budget into
-/// `ThrottlingException` (everything else as `From<BackendError> for KmsError` does).
-pub fn to_kms_error(e: BackendError) -> KmsError {
-    if e.source
-        .as_deref()
-        .is_some_and(|s| s.is::<BudgetExhausted>())
-    {
-        return BudgetExhausted.into();
-    }
-    e.into()
 }
 
 impl Resilient {
@@ -195,10 +181,10 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+    use crate::kms::{ErrorKind, KmsError};
     use crate::limits::{
         BreakerMetrics, BreakerSpec, BudgetSpec, RetryBudgetSpec, RetrySpec, State,
     };
-    use crate::protocol::ErrorKind;
 
     #[derive(Debug, Clone, Copy)]
     enum Mode {
@@ -206,6 +192,8 @@ mod tests {
         Fail(BackendErrorKind),
         /// Fail with `Unavailable` this many times, then succeed.
         FailTimes(u32),
+        /// Refuse every call for the backend's own quota (an upstream `ThrottlingException`).
+        Throttle,
         Hang,
     }
 
@@ -242,6 +230,9 @@ mod tests {
                     self.set(Mode::FailTimes(n - 1));
                     Err(BackendError::new(BackendErrorKind::Unavailable))
                 }
+                Mode::Throttle => Err(BackendError::throttled(std::io::Error::other(
+                    "upstream ThrottlingException",
+                ))),
                 Mode::Hang => std::future::pending().await,
             }
         }
@@ -338,7 +329,7 @@ mod tests {
         );
         let fake = Fake::new(Mode::FailTimes(2));
         let metrics = Arc::new(
-            crate::observe::backend::BackendMetrics::register(
+            crate::backend::metrics::BackendMetrics::register(
                 &prometheus::Registry::new(),
                 "fake",
                 0.0,
@@ -346,8 +337,10 @@ mod tests {
             )
             .unwrap(),
         );
-        let observed: Arc<dyn Backend> =
-            Arc::new(super::super::observed::Observed::new(fake.clone(), metrics));
+        let observed: Arc<dyn Backend> = Arc::new(crate::backend::observed::Observed::new(
+            fake.clone(),
+            metrics,
+        ));
         let mut r = resilient(&fake, None);
         r.inner = observed;
         tracing::subscriber::with_default(subscriber, || {
@@ -481,10 +474,35 @@ mod tests {
         // The next token is 1 s away, past the 200 ms attempt deadline: refused at once, not retried.
         let err = r.destroy("k", &[1]).await.unwrap_err();
         assert_eq!(fake.calls(), 1);
-        assert_eq!(to_kms_error(err).kind(), ErrorKind::Throttling);
+        assert_eq!(KmsError::from(err).kind(), ErrorKind::Throttling);
         assert_eq!(
-            to_kms_error(BackendError::new(BackendErrorKind::Unavailable)).kind(),
+            KmsError::from(BackendError::new(BackendErrorKind::Unavailable)).kind(),
             ErrorKind::DependencyTimeout
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttling_backend_is_retried_and_never_opens_the_breaker() {
+        let fake = Fake::new(Mode::Throttle);
+        let r = resilient(&fake, None);
+        // Three times the breaker's failure threshold, each call with its retries.
+        for i in 0..9 {
+            let err = r.decrypt(KEY, b"", b"x").await.unwrap_err();
+            if i == 0 {
+                assert_eq!(fake.calls(), 3, "retried up to max_attempts, with backoff");
+            }
+            let kms = KmsError::from(err);
+            assert_eq!(kms.kind(), ErrorKind::Throttling);
+            assert!(kms.is_retryable(), "a stale cached answer may stand in");
+            assert_eq!(r.limits().breaker.state(), State::Closed);
+        }
+        // Later calls retry less: the retry budget, not the breaker, bounds a throttled backend.
+        assert!((9..27).contains(&fake.calls()), "{}", fake.calls());
+        // A real outage still opens it.
+        fake.set(Mode::Fail(BackendErrorKind::Unavailable));
+        for _ in 0..3 {
+            let _ = r.decrypt(KEY, b"", b"x").await;
+        }
+        assert_eq!(r.limits().breaker.state(), State::Open);
     }
 }

@@ -4,10 +4,32 @@
 
 use super::{Cx, in_range, page, require_enabled, require_not_pending, required, take_page};
 use crate::auth::policy::{self, Policy};
+use crate::core::model::*;
 use crate::keys::model::days;
-use crate::keys::{self, KeyState, RotationType};
-use crate::protocol::shapes::*;
-use crate::protocol::{ErrorKind, KmsError};
+use crate::keys::{self, KeyMeta, KeyState, RotationType};
+use crate::kms::{ErrorKind, KmsError};
+
+/// The KMS `KeyMetadata` view of a key record.
+fn key_metadata(meta: &KeyMeta, arn: String, account: &str) -> KeyMetadataOut {
+    KeyMetadataOut {
+        aws_account_id: account.to_string(),
+        key_id: meta.id.clone(),
+        arn,
+        creation_date: meta.created,
+        enabled: meta.state == KeyState::Enabled,
+        description: meta.description.clone(),
+        key_usage: "ENCRYPT_DECRYPT",
+        key_state: meta.state.as_str(),
+        deletion_date: meta.deletion_date,
+        pending_deletion_window_in_days: meta.pending_window_days,
+        origin: "AWS_KMS",
+        key_manager: "CUSTOMER",
+        customer_master_key_spec: "SYMMETRIC_DEFAULT",
+        key_spec: "SYMMETRIC_DEFAULT",
+        encryption_algorithms: ["SYMMETRIC_DEFAULT"],
+        multi_region: false,
+    }
+}
 
 /// KMS allows ten on-demand rotations per key.
 const MAX_ON_DEMAND_ROTATIONS: usize = 10;
@@ -102,7 +124,7 @@ pub(super) async fn create_key(
     let meta = keys.create(description, tags, policy).await?;
     cx.obs.key_id = Some(meta.id.clone());
     Ok(KeyMetadataResponse {
-        key_metadata: meta.to_wire(keys.key_arn(&meta.id), &keys.scope().account),
+        key_metadata: key_metadata(&meta, keys.key_arn(&meta.id), &keys.scope().account),
     })
 }
 
@@ -113,7 +135,7 @@ pub(super) fn describe_key(
     let keys = cx.keys;
     let meta = cx.check(&required(req.key_id, "keyId")?, None)?;
     Ok(KeyMetadataResponse {
-        key_metadata: meta.to_wire(keys.key_arn(&meta.id), &keys.scope().account),
+        key_metadata: key_metadata(&meta, keys.key_arn(&meta.id), &keys.scope().account),
     })
 }
 

@@ -2,9 +2,9 @@
 
 use super::{Cx, page, require_not_pending, required, take_page};
 use crate::auth::policy::Action;
+use crate::core::model::*;
 use crate::keys::{self, AliasEntry};
-use crate::protocol::shapes::*;
-use crate::protocol::{ErrorKind, KmsError};
+use crate::kms::{ErrorKind, KmsError};
 
 fn check_alias_name(name: &str) -> Result<(), KmsError> {
     let valid = name.len() <= 256

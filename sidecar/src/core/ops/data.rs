@@ -7,13 +7,14 @@ use std::time::Instant;
 use super::{Cx, in_range, require_enabled, required};
 use crate::auth::policy::Action;
 use crate::backend::KeyRef;
+use crate::cache::CacheOutcome;
 use crate::cache::pool::{DataKeyPool, POOLED_LEN, Pooled};
 use crate::cache::reuse::DataKeyReuse;
+use crate::core::model::*;
+use crate::core::model::{Blob, SecretBlob};
 use crate::keys::ciphertext;
 use crate::keys::{KeyMeta, KeyStore};
-use crate::observe::metrics::CacheOutcome;
-use crate::protocol::shapes::*;
-use crate::protocol::{Blob, EncryptionContext, ErrorKind, KmsError, SecretBlob};
+use crate::kms::{EncryptionContext, ErrorKind, KmsError};
 
 const ALGORITHM: &str = "SYMMETRIC_DEFAULT";
 const MAX_PLAINTEXT: usize = 4096;

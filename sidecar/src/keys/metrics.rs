@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::keys::{Index, KeyMeta, KeyState, RotationType};
-use crate::protocol::{Operation, Timestamp};
+use crate::kms::{Operation, Timestamp};
 
 /// Label value for keys beyond the cardinality bound.
 pub const OTHER: &str = "other";
@@ -167,7 +167,7 @@ impl KeyMetrics {
 
     /// Counts one successful `op` on `key_id`.
     pub fn record(&self, key_id: &str, op: Operation) {
-        if !super::RECORD {
+        if cfg!(feature = "bench-noop-metrics") {
             return;
         }
         if let Some(counters) = self.counters(key_id)

@@ -1,0 +1,337 @@
+//! The sidecar process: it opens the data directory, assembles the backend stack, the key store,
+//! the core and the front-ends, serves them on loopback, runs background work, and shuts down
+//! gracefully. No request logic lives here: the pipeline is `core::Core::call`, the AWS wire is
+//! `frontend/aws_json/`.
+
+mod background;
+mod listen;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use self::background::Reloader;
+use self::background::{background, build_rate_limits};
+use self::listen::accept_loop;
+use crate::admin::{self, Admin};
+use crate::auth::clients::{self, ClientStore, Issued};
+use crate::auth::sigv4::Verifier;
+use crate::backend::Backend;
+use crate::backend::embedded::Embedded;
+use crate::backend::faults::Faults;
+use crate::backend::observed::Observed;
+use crate::backend::pkcs11::Pkcs11;
+use crate::backend::upstream::Upstream;
+use crate::cache::DecryptCache;
+use crate::cache::pool::DataKeyPool;
+use crate::cache::reuse::DataKeyReuse;
+use crate::config::{BackendConfig, Config};
+use crate::core::{Core, Kms, Metrics, RateLimiting};
+use crate::datadir::{DataDir, DirLock};
+use crate::frontend::aws_json::AwsJson;
+use crate::keys::{self, KeyStore};
+use crate::limits::resilient::{Resilience, Resilient};
+use crate::limits::{Breaker, OutboundBudget, RetryBudget, RetryPolicy};
+use crate::observe::audit::AuditLog;
+use crate::tls::{self, Tls};
+
+pub use crate::frontend::aws_json::KEY_VERSION_HEADER;
+
+/// A started sidecar: listeners bound, data directory locked, not yet serving.
+#[derive(Debug)]
+pub struct Sidecar {
+    core: Arc<Core>,
+    aws_json: Arc<AwsJson>,
+    admin: Arc<Admin>,
+    clients: Arc<ClientStore>,
+    kms_listener: TcpListener,
+    admin_listener: TcpListener,
+    kms_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    config: Config,
+    issued: Option<Issued>,
+    tls: Option<Tls>,
+    _lock: DirLock,
+}
+
+impl Sidecar {
+    /// Opens and checks everything the sidecar needs; any problem is an error naming it.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let dir = Arc::new(DataDir::open(&config.data_dir, &config.root_key)?);
+        let lock = dir.lock()?;
+        let (raw, embedded): (Arc<dyn Backend>, _) = match &config.backend {
+            BackendConfig::Embedded => {
+                let embedded = Arc::new(Embedded::open(dir.clone())?);
+                (embedded.clone(), Some(embedded))
+            }
+            BackendConfig::Pkcs11(settings) => (Arc::new(Pkcs11::open(settings.clone())?), None),
+            BackendConfig::Upstream(settings) => (Arc::new(Upstream::new(settings.clone())?), None),
+        };
+        let metrics =
+            Arc::new(Metrics::register(raw.name(), config.metrics).context("registering metrics")?);
+        // Fault injection, only when enabled, sits right on the real backend so that an injected
+        // failure is measured, retried and seen by the breaker exactly like a real one.
+        let faults = config.faults_enabled.then(|| {
+            Arc::new(Faults::new(
+                raw.clone(),
+                config.backend_timeout,
+                &metrics.faults,
+            ))
+        });
+        let raw: Arc<dyn Backend> = match &faults {
+            Some(f) => {
+                tracing::warn!(
+                    "fault injection is enabled: /v1/faults on the admin port can make backend calls fail"
+                );
+                f.clone()
+            }
+            None => raw,
+        };
+        // Every backend attempt is measured (Observed); retries, the outbound budget and the circuit
+        // breaker wrap that (Resilient), so each attempt shows in backend_requests_total.
+        let observed: Arc<dyn Backend> = Arc::new(Observed::new(raw, metrics.backend.clone()));
+        let breaker = Arc::new(Breaker::new(
+            observed.name(),
+            config.breaker,
+            &metrics.breaker,
+        )?);
+        let outbound = config
+            .outbound
+            .map(OutboundBudget::new)
+            .transpose()?
+            .map(Arc::new);
+        if let Some(budget) = &outbound {
+            budget.export(&metrics.rate, observed.name());
+        }
+        let resilience = Resilience {
+            breaker: breaker.clone(),
+            retry: Arc::new(RetryPolicy::new(config.retry)?),
+            retry_budget: Arc::new(RetryBudget::new(config.retry_budget)?),
+            outbound,
+            request_timeout: config.backend_timeout,
+            retries: Some(metrics.retry.for_backend(observed.name())),
+        };
+        let backend: Arc<dyn Backend> = Arc::new(Resilient::new(observed, resilience));
+        let keys = Arc::new(
+            KeyStore::open(dir.clone(), backend.clone(), config.arn_scope())?
+                .with_metrics(metrics.keys.clone()),
+        );
+        let foreign = keys
+            .snapshot()
+            .keys
+            .values()
+            .filter(|k| k.backend != backend.name())
+            .count();
+        if foreign > 0 {
+            anyhow::bail!(
+                "data directory {} holds {foreign} key(s) of another backend than {}: use one data directory per backend",
+                config.data_dir.display(),
+                backend.name()
+            );
+        }
+        if let Some(embedded) = &embedded {
+            check_material(&keys, embedded)?;
+        }
+        let scope = config.arn_scope();
+        let clients = Arc::new(ClientStore::open(dir.clone(), &scope.account)?);
+        let issued = if clients.is_empty() {
+            let issued = clients::add(&dir, "default", Default::default())?;
+            clients.reload()?;
+            Some(issued)
+        } else {
+            None
+        };
+        let rate = Arc::new(RateLimiting {
+            limits: ArcSwap::from_pointee(build_rate_limits(
+                &config.rate,
+                &config.admin_principals,
+                &clients,
+                &metrics,
+            )?),
+            spec: ArcSwap::from_pointee(config.rate.clone()),
+            metrics: metrics.rate.clone(),
+        });
+        let audit =
+            AuditLog::open(config.audit.clone(), metrics.audit.clone()).with_context(|| {
+                format!(
+                    "cannot open the audit log in {}",
+                    config.audit.dir.display()
+                )
+            })?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|source| tls::load(source, &config.data_dir, config.listen))
+            .transpose()?;
+        let kms_listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (KMS API)", config.listen))?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin API)", config.admin_listen))?;
+        let kms_addr = kms_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let report = keys.maintain(keys::now()).await;
+        if !report.rotation_failed.is_empty() || !report.deletion_failed.is_empty() {
+            tracing::warn!(rotation_failed = ?report.rotation_failed, deletion_failed = ?report.deletion_failed, "maintenance at start left work for later");
+        }
+        let kms = Kms::with_caches(
+            keys.clone(),
+            config
+                .admin_principals
+                .iter()
+                .map(|n| clients::principal_arn(&scope.account, n))
+                .collect(),
+            DecryptCache::new(config.cache, metrics.cache.for_cache("decrypt")),
+            DataKeyPool::new(config.pool, metrics.cache.for_cache("data_key_pool")),
+            config.cache_invalidate_on_rotation,
+        )
+        .with_breaker(breaker)
+        .with_reuse(DataKeyReuse::new(
+            config.reuse.clone(),
+            metrics.cache.for_cache("data_key_reuse"),
+        ));
+        let core = Arc::new(Core::new(
+            kms,
+            Some(rate),
+            metrics,
+            audit,
+            config.admin_principals.clone(),
+        ));
+        let aws_json = Arc::new(AwsJson::new(
+            core.clone(),
+            clients.clone(),
+            Verifier::new(config.max_clock_skew),
+            config.max_body_bytes,
+            config.otlp_endpoint.is_some(),
+        ));
+        let admin = Arc::new(Admin::new(core.clone(), config.clone(), faults));
+        Ok(Self {
+            core,
+            aws_json,
+            admin,
+            clients,
+            kms_listener,
+            admin_listener,
+            kms_addr,
+            admin_addr,
+            config,
+            issued,
+            tls,
+            _lock: lock,
+        })
+    }
+
+    pub fn kms_addr(&self) -> SocketAddr {
+        self.kms_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// A handle that applies a reloaded configuration (see [`Reloader`]).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            core: self.core.clone(),
+            clients: self.clients.clone(),
+        }
+    }
+
+    /// The KMS API's base URL (`http://` or `https://`).
+    pub fn kms_endpoint(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.kms_addr)
+    }
+
+    /// The TLS settings in use, if the KMS port speaks HTTPS.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
+    /// The credential issued on first run, to be shown once.
+    pub fn take_issued(&mut self) -> Option<Issued> {
+        self.issued.take()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish (up to the grace period).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let aws_json = self.aws_json.clone();
+        let kms = tokio::spawn(accept_loop(
+            self.kms_listener,
+            self.tls.map(|t| t.acceptor),
+            stop_rx.clone(),
+            graceful.clone(),
+            move |req, peer| aws_json.clone().handle(req, peer),
+        ));
+        let admin_api = self.admin.clone();
+        let admin = tokio::spawn(accept_loop(
+            self.admin_listener,
+            None,
+            stop_rx.clone(),
+            graceful.clone(),
+            move |req, _peer| admin::handle(admin_api.clone(), req),
+        ));
+        let background = tokio::spawn(background(
+            self.core.clone(),
+            self.clients.clone(),
+            self.config.maintenance_interval,
+            stop_rx,
+        ));
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, letting in-flight requests finish");
+        let _ = stop_tx.send(true);
+        let _ = tokio::join!(kms, admin, background);
+        match Arc::try_unwrap(graceful) {
+            Ok(g) => {
+                if tokio::time::timeout(self.config.shutdown_grace, g.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("shutdown grace period over; closing remaining connections");
+                }
+            }
+            Err(_) => tracing::warn!("connections still referenced at shutdown"),
+        }
+        Ok(())
+    }
+}
+
+/// Every version that a key record names has its material on disk. A missing material file (lost,
+/// or deleted by hand) would otherwise surface only when a Decrypt fails; it stops the start here,
+/// naming both files. Keys pending deletion are exempt: their material is destroyed first, so a
+/// crash part-way through a deletion leaves a record without it, which maintenance finishes.
+fn check_material(keys: &KeyStore, embedded: &Embedded) -> anyhow::Result<()> {
+    let index = keys.snapshot();
+    let mut ids: Vec<&String> = index.keys.keys().collect();
+    ids.sort();
+    for id in ids {
+        let Some(meta) = index.keys.get(id) else {
+            continue;
+        };
+        if meta.state == keys::KeyState::PendingDeletion {
+            continue;
+        }
+        if let Some(v) = meta
+            .versions
+            .iter()
+            .find(|v| !embedded.holds(id, v.version))
+        {
+            anyhow::bail!(
+                "key record {} names version {} but its key material {} is missing: restore it from a backup (without it, data encrypted under that version cannot be decrypted)",
+                keys.record_path(id).display(),
+                v.version,
+                embedded.material_path(id, v.version).display()
+            );
+        }
+    }
+    Ok(())
+}
