@@ -1,6 +1,6 @@
 //! What a new user sees in the first hour, checked against a real sidecar process: the example
 //! call printed with each new credential works for that credential, and the advice for making it an
-//! admin works.
+//! admin works; logs written to a pipe carry no colour codes.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -121,4 +121,27 @@ async fn a_first_run_default_that_is_not_an_admin_gets_an_example_it_may_run() {
     let command = example_command(&banner);
     assert_eq!(run(&sidecar.sdk(), &command).await, Ok(()), "{banner}");
     assert!(banner.contains("--admin-principal ops,default"), "{banner}");
+}
+
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty NO_COLOR counts as unset, so only the terminal check can keep colours out.
+    let sidecar = Sidecar::start_with(
+        dir.path(),
+        Start {
+            env: vec![("NO_COLOR".into(), String::new())],
+            ..Start::default()
+        },
+    )
+    .unwrap();
+    sidecar.sdk().list_keys().send().await.unwrap();
+    let (ok, out) = sidecar.stop();
+    assert!(ok, "{}", out.all());
+    let logs = out.stderr_text();
+    assert!(logs.contains("INFO"), "no log lines to check:\n{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escapes in piped logs:\n{logs:?}"
+    );
 }
