@@ -1,6 +1,7 @@
 //! What a new user sees in the first hour, checked against a real sidecar process: the example
 //! call printed with each new credential works for that credential, and the advice for making it an
-//! admin works; logs written to a pipe carry no colour codes.
+//! admin works; logs written to a pipe carry no colour codes; `audit verify` takes the data
+//! directory as well as the audit directory and says what it checked.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -144,4 +145,54 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
         !logs.contains('\u{1b}'),
         "ANSI escapes in piped logs:\n{logs:?}"
     );
+}
+
+#[tokio::test]
+async fn audit_verify_takes_the_data_directory_or_the_audit_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = start(dir.path(), &[], None);
+    sidecar.sdk().list_keys().send().await.unwrap();
+    let (ok, out) = sidecar.stop();
+    assert!(ok, "{}", out.all());
+    let audit = dir.path().join("audit");
+    for path in [dir.path(), audit.as_path()] {
+        let (ok, text) = cli(dir.path(), &["audit", "verify", path.to_str().unwrap()]);
+        assert!(ok, "{text}");
+        assert!(
+            text.starts_with("audit chain intact: checked ")
+                && text.contains(" in 1 file (")
+                && text.contains(&audit.display().to_string())
+                && text.contains(", last hash "),
+            "{text}"
+        );
+        assert!(
+            !text.contains("VerifyReport") && !text.contains('['),
+            "{text}"
+        );
+    }
+
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, text) = cli(
+        dir.path(),
+        &["audit", "verify", empty.path().to_str().unwrap()],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("no audit log found in {}", empty.path().display())),
+        "{text}"
+    );
+    assert!(!text.contains("broken"), "{text}");
+
+    let file = audit.join("audit.jsonl");
+    let log = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        log.replacen("\"principal\":\"default\"", "\"principal\":\"x\"", 1),
+    )
+    .unwrap();
+    let (ok, text) = cli(
+        dir.path(),
+        &["audit", "verify", dir.path().to_str().unwrap()],
+    );
+    assert!(!ok && text.contains("audit chain broken: "), "{text}");
 }
