@@ -64,22 +64,63 @@ impl Endpoint {
     }
 }
 
-fn print_credentials(issued: &Issued, region: &str, endpoint: &Endpoint, note: &str) {
+/// Prints a freshly issued credential and an AWS CLI call it can make right away. Only admin
+/// principals may call CreateKey, so anyone else gets ListKeys (it names no key, so no key policy
+/// has to allow it) and the setting that would make it an admin.
+fn print_credentials(
+    issued: &Issued,
+    region: &str,
+    endpoint: &Endpoint,
+    admins: &[String],
+    note: &str,
+) {
     let secret = issued.secret.expose_secret();
     let ca = endpoint
         .ca
         .as_ref()
         .map(|p| format!("AWS_CA_BUNDLE={} ", p.display()))
         .unwrap_or_default();
+    let admin = admins.iter().any(|a| a == &issued.name);
     println!("{note}");
     println!("  principal:             {}", issued.name);
     println!("  AWS_ACCESS_KEY_ID={}", issued.access_key_id);
     println!("  AWS_SECRET_ACCESS_KEY={secret}");
     println!("Try it (AWS CLI):");
     println!(
-        "  {ca}AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={secret} aws kms create-key --region {region} --endpoint-url {}",
-        issued.access_key_id, endpoint.url
+        "  {ca}AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={secret} aws kms {} --region {region} --endpoint-url {}",
+        issued.access_key_id,
+        example_command(admin),
+        endpoint.url
     );
+    if !admin {
+        for line in not_admin_hint(&issued.name, admins) {
+            println!("{line}");
+        }
+    }
+}
+
+/// The `aws kms` subcommand the printed example runs: one the principal is allowed to call.
+fn example_command(admin: bool) -> &'static str {
+    if admin { "create-key" } else { "list-keys" }
+}
+
+/// What a non-admin principal may do, and how to make it an admin. `--admin-principal` replaces the
+/// list (its default is `default`), so the suggestion keeps the admins there are.
+fn not_admin_hint(name: &str, admins: &[String]) -> [String; 2] {
+    let list = admins
+        .iter()
+        .map(String::as_str)
+        .chain([name])
+        .collect::<Vec<_>>()
+        .join(",");
+    [
+        format!(
+            "{name} is not an admin principal: it may use the keys whose key policy allows it, list keys and aliases and generate random bytes, but not create keys."
+        ),
+        format!(
+            "To make it an admin, restart the sidecar with --admin-principal {list} (or KMS_SIDECAR_ADMIN_PRINCIPALS={list}, or admin_principals in the config file)."
+        ),
+    ]
 }
 
 fn serve(config: Config, options: Options) -> anyhow::Result<()> {
@@ -94,6 +135,7 @@ fn serve(config: Config, options: Options) -> anyhow::Result<()> {
     runtime.block_on(async {
         let region = config.arn_scope().region;
         let data_dir = config.data_dir.clone();
+        let admins = config.admin_principals.clone();
         let mut sidecar = Sidecar::start(config).await?;
         let endpoint = Endpoint {
             url: sidecar.kms_endpoint(),
@@ -112,6 +154,7 @@ fn serve(config: Config, options: Options) -> anyhow::Result<()> {
                 &issued,
                 &region,
                 &endpoint,
+                &admins,
                 &format!(
                     "kms-sidecar: first run: issued a client credential (shown once; stored sealed in {}):",
                     data_dir.join("clients.json").display()
@@ -171,13 +214,17 @@ async fn shutdown_signal() {
     }
 }
 
+/// `audit verify`: "broken" only for a log that fails the check; a missing or unreadable log is
+/// reported as what it is (with its cause), since telling someone their audit trail was tampered
+/// with when it is merely elsewhere sends them on the wrong hunt.
 fn verify_audit(path: &std::path::Path) -> anyhow::Result<()> {
     match audit::verify(path) {
         Ok(report) => {
-            println!("audit chain intact: {report:?}");
+            println!("{report}");
             Ok(())
         }
-        Err(e) => anyhow::bail!("audit chain broken: {e}"),
+        Err(e) if e.is_broken() => anyhow::bail!("audit chain broken: {e}"),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -199,6 +246,7 @@ fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()
                 &issued,
                 &config.arn_scope().region,
                 &endpoint,
+                &config.admin_principals,
                 "Issued a client credential (shown once):",
             );
         }
@@ -209,6 +257,7 @@ fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()
                 &issued,
                 &config.arn_scope().region,
                 &endpoint,
+                &config.admin_principals,
                 "Rotated the secret (shown once; the old one stops working within a second):",
             );
         }

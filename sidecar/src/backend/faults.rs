@@ -7,7 +7,9 @@
 //! `Resilient(Observed(Faults(real)))`. An injected failure therefore looks exactly like a real one
 //! to the retry loop, the circuit breaker and `backend_requests_total`; only
 //! `faults_injected_total{backend,fault}` and a warn log line saying "injected" tell them apart, so a
-//! game day is never mistaken for an incident.
+//! game day is never mistaken for an incident. The log line is rate-limited (one a second per fault
+//! kind, with the count not logged since the last): under load, faults come thousands a second, and
+//! the counter already has the exact numbers.
 //!
 //! It is off by default: without `faults_enabled` the wrapper is not in the stack at all. When it is
 //! in the stack and no fault is set, a call costs one relaxed atomic load. The current spec is an
@@ -15,7 +17,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -247,6 +249,60 @@ impl FaultCounters {
     }
 }
 
+/// How often each fault kind may log its "injected backend fault" line.
+const LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At most one log line per interval: the first event at or after the deadline is logged and moves
+/// the deadline on; the others only bump a counter that the next logged line reports. Lock-free, as
+/// it runs on the request path: the common (suppressed) case is one load and one `fetch_add`. Time
+/// is passed in, in nanoseconds from any fixed origin, so tests drive the clock.
+#[derive(Debug)]
+struct LogLimiter {
+    interval_ns: u64,
+    /// When the next line may be written.
+    next_ns: AtomicU64,
+    /// Events not logged since the last line.
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
+            next_ns: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// One event at `now_ns`: `Some(events suppressed since the last line)` if this one is to be
+    /// logged, `None` if it is counted instead.
+    fn admit(&self, now_ns: u64) -> Option<u64> {
+        let next = self.next_ns.load(Ordering::Relaxed);
+        // Of the callers that see the deadline passed, the compare-exchange lets exactly one log.
+        if now_ns >= next
+            && self
+                .next_ns
+                .compare_exchange(
+                    next,
+                    now_ns.saturating_add(self.interval_ns),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// The events not logged since the last line, reset to zero (reported when injection stops,
+    /// since no later line will).
+    fn take_suppressed(&self) -> u64 {
+        self.suppressed.swap(0, Ordering::Relaxed)
+    }
+}
+
 /// A validated spec in the form the hot path reads.
 #[derive(Debug)]
 struct Active {
@@ -280,6 +336,10 @@ pub struct Faults {
     counters: FaultCounters,
     /// splitmix64 state; the coin flips need spread, not secrecy.
     rng: AtomicU64,
+    /// The log limiters' clock origin.
+    started: Instant,
+    /// One per [`FaultKind`], indexed like [`FaultKind::ALL`].
+    log_limits: [LogLimiter; 4],
 }
 
 impl Faults {
@@ -293,6 +353,8 @@ impl Faults {
             hang_limit,
             counters,
             rng: AtomicU64::new(seed),
+            started: Instant::now(),
+            log_limits: FaultKind::ALL.map(|_| LogLimiter::new(LOG_INTERVAL)),
         }
     }
 
@@ -321,8 +383,14 @@ impl Faults {
     pub fn clear(&self) {
         self.armed.store(false, Ordering::Release);
         if self.active.swap(None).is_some() {
+            let suppressed: u64 = self
+                .log_limits
+                .iter()
+                .map(LogLimiter::take_suppressed)
+                .sum();
             tracing::warn!(
                 backend = self.inner.name(),
+                suppressed,
                 "fault injection cleared: backend calls are real again"
             );
         }
@@ -354,12 +422,16 @@ impl Faults {
 
     fn injected(&self, op: FaultOp, kind: FaultKind) {
         self.counters.inc(kind);
-        tracing::warn!(
-            backend = self.inner.name(),
-            operation = op.as_str(),
-            fault = kind.as_str(),
-            "injected backend fault"
-        );
+        let now_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if let Some(suppressed) = self.log_limits[kind as usize].admit(now_ns) {
+            tracing::warn!(
+                backend = self.inner.name(),
+                operation = op.as_str(),
+                fault = kind.as_str(),
+                suppressed,
+                "injected backend fault"
+            );
+        }
     }
 
     /// Applies the current spec to one call of `op`: waits and/or fails as told, or lets it run.

@@ -194,3 +194,96 @@ async fn a_hanging_outage_gives_up_at_the_limit() {
     assert_eq!(Instant::now() - start, Duration::from_secs(5));
     assert_eq!(err.kind, BackendErrorKind::Unavailable);
 }
+
+const SEC: u64 = 1_000_000_000;
+
+#[test]
+fn the_log_limiter_lets_one_line_a_second_through_and_counts_the_rest() {
+    let limit = LogLimiter::new(Duration::from_secs(1));
+    assert_eq!(limit.admit(5), Some(0), "the first fault is logged at once");
+    for i in 0..999 {
+        assert_eq!(limit.admit(5 + i), None);
+    }
+    assert_eq!(limit.admit(SEC + 4), None, "still within the second");
+    assert_eq!(
+        limit.admit(SEC + 5),
+        Some(1000),
+        "a second later: one line that reports the 1000 not logged"
+    );
+    assert_eq!(limit.admit(SEC + 6), None);
+    // After a quiet spell the next fault is logged at once, with what was left over.
+    assert_eq!(limit.admit(60 * SEC), Some(1));
+    assert_eq!(limit.take_suppressed(), 0);
+    assert_eq!(limit.admit(60 * SEC + 1), None);
+    assert_eq!(limit.take_suppressed(), 1);
+    assert_eq!(limit.take_suppressed(), 0, "taking resets the count");
+}
+
+#[test]
+fn concurrent_faults_log_one_line_and_lose_no_count() {
+    let limit = LogLimiter::new(Duration::from_secs(1));
+    let logged: u64 = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| (0..10_000).filter(|_| limit.admit(SEC).is_some()).count() as u64))
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).sum()
+    });
+    assert_eq!(logged, 1);
+    assert_eq!(limit.admit(2 * SEC), Some(79_999));
+}
+
+/// A log writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The `suppressed=N` field of a log line.
+fn suppressed_field(line: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("suppressed="))
+        .unwrap_or_else(|| panic!("no suppressed= in {line}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn injected_faults_are_counted_each_but_logged_once_a_second() {
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let (f, _inner, _registry) = faults();
+    f.set(spec(r#"{"error_rate": 1.0}"#)).unwrap();
+    for _ in 0..500 {
+        assert!(f.encrypt(KEY, b"", b"x").await.is_err());
+    }
+    f.clear();
+    assert_eq!(f.counters().get(FaultKind::Error), 500);
+    let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("injected backend fault"))
+        .collect();
+    // One line per started second of the loop (it takes milliseconds; a stalled machine, longer).
+    assert!((1..=3).contains(&lines.len()), "{text}");
+    // Every fault is accounted for: each line's own, the ones it reports, the rest at clear.
+    let cleared = text
+        .lines()
+        .find(|l| l.contains("fault injection cleared"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let reported: u64 = lines.iter().map(|l| 1 + suppressed_field(l)).sum();
+    assert_eq!(reported + suppressed_field(cleared), 500, "{text}");
+}

@@ -1,10 +1,13 @@
-//! Logs and traces. Logs go to stderr (text or JSON) through `tracing-subscriber`. Traces go to an
+//! Logs and traces. Logs go to stderr (text or JSON) through `tracing-subscriber`, coloured only
+//! when stderr is a terminal and `NO_COLOR` is not set. Traces go to an
 //! OTLP collector when one is configured (`--otlp-endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT`): one
 //! span per request (operation, principal, key, cache outcome, error type), a child span per backend
 //! call, continuing the caller's W3C `traceparent`.
 //!
 //! Without a collector the request spans are DEBUG spans that no layer wants, so creating them costs
 //! a filter check and nothing is recorded: tracing is off at (almost) zero cost.
+
+use std::io::IsTerminal;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
@@ -77,6 +80,13 @@ fn log_filter(level: &str) -> EnvFilter {
     }
 }
 
+/// Whether text logs carry ANSI colours: only on a terminal, since in a file, a pipe or a container
+/// log the escape codes are noise that breaks grep; and never when `NO_COLOR` is set to a non-empty
+/// value (<https://no-color.org>).
+fn use_colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber: stderr logs filtered by `level` (or `RUST_LOG`), plus OTLP
 /// traces when `otlp_endpoint` is set.
 pub fn init(
@@ -85,11 +95,17 @@ pub fn init(
     otlp_endpoint: Option<&str>,
 ) -> anyhow::Result<TelemetryGuard> {
     let filter = log_filter(level);
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(colour)
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_ansi(false)
             .json()
             .flatten_event(true)
             .with_writer(std::io::stderr)
@@ -164,6 +180,17 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(!use_colour(false, None), "a pipe or file gets no colour");
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, Some(OsStr::new("1"))));
+        // An empty NO_COLOR counts as unset (no-color.org).
+        assert!(use_colour(true, Some(OsStr::new(""))));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! `kms-sidecar audit verify`: walks every rotated file and `audit.jsonl` in order and checks the
-//! hash chain.
+//! hash chain. It takes the audit directory, a file in it, or the data directory whose `audit/` holds
+//! the log (the path a user has at hand after a first run).
 //!
 //! It exists apart from the writer because it runs offline, on a copy of the directory if need be,
 //! and must trust nothing the writer left behind.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,6 +24,24 @@ pub struct VerifyReport {
     pub records: u64,
     /// The last record's hash: compare it with a copy kept elsewhere to detect a cut-off tail.
     pub last_hash: String,
+}
+
+/// The sentence `audit verify` prints on success.
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural =
+            |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        write!(
+            f,
+            "audit chain intact: checked {} in {}",
+            plural(self.records, "record", "records"),
+            plural(self.files.len() as u64, "file", "files"),
+        )?;
+        if let Some(dir) = self.files.first().and_then(|p| p.parent()) {
+            write!(f, " ({})", dir.display())?;
+        }
+        write!(f, ", last hash {}", self.last_hash)
+    }
 }
 
 /// Options for [`verify_with`].
@@ -43,7 +63,8 @@ pub enum VerifyError {
         #[source]
         source: io::Error,
     },
-    #[error("no audit log at {}", path.display())]
+    /// Nothing to check: the path holds no audit file. Not a broken chain.
+    #[error("no audit log found in {}", path.display())]
     NotFound { path: PathBuf },
     /// The first broken record.
     #[error("{} line {line}: {problem}", file.display())]
@@ -56,8 +77,15 @@ pub enum VerifyError {
     TailMismatch { expected: String, found: String },
 }
 
+impl VerifyError {
+    /// Whether the log exists and fails the check (as opposed to not being found or readable).
+    pub fn is_broken(&self) -> bool {
+        matches!(self, Self::Broken { .. } | Self::TailMismatch { .. })
+    }
+}
+
 /// Verifies the whole chain: every rotated file in order, then `audit.jsonl`. `path` is the audit
-/// directory or any file in it.
+/// directory, any file in it, or a data directory with the log in its `audit/`.
 pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
     verify_with(path, &VerifyOptions::default())
 }
@@ -81,13 +109,18 @@ pub fn verify_with(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ve
         let path = path.to_path_buf();
         move |source| VerifyError::Io { path, source }
     };
-    let mut files = rotated_files(&dir).map_err(io(&dir))?;
-    let current = dir.join(FILE_NAME);
-    if current.exists() {
-        files.push(current);
+    let mut files = log_files(&dir).map_err(io(&dir))?;
+    let mut searched = dir;
+    if files.is_empty() && path.is_dir() {
+        // A data directory: the default audit directory is inside it.
+        let inner = searched.join(DATA_DIR_AUDIT);
+        if inner.is_dir() {
+            files = log_files(&inner).map_err(io(&inner))?;
+            searched = inner;
+        }
     }
     if files.is_empty() {
-        return Err(VerifyError::NotFound { path: dir });
+        return Err(VerifyError::NotFound { path: searched });
     }
     let mut expected: Option<String> = (!opts.allow_pruned_head).then(|| GENESIS_HASH.to_owned());
     let mut records = 0u64;
@@ -137,3 +170,20 @@ pub fn verify_with(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ve
         last_hash,
     })
 }
+
+/// The audit directory's name inside a data directory (the default `--audit-dir`).
+const DATA_DIR_AUDIT: &str = "audit";
+
+/// The log files in `dir` in chain order: rotated files, then the current one if present.
+fn log_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = rotated_files(dir)?;
+    let current = dir.join(FILE_NAME);
+    if current.exists() {
+        files.push(current);
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+#[path = "verification_tests.rs"]
+mod tests;
