@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::Limits;
 use crate::error::LoadError;
-use crate::kms::{WorkloadSpec, credentials};
+use crate::kms::WorkloadSpec;
 use crate::mix::Mix;
 use crate::modes::{
     BaselineConfig, Common, MaxConfig, ProbeConfig, RunConfig, baseline, max, probe, run,
@@ -19,6 +19,7 @@ use crate::modes::{
 use crate::progress::Progress;
 use crate::report::Report;
 use crate::responder::Responder;
+use crate::sign::credentials;
 
 /// Open-loop load tester for kms-sidecar (and any KMS-compatible endpoint on this machine).
 #[derive(Debug, Parser)]
