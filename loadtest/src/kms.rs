@@ -1,20 +1,16 @@
-//! Real KMS traffic: the request bodies of each operation, spread over keys and principals, the
-//! setup phase that creates keys and ciphertexts, and the check of every response (status and
-//! `__type`). Signing is in [`crate::sign`].
+//! Real KMS traffic: the request bodies of each operation, spread over keys and principals, and the
+//! check of every response (status and `__type`). Signing is in [`crate::sign`], the setup and
+//! cleanup calls in [`crate::setup`].
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::error::LoadError;
-use crate::http::Conn;
 use crate::mix::{Mix, Op};
-use crate::sign::{Credential, Signer};
-use crate::target::Target;
+use crate::sign::Credential;
 
 /// Checks a response: `Ok` for a 200 that carries the operation's result member, otherwise the
 /// error type to count (the KMS `__type`, or `HTTP<status>` / `MalformedResponse`).
@@ -86,7 +82,7 @@ impl Workload {
     }
 
     /// Builds every body from keys and ciphertexts (base64).
-    fn build(spec: &WorkloadSpec, key_ids: Vec<String>, cts: Vec<String>) -> Self {
+    pub(crate) fn build(spec: &WorkloadSpec, key_ids: Vec<String>, cts: Vec<String>) -> Self {
         let ctx = &spec.context;
         let with_ctx = |mut v: Value, member: &str| {
             if !ctx.is_empty() {
@@ -170,164 +166,10 @@ impl Workload {
 }
 
 /// Deterministic filler bytes (the content of a payload does not matter, only its size).
-fn payload(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn payload(len: usize, seed: u64) -> Vec<u8> {
     (0..len as u64)
         .map(|i| (splitmix(seed.wrapping_mul(1_000_003).wrapping_add(i)) & 0xff) as u8)
         .collect()
-}
-
-/// What the setup phase did.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SetupReport {
-    pub keys_created: usize,
-    pub keys_used: usize,
-    pub ciphertexts: usize,
-    pub requests: u64,
-    pub seconds: f64,
-}
-
-/// A sequential KMS client for setup and cleanup (one connection, the first principal).
-#[derive(Debug)]
-pub struct SetupClient<'a> {
-    cred: &'a Credential,
-    signer: Signer,
-    conn: Conn,
-    timeout: Duration,
-    pub requests: u64,
-}
-
-impl<'a> SetupClient<'a> {
-    pub fn new(
-        target: &Target,
-        cred: &'a Credential,
-        region: &str,
-        timeout: Duration,
-    ) -> Result<Self, LoadError> {
-        Ok(Self {
-            cred,
-            signer: Signer::new(target, region)?,
-            conn: Conn::new(target.addr),
-            timeout,
-            requests: 0,
-        })
-    }
-
-    /// Calls `target` (e.g. `TrentService.CreateKey`); a non-200 answer is an error naming the KMS
-    /// error type.
-    pub async fn call(&mut self, target: &'static str, body: &Value) -> Result<Value, LoadError> {
-        let op = target.strip_prefix("TrentService.").unwrap_or(target);
-        let (req, _) = self.signer.request(
-            self.cred,
-            target,
-            Bytes::from(body.to_string()),
-            SystemTime::now(),
-        )?;
-        self.requests += 1;
-        let (status, bytes) = self.conn.send(req, self.timeout).await?;
-        if status != 200 {
-            return Err(LoadError::Setup {
-                op,
-                status,
-                error_type: error_type(status, &bytes),
-            });
-        }
-        Ok(serde_json::from_slice(&bytes)?)
-    }
-}
-
-/// The setup phase: creates (or takes) keys and encrypts payloads to get ciphertexts to decrypt.
-pub async fn prepare(
-    target: &Target,
-    spec: &WorkloadSpec,
-    timeout: Duration,
-) -> Result<(Workload, SetupReport, Vec<String>), LoadError> {
-    let started = Instant::now();
-    let cred = spec.creds.first().ok_or(LoadError::NoCredentials)?;
-    let mut client = SetupClient::new(target, cred, &spec.region, timeout)?;
-    let mut created = Vec::new();
-    let key_ids = if spec.key_ids.is_empty() {
-        if spec.keys == 0 {
-            return Err(LoadError::Invalid("--keys must be at least 1".into()));
-        }
-        for _ in 0..spec.keys {
-            let v = client
-                .call(
-                    "TrentService.CreateKey",
-                    &json!({"Description": "kms-loadtest"}),
-                )
-                .await?;
-            let id = v["KeyMetadata"]["KeyId"]
-                .as_str()
-                .ok_or(LoadError::SetupShape {
-                    op: "CreateKey",
-                    field: "KeyMetadata.KeyId",
-                })?;
-            created.push(id.to_string());
-        }
-        created.clone()
-    } else {
-        spec.key_ids.clone()
-    };
-    let needs_cts = spec
-        .mix
-        .weights()
-        .iter()
-        .any(|(op, _)| op.needs_ciphertext());
-    if needs_cts && spec.ciphertexts_per_key == 0 {
-        return Err(LoadError::Invalid(
-            "the mix decrypts, so --ciphertexts-per-key must be at least 1".into(),
-        ));
-    }
-    let mut cts = Vec::new();
-    if needs_cts {
-        for key in &key_ids {
-            for n in 0..spec.ciphertexts_per_key {
-                let mut body = json!({
-                    "KeyId": key,
-                    "Plaintext": B64.encode(payload(spec.payload_bytes, n as u64 + 1)),
-                });
-                if !spec.context.is_empty() {
-                    body["EncryptionContext"] = json!(spec.context);
-                }
-                let v = client.call("TrentService.Encrypt", &body).await?;
-                let ct = v["CiphertextBlob"].as_str().ok_or(LoadError::SetupShape {
-                    op: "Encrypt",
-                    field: "CiphertextBlob",
-                })?;
-                cts.push(ct.to_string());
-            }
-        }
-    }
-    let report = SetupReport {
-        keys_created: created.len(),
-        keys_used: key_ids.len(),
-        ciphertexts: cts.len(),
-        requests: client.requests,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    Ok((Workload::build(spec, key_ids, cts), report, created))
-}
-
-/// Schedules the keys the setup phase created for deletion (7 days, the minimum KMS allows).
-pub async fn cleanup(
-    target: &Target,
-    spec: &WorkloadSpec,
-    created: &[String],
-    timeout: Duration,
-) -> Result<(), LoadError> {
-    let Some(cred) = spec.creds.first() else {
-        return Ok(());
-    };
-    let mut client = SetupClient::new(target, cred, &spec.region, timeout)?;
-    for key in created {
-        client
-            .call(
-                "TrentService.ScheduleKeyDeletion",
-                &json!({"KeyId": key, "PendingWindowInDays": 7}),
-            )
-            .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

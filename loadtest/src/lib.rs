@@ -9,6 +9,7 @@
 //! addresses unless explicitly allowed.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod cli;
 pub mod engine;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod progress;
 pub mod report;
 pub mod responder;
 pub mod schedule;
+pub mod setup;
 pub mod sign;
 pub mod stats;
 pub mod target;
