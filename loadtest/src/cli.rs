@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::backoff::Backoff;
 use crate::engine::Limits;
 use crate::error::LoadError;
-use crate::kms::{WorkloadSpec, credentials};
+use crate::kms::WorkloadSpec;
 use crate::mix::Mix;
 use crate::modes::{
     BaselineConfig, Common, MaxConfig, ProbeConfig, RunConfig, baseline, max, probe, run,
@@ -19,6 +20,7 @@ use crate::modes::{
 use crate::progress::Progress;
 use crate::report::Report;
 use crate::responder::Responder;
+use crate::sign::credentials;
 
 /// Open-loop load tester for kms-sidecar (and any KMS-compatible endpoint on this machine).
 #[derive(Debug, Parser)]
@@ -118,6 +120,13 @@ pub struct CommonArgs {
     /// Keep the keys the setup phase created.
     #[arg(long)]
     pub keep_keys: bool,
+    /// Attempts per setup or cleanup call when it is throttled or fails transiently (5xx, no
+    /// answer), with exponential backoff and full jitter (50 ms doubling up to 5 s); 1: no retry.
+    #[arg(long, default_value_t = 10)]
+    pub setup_max_attempts: u32,
+    /// No setup or cleanup call is retried once this many seconds passed since its first attempt.
+    #[arg(long, default_value_t = 30.0)]
+    pub setup_retry_secs: f64,
     /// Worker threads of the in-process baseline responder (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub responder_threads: usize,
@@ -299,6 +308,10 @@ impl CommonArgs {
             },
             warmup: secs("--warmup-secs", self.warmup_secs)?,
             keep_keys: self.keep_keys,
+            retry: Backoff::standard(
+                self.setup_max_attempts,
+                secs("--setup-retry-secs", self.setup_retry_secs)?,
+            )?,
             responder_threads: threads(self.responder_threads),
             progress: Progress::new(!self.no_progress),
         };

@@ -7,16 +7,17 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoadError;
 use crate::http::Conn;
-use crate::kms::{AmzClock, Workload, classify, signed_request};
+use crate::kms::{Workload, classify};
 use crate::mix::Op;
 use crate::progress::Progress;
 use crate::schedule::Schedule;
+use crate::sign::Signer;
 use crate::stats::{Percentiles, Sample, SigningCost, Stats};
 use crate::target::Target;
 
@@ -144,8 +145,8 @@ impl RunResult {
 struct Ctx {
     spec: RunSpec,
     limits: Limits,
-    target: Arc<Target>,
     workload: Arc<Workload>,
+    signer: Signer,
     start: Instant,
     next: AtomicU64,
     sent: AtomicU64,
@@ -163,7 +164,6 @@ fn transport_error(e: &LoadError) -> &'static str {
 }
 
 async fn worker(ctx: Arc<Ctx>, idx: usize, mut conn: Conn) -> u64 {
-    let mut clock = AmzClock::default();
     let count = ctx.spec.schedule.count();
     let warm_end = ctx.start + ctx.spec.warmup;
     let run_end = warm_end + ctx.spec.duration;
@@ -192,20 +192,17 @@ async fn worker(ctx: Arc<Ctx>, idx: usize, mut conn: Conn) -> u64 {
         }
         ctx.sent.fetch_add(1, Ordering::Relaxed);
         let (op, body, cred) = ctx.workload.pick(i);
-        let (outcome, signing) = match signed_request(
-            &ctx.target,
-            cred,
-            &ctx.workload.region,
-            op.target(),
-            body.clone(),
-            clock.now(),
-        ) {
-            Ok((req, signing)) => match conn.send(req, ctx.limits.timeout).await {
-                Ok((status, bytes)) => (classify(op, status, &bytes), signing),
-                Err(e) => (Err(transport_error(&e).to_string()), signing),
-            },
-            Err(_) => (Err("SigningError".to_string()), Duration::ZERO),
-        };
+        let (outcome, signing) =
+            match ctx
+                .signer
+                .request(cred, op.target(), body.clone(), SystemTime::now())
+            {
+                Ok((req, signing)) => match conn.send(req, ctx.limits.timeout).await {
+                    Ok((status, bytes)) => (classify(op, status, &bytes), signing),
+                    Err(e) => (Err(transport_error(&e).to_string()), signing),
+                },
+                Err(_) => (Err("SigningError".to_string()), Duration::ZERO),
+            };
         let done = Instant::now();
         let mut stats = ctx.stats[idx]
             .lock()
@@ -262,11 +259,12 @@ pub async fn execute(
     let stats = (0..limits.connections)
         .map(|_| Stats::new(&ops).map(Mutex::new))
         .collect::<Result<Vec<_>, _>>()?;
+    let signer = Signer::new(target, &workload.region)?;
     let ctx = Arc::new(Ctx {
         spec: spec.clone(),
         limits: limits.clone(),
-        target: target.clone(),
         workload: workload.clone(),
+        signer,
         start: Instant::now(),
         next: AtomicU64::new(0),
         sent: AtomicU64::new(0),

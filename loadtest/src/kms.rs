@@ -1,144 +1,16 @@
-//! Real KMS traffic: credentials, SigV4 signing (with the sidecar's own `sign`, the same code path
-//! its tests use), the request bodies of each operation, the setup phase that creates keys and
-//! ciphertexts, and the check of every response (status and `__type`).
+//! Real KMS traffic: the request bodies of each operation, spread over keys and principals, and the
+//! check of every response (status and `__type`). Signing is in [`crate::sign`], the setup and
+//! cleanup calls in [`crate::setup`].
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use http::HeaderValue;
-use http_body_util::Full;
-use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use crate::error::LoadError;
-use crate::http::{Body, Conn};
 use crate::mix::{Mix, Op};
-use crate::target::Target;
-
-/// Headers covered by the signature, sorted as SigV4 wants them.
-const SIGNED_HEADERS: [&str; 4] = ["content-type", "host", "x-amz-date", "x-amz-target"];
-const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-
-/// One principal's credential pair. The secret prints as `[redacted]`.
-#[derive(Debug, Clone)]
-pub struct Credential {
-    pub access_key_id: String,
-    pub secret: SecretString,
-}
-
-/// Pairs repeated `--access-key-id` / `--secret-access-key` values in order.
-pub fn credentials(ids: Vec<String>, secrets: Vec<String>) -> Result<Vec<Credential>, LoadError> {
-    if ids.is_empty() && secrets.is_empty() {
-        return Err(LoadError::NoCredentials);
-    }
-    if ids.len() != secrets.len() {
-        return Err(LoadError::CredentialCount {
-            ids: ids.len(),
-            secrets: secrets.len(),
-        });
-    }
-    Ok(ids
-        .into_iter()
-        .zip(secrets)
-        .map(|(access_key_id, secret)| Credential {
-            access_key_id,
-            secret: SecretString::from(secret),
-        })
-        .collect())
-}
-
-/// `X-Amz-Date` for now, reformatted only when the second changes.
-#[derive(Debug, Default)]
-pub struct AmzClock {
-    secs: u64,
-    value: Option<HeaderValue>,
-}
-
-impl AmzClock {
-    pub fn now(&mut self) -> HeaderValue {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        match &self.value {
-            Some(v) if self.secs == secs => v.clone(),
-            _ => {
-                let v = HeaderValue::from_str(&amz_date(secs))
-                    .unwrap_or(HeaderValue::from_static("19700101T000000Z"));
-                self.secs = secs;
-                self.value = Some(v.clone());
-                v
-            }
-        }
-    }
-}
-
-/// Formats Unix seconds as `YYYYMMDDTHHMMSSZ`.
-pub fn amz_date(secs: u64) -> String {
-    let t = i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
-/// Builds a signed `POST /` KMS request; also returns how long signing took.
-pub fn signed_request(
-    target: &Target,
-    cred: &Credential,
-    region: &str,
-    op_target: &str,
-    body: Bytes,
-    date: HeaderValue,
-) -> Result<(http::Request<Body>, Duration), LoadError> {
-    let mut headers = http::HeaderMap::with_capacity(6);
-    headers.insert(
-        http::header::HOST,
-        HeaderValue::from_str(&target.host_header).map_err(|e| LoadError::Sign(e.to_string()))?,
-    );
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(CONTENT_TYPE),
-    );
-    headers.insert(
-        "x-amz-target",
-        HeaderValue::from_str(op_target).map_err(|e| LoadError::Sign(e.to_string()))?,
-    );
-    headers.insert("x-amz-date", date);
-    let started = Instant::now();
-    let auth = kms_sidecar::auth::sigv4::sign(
-        &cred.access_key_id,
-        cred.secret.expose_secret(),
-        region,
-        &kms_sidecar::auth::sigv4::SignedRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            body: &body,
-        },
-        &SIGNED_HEADERS,
-    )
-    .map_err(|e| LoadError::Sign(format!("{e:?}")))?;
-    let signing = started.elapsed();
-    headers.insert(
-        http::header::AUTHORIZATION,
-        HeaderValue::from_str(&auth).map_err(|e| LoadError::Sign(e.to_string()))?,
-    );
-    let mut req = http::Request::post("/").body(Full::new(body))?;
-    *req.headers_mut() = headers;
-    Ok((req, signing))
-}
+use crate::sign::Credential;
 
 /// Checks a response: `Ok` for a 200 that carries the operation's result member, otherwise the
 /// error type to count (the KMS `__type`, or `HTTP<status>` / `MalformedResponse`).
@@ -210,7 +82,7 @@ impl Workload {
     }
 
     /// Builds every body from keys and ciphertexts (base64).
-    fn build(spec: &WorkloadSpec, key_ids: Vec<String>, cts: Vec<String>) -> Self {
+    pub(crate) fn build(spec: &WorkloadSpec, key_ids: Vec<String>, cts: Vec<String>) -> Self {
         let ctx = &spec.context;
         let with_ctx = |mut v: Value, member: &str| {
             if !ctx.is_empty() {
@@ -294,165 +166,10 @@ impl Workload {
 }
 
 /// Deterministic filler bytes (the content of a payload does not matter, only its size).
-fn payload(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn payload(len: usize, seed: u64) -> Vec<u8> {
     (0..len as u64)
         .map(|i| (splitmix(seed.wrapping_mul(1_000_003).wrapping_add(i)) & 0xff) as u8)
         .collect()
-}
-
-/// What the setup phase did.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SetupReport {
-    pub keys_created: usize,
-    pub keys_used: usize,
-    pub ciphertexts: usize,
-    pub requests: u64,
-    pub seconds: f64,
-}
-
-/// A sequential KMS client for setup and cleanup (one connection, the first principal).
-#[derive(Debug)]
-pub struct SetupClient<'a> {
-    target: &'a Target,
-    cred: &'a Credential,
-    region: &'a str,
-    conn: Conn,
-    clock: AmzClock,
-    timeout: Duration,
-    pub requests: u64,
-}
-
-impl<'a> SetupClient<'a> {
-    pub fn new(
-        target: &'a Target,
-        cred: &'a Credential,
-        region: &'a str,
-        timeout: Duration,
-    ) -> Self {
-        Self {
-            target,
-            cred,
-            region,
-            conn: Conn::new(target.addr),
-            clock: AmzClock::default(),
-            timeout,
-            requests: 0,
-        }
-    }
-
-    /// Calls `TrentService.<op>`; a non-200 answer is an error naming the KMS error type.
-    pub async fn call(&mut self, op: &'static str, body: &Value) -> Result<Value, LoadError> {
-        let (req, _) = signed_request(
-            self.target,
-            self.cred,
-            self.region,
-            &format!("TrentService.{op}"),
-            Bytes::from(body.to_string()),
-            self.clock.now(),
-        )?;
-        self.requests += 1;
-        let (status, bytes) = self.conn.send(req, self.timeout).await?;
-        if status != 200 {
-            return Err(LoadError::Setup {
-                op,
-                status,
-                error_type: error_type(status, &bytes),
-            });
-        }
-        Ok(serde_json::from_slice(&bytes)?)
-    }
-}
-
-/// The setup phase: creates (or takes) keys and encrypts payloads to get ciphertexts to decrypt.
-pub async fn prepare(
-    target: &Target,
-    spec: &WorkloadSpec,
-    timeout: Duration,
-) -> Result<(Workload, SetupReport, Vec<String>), LoadError> {
-    let started = Instant::now();
-    let cred = spec.creds.first().ok_or(LoadError::NoCredentials)?;
-    let mut client = SetupClient::new(target, cred, &spec.region, timeout);
-    let mut created = Vec::new();
-    let key_ids = if spec.key_ids.is_empty() {
-        if spec.keys == 0 {
-            return Err(LoadError::Invalid("--keys must be at least 1".into()));
-        }
-        for _ in 0..spec.keys {
-            let v = client
-                .call("CreateKey", &json!({"Description": "kms-loadtest"}))
-                .await?;
-            let id = v["KeyMetadata"]["KeyId"]
-                .as_str()
-                .ok_or(LoadError::SetupShape {
-                    op: "CreateKey",
-                    field: "KeyMetadata.KeyId",
-                })?;
-            created.push(id.to_string());
-        }
-        created.clone()
-    } else {
-        spec.key_ids.clone()
-    };
-    let needs_cts = spec
-        .mix
-        .weights()
-        .iter()
-        .any(|(op, _)| op.needs_ciphertext());
-    if needs_cts && spec.ciphertexts_per_key == 0 {
-        return Err(LoadError::Invalid(
-            "the mix decrypts, so --ciphertexts-per-key must be at least 1".into(),
-        ));
-    }
-    let mut cts = Vec::new();
-    if needs_cts {
-        for key in &key_ids {
-            for n in 0..spec.ciphertexts_per_key {
-                let mut body = json!({
-                    "KeyId": key,
-                    "Plaintext": B64.encode(payload(spec.payload_bytes, n as u64 + 1)),
-                });
-                if !spec.context.is_empty() {
-                    body["EncryptionContext"] = json!(spec.context);
-                }
-                let v = client.call("Encrypt", &body).await?;
-                let ct = v["CiphertextBlob"].as_str().ok_or(LoadError::SetupShape {
-                    op: "Encrypt",
-                    field: "CiphertextBlob",
-                })?;
-                cts.push(ct.to_string());
-            }
-        }
-    }
-    let report = SetupReport {
-        keys_created: created.len(),
-        keys_used: key_ids.len(),
-        ciphertexts: cts.len(),
-        requests: client.requests,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    Ok((Workload::build(spec, key_ids, cts), report, created))
-}
-
-/// Schedules the keys the setup phase created for deletion (7 days, the minimum KMS allows).
-pub async fn cleanup(
-    target: &Target,
-    spec: &WorkloadSpec,
-    created: &[String],
-    timeout: Duration,
-) -> Result<(), LoadError> {
-    let Some(cred) = spec.creds.first() else {
-        return Ok(());
-    };
-    let mut client = SetupClient::new(target, cred, &spec.region, timeout);
-    for key in created {
-        client
-            .call(
-                "ScheduleKeyDeletion",
-                &json!({"KeyId": key, "PendingWindowInDays": 7}),
-            )
-            .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -462,7 +179,7 @@ mod tests {
     fn spec(mix: &str) -> WorkloadSpec {
         WorkloadSpec {
             mix: Mix::parse(mix).unwrap(),
-            creds: credentials(
+            creds: crate::sign::credentials(
                 vec!["AKIDA".into(), "AKIDB".into()],
                 vec!["s1".into(), "s2".into()],
             )
@@ -474,20 +191,6 @@ mod tests {
             payload_bytes: 64,
             context: BTreeMap::from([("app".to_string(), "lt".to_string())]),
         }
-    }
-
-    #[test]
-    fn credentials_pair_up_and_hide_secrets() {
-        assert!(matches!(
-            credentials(vec![], vec![]),
-            Err(LoadError::NoCredentials)
-        ));
-        assert!(matches!(
-            credentials(vec!["a".into()], vec![]),
-            Err(LoadError::CredentialCount { ids: 1, secrets: 0 })
-        ));
-        let c = credentials(vec!["AKID".into()], vec!["topsecret".into()]).unwrap();
-        assert!(!format!("{c:?}").contains("topsecret"));
     }
 
     #[test]
@@ -520,12 +223,6 @@ mod tests {
     }
 
     #[test]
-    fn amz_date_formats() {
-        assert_eq!(amz_date(1_440_938_160), "20150830T123600Z");
-        assert_eq!(AmzClock::default().now().len(), 16);
-    }
-
-    #[test]
     fn workload_spreads_keys_principals_and_ops() {
         let w = Workload::synthetic(&spec("decrypt=3,encrypt=1"));
         assert_eq!(w.ciphertexts, 6);
@@ -546,30 +243,5 @@ mod tests {
         assert_eq!(decrypts, 300);
         assert_eq!(principals.len(), 2);
         assert_eq!(bodies.len(), 6 + 3);
-    }
-
-    #[test]
-    fn signed_requests_verify_with_the_sidecar_algorithm() {
-        let target = Target {
-            url: "http://127.0.0.1:7300".into(),
-            host_header: "127.0.0.1:7300".into(),
-            addr: "127.0.0.1:7300".parse().unwrap(),
-        };
-        let cred = &spec("decrypt").creds[0];
-        let (req, took) = signed_request(
-            &target,
-            cred,
-            "us-east-1",
-            "TrentService.Decrypt",
-            Bytes::from_static(b"{}"),
-            HeaderValue::from_static("20150830T123600Z"),
-        )
-        .unwrap();
-        let auth = req.headers()["authorization"].to_str().unwrap();
-        assert!(auth.starts_with(
-            "AWS4-HMAC-SHA256 Credential=AKIDA/20150830/us-east-1/kms/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature="
-        ));
-        assert_eq!(req.headers()["host"], "127.0.0.1:7300");
-        assert!(took < Duration::from_secs(1));
     }
 }

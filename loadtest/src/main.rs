@@ -24,6 +24,10 @@ fn main() -> ExitCode {
         Ok(outcome) => {
             if let Some(report) = &outcome.report {
                 print!("{}", report.summary());
+                // Also on stderr: stdout is often a file or a pipe.
+                for w in &report.warnings {
+                    eprintln!("kms-loadtest: warning: {w}");
+                }
             }
             if let Some(path) = &outcome.json {
                 println!("report: {}", path.display());

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::RunResult;
 use crate::error::LoadError;
-use crate::kms::SetupReport;
+use crate::setup::{CleanupReport, SetupReport};
 use crate::stats::Percentiles;
 
 /// Bumped when a field changes meaning or disappears (additions keep the version).
@@ -29,6 +29,12 @@ pub struct Report {
     pub parameters: Parameters,
     pub machine: Machine,
     pub setup: Option<SetupReport>,
+    /// `null` when nothing was cleaned up (no keys created, or `--keep-keys`).
+    #[serde(default)]
+    pub cleanup: Option<CleanupReport>,
+    /// Things that went wrong without costing the measurement (e.g. a cleanup that failed).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub runs: Vec<RunResult>,
     pub probe: Option<ProbeReport>,
     pub baseline: Option<BaselineReport>,
@@ -192,6 +198,14 @@ pub struct MaxReport {
 }
 
 impl Report {
+    /// Records a cleanup phase and its warning, if any.
+    pub fn record_cleanup(&mut self, cleanup: Option<CleanupReport>) {
+        if let Some(c) = cleanup {
+            self.warnings.extend(c.warning());
+            self.cleanup = Some(c);
+        }
+    }
+
     /// Writes the report as pretty JSON.
     pub fn write_json(&self, path: &Path) -> Result<(), LoadError> {
         let text = serde_json::to_string_pretty(self)?;
@@ -218,8 +232,8 @@ impl Report {
         if let Some(s) = &self.setup {
             let _ = writeln!(
                 out,
-                "setup: {} keys ({} created), {} ciphertexts, {} requests in {:.2}s",
-                s.keys_used, s.keys_created, s.ciphertexts, s.requests, s.seconds
+                "setup: {} keys ({} created), {} ciphertexts, {} requests ({} retries) in {:.2}s",
+                s.keys_used, s.keys_created, s.ciphertexts, s.requests, s.retries, s.seconds
             );
         }
         for run in &self.runs {
@@ -276,6 +290,20 @@ impl Report {
                 x.max_error_share * 100.0,
                 x.stop_reason
             );
+        }
+        if let Some(c) = &self.cleanup {
+            let _ = writeln!(
+                out,
+                "\ncleanup: {} key(s) scheduled for deletion, {} not; {} requests ({} retries) in {:.2}s",
+                c.keys_scheduled,
+                c.failed_keys.len(),
+                c.requests,
+                c.retries,
+                c.seconds
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
         }
         out
     }

@@ -33,12 +33,12 @@ async fn run_report_has_every_documented_field() {
     ])
     .await;
     let text = std::fs::read_to_string(&json).unwrap();
-    // Everything but the setup, probe, baseline and max sections (null in this report).
+    // Everything but the setup, cleanup, probe, baseline and max sections (null in this report).
     let checked = assert_documented_fields(&text);
     let skipped = support::documented_fields()
         .iter()
         .filter(|f| {
-            ["setup.", "probe.", "baseline.", "max."]
+            ["setup.", "cleanup.", "probe.", "baseline.", "max."]
                 .iter()
                 .any(|p| f.starts_with(p))
         })
@@ -48,6 +48,8 @@ async fn run_report_has_every_documented_field() {
     assert_eq!(v["schema_version"], 1);
     assert_eq!(v["mode"], "run");
     assert!(v["probe"].is_null() && v["baseline"].is_null() && v["max"].is_null());
+    assert!(v["setup"].is_null() && v["cleanup"].is_null());
+    assert_eq!(v["warnings"], serde_json::json!([]));
     assert!(v["machine"]["nproc"].as_u64().unwrap() >= 1);
     let r = &report.runs[0];
     // 200/s for 1.3 s: 260 planned, 60 of them warm-up; the responder answers all.

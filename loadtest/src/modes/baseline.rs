@@ -31,8 +31,9 @@ pub async fn baseline(common: &Common, cfg: &BaselineConfig) -> Result<Report, L
     let sidecar = prepare_target(common, false).await?;
     let outcome = compare(common, cfg, &sidecar).await;
     let cleaned = finish(common, &sidecar).await;
-    let report = outcome?;
-    cleaned?;
+    let mut report = outcome?;
+    report.record_cleanup(cleaned);
+    report.finished_at_unix = now_unix();
     Ok(report)
 }
 

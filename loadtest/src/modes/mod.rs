@@ -14,12 +14,14 @@ pub use baseline::{BaselineConfig, baseline};
 pub use max::{MaxConfig, max};
 pub use probe::{ProbeConfig, fetch_configured_limit, probe};
 
+use crate::backoff::Backoff;
 use crate::engine::{Limits, RunResult, RunSpec, execute};
 use crate::error::LoadError;
-use crate::kms::{SetupReport, Workload, WorkloadSpec, cleanup, prepare};
+use crate::kms::{Workload, WorkloadSpec};
 use crate::progress::Progress;
 use crate::report::{Machine, Parameters, Report, SCHEMA_VERSION, Step};
 use crate::responder::Responder;
+use crate::setup::{CleanupReport, SetupReport, cleanup, prepare};
 use crate::target::{Target, resolve};
 
 /// Settings every mode shares.
@@ -36,6 +38,8 @@ pub struct Common {
     pub warmup: Duration,
     /// Leave the keys the setup phase created (default: schedule their deletion at the end).
     pub keep_keys: bool,
+    /// How the setup and cleanup calls retry throttling and transient errors.
+    pub retry: Backoff,
     /// Worker threads of the in-process baseline responder.
     pub responder_threads: usize,
     pub progress: Progress,
@@ -90,29 +94,69 @@ pub(crate) async fn prepare_target(
         });
     }
     let target = Arc::new(resolve(&common.target, common.allow_non_loopback).await?);
-    let (workload, setup, created) =
-        prepare(&target, &common.workload, common.limits.timeout).await?;
-    Ok(Prepared {
-        target,
-        workload: Arc::new(workload),
-        setup: Some(setup),
-        created,
-        _responder: None,
-    })
+    let mut created = Vec::new();
+    let prepared = prepare(
+        &target,
+        &common.workload,
+        common.limits.timeout,
+        common.retry,
+        &mut created,
+    )
+    .await;
+    match prepared {
+        Ok((workload, setup)) => Ok(Prepared {
+            target,
+            workload: Arc::new(workload),
+            setup: Some(setup),
+            created,
+            _responder: None,
+        }),
+        Err(e) => {
+            // Keys created before the failure would otherwise be left behind unnoticed.
+            let cleanup = if created.is_empty() {
+                String::new()
+            } else if common.keep_keys {
+                format!(
+                    "; kept the {} key(s) it created (--keep-keys)",
+                    created.len()
+                )
+            } else {
+                let report = cleanup_keys(common, &target, &created).await;
+                match report.warning() {
+                    Some(w) => format!("; {w}"),
+                    None => format!(
+                        "; the {} key(s) it created are scheduled for deletion",
+                        created.len()
+                    ),
+                }
+            };
+            Err(LoadError::Setup {
+                source: Box::new(e),
+                cleanup,
+            })
+        }
+    }
 }
 
-/// Schedules deletion of the keys a setup phase created, unless `--keep-keys`.
-pub(crate) async fn finish(common: &Common, prepared: &Prepared) -> Result<(), LoadError> {
-    if common.keep_keys || prepared.created.is_empty() {
-        return Ok(());
-    }
+async fn cleanup_keys(common: &Common, target: &Target, created: &[String]) -> CleanupReport {
     cleanup(
-        &prepared.target,
+        target,
         &common.workload,
-        &prepared.created,
+        created,
         common.limits.timeout,
+        common.retry,
     )
     .await
+}
+
+/// Schedules deletion of the keys a setup phase created, unless `--keep-keys` (`None`: nothing to
+/// clean up). Never fails, so the report survives a cleanup that does
+/// ([`Report::record_cleanup`]).
+pub(crate) async fn finish(common: &Common, prepared: &Prepared) -> Option<CleanupReport> {
+    if common.keep_keys || prepared.created.is_empty() {
+        return None;
+    }
+    Some(cleanup_keys(common, &prepared.target, &prepared.created).await)
 }
 
 /// An empty report with the invocation's parameters and machine.
@@ -158,6 +202,8 @@ pub(crate) fn new_report(
         },
         machine: Machine::detect(),
         setup: None,
+        cleanup: None,
+        warnings: Vec::new(),
         runs: Vec::new(),
         probe: None,
         baseline: None,
@@ -197,9 +243,8 @@ pub async fn run(common: &Common, cfg: &RunConfig) -> Result<Report, LoadError> 
     )
     .await;
     // Keys are cleaned up even when the run failed.
-    let cleaned = finish(common, &prepared).await;
+    report.record_cleanup(finish(common, &prepared).await);
     report.runs.push(result?);
-    cleaned?;
     report.finished_at_unix = now_unix();
     Ok(report)
 }
@@ -234,8 +279,8 @@ pub(crate) async fn step(
 }
 
 /// Runs the steps a rate search proposes (only the first warms up; later ones start on warm
-/// connections and caches), each judged by `verdict`, `pause` apart, then cleans up the target.
-/// The steps so far are kept in `report` even when one fails.
+/// connections and caches), each judged by `verdict`, `pause` apart, then cleans up the target
+/// (recorded in `report`). The steps so far are kept in `report` even when one fails.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_search(
     common: &Common,
@@ -269,9 +314,8 @@ pub(crate) async fn run_search(
             tokio::time::sleep(pause).await;
         }
     }
-    let cleaned = finish(common, prepared).await;
+    report.record_cleanup(finish(common, prepared).await);
     outcome?;
-    cleaned?;
     Ok(steps)
 }
 
