@@ -4,7 +4,8 @@
 //! the core, the core over the concerns (auth, caches, limits, keys, observers), those over the
 //! backends, and everything over the `kms` vocabulary. A front-end's wire types must never leak
 //! down (no backend knows a wire format), and no two modules may import each other, directly or
-//! around a cycle. Test code is exempt: a test may reach for anything.
+//! around a cycle. Test code is exempt: a test may reach for anything. The load tester is a black
+//! box: it must not link the sidecar crate it measures.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -161,4 +162,18 @@ fn the_checker_sees_imports_and_skips_tests() {
         assert!(edges.contains_key(m), "{m} not found");
     }
     assert!(edges["frontend"].contains("core"));
+}
+#[test]
+fn the_load_tester_does_not_link_the_sidecar() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtest/Cargo.toml");
+    let text = fs::read_to_string(manifest).unwrap();
+    let table: toml::Table = text.parse().unwrap();
+    for section in ["dependencies", "build-dependencies"] {
+        if let Some(deps) = table.get(section).and_then(|d| d.as_table()) {
+            assert!(
+                !deps.contains_key("kms-sidecar"),
+                "loadtest [{section}] depends on kms-sidecar: it must stay a black-box client"
+            );
+        }
+    }
 }
