@@ -32,7 +32,9 @@ fn limited_sidecar(dir: &std::path::Path, rate: &str, burst: &str) -> Sidecar {
 
 /// `kms_sidecar_requests_total` for one operation and outcome (0 when the series is absent).
 async fn count(sidecar: &Sidecar, op: &str, outcome: &str) -> u64 {
-    let series = format!("kms_sidecar_requests_total{{operation=\"{op}\",outcome=\"{outcome}\"}}");
+    let series = format!(
+        "kms_sidecar_requests_total{{frontend=\"aws_json\",operation=\"{op}\",outcome=\"{outcome}\"}}"
+    );
     sample(&sidecar.metrics().await, &series).unwrap_or(0.0) as u64
 }
 

@@ -73,7 +73,7 @@ impl Report {
             Some(source) => format!("backend {call} failed: {:?}: {source}", e.kind),
             None => format!("backend {call} failed: {:?}", e.kind),
         };
-        if crate::limits::classify::is_throttle(&e) {
+        if crate::limits::classify::is_throttle(e) {
             self.degraded.push(line);
         } else {
             self.down.push(line);
@@ -150,7 +150,7 @@ fn limits(app: &Admin) -> Vec<serde_json::Value> {
     let rate = app
         .core
         .rate()
-        .map_or_else(|| Arc::new(config.rate.clone()), |r| r.spec.load_full());
+        .map_or_else(|| Arc::new(config.rate().clone()), |r| r.spec.load_full());
     let mut out = Vec::new();
     let mut push = |scope: &str, name: &str, windows: &[crate::limits::WindowSpec]| {
         for w in windows {
@@ -168,9 +168,9 @@ fn limits(app: &Admin) -> Vec<serde_json::Value> {
         push("principal", name, w);
     }
     push("key", "default", &rate.key_default);
-    if let Some(b) = &config.outbound {
+    if let Some(b) = &config.outbound() {
         out.push(serde_json::json!({
-            "scope": "backend", "name": "outbound", "rate_per_second": b.per_second, "burst": b.burst,
+            "scope": "backend", "name": "outbound", "rate_per_second": b.per_second(), "burst": b.burst(),
         }));
     }
     out
@@ -320,7 +320,7 @@ async fn faults(app: &Admin, req: Request<Incoming>) -> (StatusCode, &'static st
 /// With an admin token configured, refuses requests without it (401), counted as unauthorized
 /// calls with operation `admin`.
 fn check_token(app: &Admin, req: &Request<Incoming>) -> Option<Response<Body>> {
-    let token = app.config.admin_token.as_ref()?;
+    let token = app.config.admin_token()?;
     if admin_token::is_open_path(req.uri().path()) {
         return None;
     }
@@ -334,6 +334,7 @@ fn check_token(app: &Admin, req: &Request<Incoming>) -> Option<Response<Body>> {
         AdminAuthError::Wrong => "bad_signature",
     };
     app.core.metrics().unauthorized.record(
+        "admin",
         security::UNKNOWN_PRINCIPAL,
         "admin",
         security::NO_KEY,

@@ -48,16 +48,16 @@ struct Endpoint {
 impl Endpoint {
     /// From the configuration alone (the CLI subcommands, where no listener is bound).
     fn configured(config: &Config) -> Self {
-        match &config.tls {
+        match &config.tls() {
             None => Self {
-                url: format!("http://{}", config.listen),
+                url: format!("http://{}", config.listen()),
                 ca: None,
             },
             Some(source) => Self {
-                url: format!("https://{}", config.listen),
+                url: format!("https://{}", config.listen()),
                 ca: Some(match source {
                     TlsSource::Files { cert, .. } => cert.clone(),
-                    TlsSource::SelfSigned => tls::self_signed_paths(&config.data_dir).0,
+                    TlsSource::SelfSigned => tls::self_signed_paths(&config.data_dir()).0,
                 }),
             },
         }
@@ -125,17 +125,17 @@ fn not_admin_hint(name: &str, admins: &[String]) -> [String; 2] {
 
 fn serve(config: Config, options: Options) -> anyhow::Result<()> {
     let _telemetry = observe::telemetry::init(
-        config.log_format,
-        &config.log_level,
-        config.otlp_endpoint.as_deref(),
+        config.log_format(),
+        &config.log_level(),
+        config.otlp_endpoint().as_deref(),
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let region = config.arn_scope().region;
-        let data_dir = config.data_dir.clone();
-        let admins = config.admin_principals.clone();
+        let data_dir = config.data_dir().to_path_buf();
+        let admins = config.admin_principals().to_vec();
         let mut sidecar = Sidecar::start(config).await?;
         let endpoint = Endpoint {
             url: sidecar.kms_endpoint(),
@@ -229,7 +229,7 @@ fn verify_audit(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()> {
-    let dir = Arc::new(DataDir::open(&config.data_dir, &config.root_key)?);
+    let dir = Arc::new(DataDir::open(&config.data_dir(), &config.root_key())?);
     match command {
         ClientsCommand::Add { name, tags } => {
             let tags = tags
@@ -246,7 +246,7 @@ fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()
                 &issued,
                 &config.arn_scope().region,
                 &endpoint,
-                &config.admin_principals,
+                &config.admin_principals(),
                 "Issued a client credential (shown once):",
             );
         }
@@ -257,7 +257,7 @@ fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()
                 &issued,
                 &config.arn_scope().region,
                 &endpoint,
-                &config.admin_principals,
+                &config.admin_principals(),
                 "Rotated the secret (shown once; the old one stops working within a second):",
             );
         }

@@ -7,6 +7,8 @@
 //! around a cycle. Test code is exempt: a test may reach for anything. The load tester is a black
 //! box: it must not link the sidecar crate it measures.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -46,7 +46,7 @@ async fn token_guards_all_but_the_probes() {
         sample(
             &metrics,
             &format!(
-                "kms_sidecar_unauthorized_total{{key=\"none\",operation=\"admin\",principal=\"unknown\",reason=\"{reason}\"}}"
+                "kms_sidecar_unauthorized_total{{frontend=\"admin\",key=\"none\",operation=\"admin\",principal=\"unknown\",reason=\"{reason}\"}}"
             ),
         )
     };

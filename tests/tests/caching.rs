@@ -74,7 +74,7 @@ async fn decrypt_cache_hits_coalesces_and_still_authorizes() {
     assert_eq!(
         sample(
             &after,
-            "kms_sidecar_request_duration_seconds_count{cache=\"hit\",operation=\"Decrypt\"}"
+            "kms_sidecar_request_duration_seconds_count{cache=\"hit\",frontend=\"aws_json\",operation=\"Decrypt\"}"
         ),
         5.0
     );

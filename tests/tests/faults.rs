@@ -231,8 +231,12 @@ async fn the_retry_budget_bounds_backend_attempts() {
             "kms_sidecar_backend_requests_total{backend=\"embedded\",operation=\"encrypt\",",
         )
     };
-    let requests =
-        |text: &str| sum_series(text, "kms_sidecar_requests_total{operation=\"Encrypt\",");
+    let requests = |text: &str| {
+        sum_series(
+            text,
+            "kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"Encrypt\",",
+        )
+    };
     let retries = |text: &str| {
         sum_series(
             text,

@@ -71,7 +71,7 @@ async fn per_principal_limit_throttles_exactly_the_excess() {
     assert_eq!(
         sample(
             &metrics,
-            "kms_sidecar_requests_total{operation=\"ListKeys\",outcome=\"ThrottlingException\"}"
+            "kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"ListKeys\",outcome=\"ThrottlingException\"}"
         ),
         Some(3.0)
     );

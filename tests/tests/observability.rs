@@ -87,23 +87,23 @@ async fn metrics_status_and_key_versions() {
     assert_eq!(status, 200);
     let exact = [
         (
-            "kms_sidecar_requests_total{operation=\"CreateKey\",outcome=\"ok\"}",
+            "kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"CreateKey\",outcome=\"ok\"}",
             2.0,
         ),
         (
-            "kms_sidecar_requests_total{operation=\"Encrypt\",outcome=\"ok\"}",
+            "kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"Encrypt\",outcome=\"ok\"}",
             4.0,
         ),
         (
-            "kms_sidecar_requests_total{operation=\"Decrypt\",outcome=\"ok\"}",
+            "kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"Decrypt\",outcome=\"ok\"}",
             2.0,
         ),
         (
-            "kms_sidecar_requests_total{operation=\"Decrypt\",outcome=\"InvalidCiphertextException\"}",
+            "kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"Decrypt\",outcome=\"InvalidCiphertextException\"}",
             1.0,
         ),
         (
-            "kms_sidecar_request_duration_seconds_count{cache=\"none\",operation=\"Encrypt\"}",
+            "kms_sidecar_request_duration_seconds_count{cache=\"none\",frontend=\"aws_json\",operation=\"Encrypt\"}",
             4.0,
         ),
         (

@@ -230,7 +230,7 @@ async fn tenant_isolation_deny_revocation_and_audit() {
         sample(
             &metrics,
             &format!(
-                "kms_sidecar_unauthorized_total{{key=\"{key}\",operation=\"{op}\",principal=\"{principal}\",reason=\"{reason}\"}}"
+                "kms_sidecar_unauthorized_total{{frontend=\"aws_json\",key=\"{key}\",operation=\"{op}\",principal=\"{principal}\",reason=\"{reason}\"}}"
             ),
         )
     };
@@ -363,7 +363,7 @@ async fn label_cardinality_stays_bounded() {
     assert_eq!(
         sample(
             &metrics,
-            "kms_sidecar_unauthorized_total{key=\"none\",operation=\"Encrypt\",principal=\"unknown\",reason=\"unknown_client\"}"
+            "kms_sidecar_unauthorized_total{frontend=\"aws_json\",key=\"none\",operation=\"Encrypt\",principal=\"unknown\",reason=\"unknown_client\"}"
         ),
         Some(sent_unknown as f64)
     );

@@ -270,8 +270,8 @@ async fn authentication_failures() {
     let metrics = kms_sidecar_e2e::http_get(&format!("{}/metrics", sidecar.admin_url))
         .await
         .1;
-    assert!(metrics.contains("kms_sidecar_requests_total{operation=\"ListKeys\",outcome=\"InvalidSignatureException\"} 5"), "{metrics}");
-    assert!(metrics.contains("kms_sidecar_requests_total{operation=\"ListKeys\",outcome=\"UnrecognizedClientException\"} 1"), "{metrics}");
+    assert!(metrics.contains("kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"ListKeys\",outcome=\"InvalidSignatureException\"} 5"), "{metrics}");
+    assert!(metrics.contains("kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"ListKeys\",outcome=\"UnrecognizedClientException\"} 1"), "{metrics}");
     let health = kms_sidecar_e2e::http_get(&format!("{}/healthz", sidecar.admin_url))
         .await
         .1;

@@ -11,6 +11,7 @@ pub mod rows;
 pub mod sli;
 pub mod status;
 pub mod store;
+pub mod view;
 
 pub use derive::{Derived, Settings};
 pub use store::{Endpoint, Model, ModelConfig, SourceHealth};

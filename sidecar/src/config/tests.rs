@@ -11,11 +11,11 @@ fn file(text: &str) -> anyhow::Result<Options> {
 #[test]
 fn defaults_bind_loopback() {
     let c = Config::merge(Options::default(), Options::default(), Secrets::default()).unwrap();
-    assert_eq!(c.listen, "127.0.0.1:7300".parse().unwrap());
-    assert_eq!(c.admin_listen, "127.0.0.1:7301".parse().unwrap());
-    assert_eq!(c.max_body_bytes, 65_536);
-    assert_eq!(c.max_clock_skew, Duration::from_secs(300));
-    assert!(matches!(c.root_key, RootKeySource::DataDir));
+    assert_eq!(c.listen(), "127.0.0.1:7300".parse().unwrap());
+    assert_eq!(c.admin_listen(), "127.0.0.1:7301".parse().unwrap());
+    assert_eq!(c.max_body_bytes(), 65_536);
+    assert_eq!(c.max_clock_skew(), Duration::from_secs(300));
+    assert!(matches!(c.root_key(), RootKeySource::DataDir));
     assert_eq!(c.arn_scope().region, "us-east-1");
 }
 
@@ -23,17 +23,17 @@ fn defaults_bind_loopback() {
 fn tls_and_admin_token_settings() {
     let merge = |f: &str| Config::merge(Options::default(), file(f).unwrap(), Secrets::default());
     let c = merge("").unwrap();
-    assert_eq!(c.tls, None);
-    assert_eq!(c.admin_token, None);
+    assert_eq!(c.tls(), None);
+    assert_eq!(c.admin_token(), None);
     assert_eq!(
-        merge("tls = true").unwrap().tls,
-        Some(TlsSource::SelfSigned)
+        merge("tls = true").unwrap().tls(),
+        Some(&TlsSource::SelfSigned)
     );
     assert_eq!(
         merge("tls = true\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"")
             .unwrap()
-            .tls,
-        Some(TlsSource::Files {
+            .tls(),
+        Some(&TlsSource::Files {
             cert: "/c.pem".into(),
             key: "/k.pem".into()
         })
@@ -50,8 +50,8 @@ fn tls_and_admin_token_settings() {
     };
     let c = Config::merge(Options::default(), Options::default(), secrets).unwrap();
     assert_eq!(
-        c.admin_token,
-        Some(AdminToken::new("an-admin-token-of-length").unwrap())
+        c.admin_token(),
+        Some(&AdminToken::new("an-admin-token-of-length").unwrap())
     );
     let short = Secrets {
         admin_token: Some("short".into()),
@@ -136,13 +136,13 @@ fn root_key_precedence() {
         },
     )
     .unwrap();
-    assert!(matches!(c.root_key, RootKeySource::Hex(_)));
+    assert!(matches!(c.root_key(), RootKeySource::Hex(_)));
     assert!(
-        !format!("{:?}", c.root_key).contains("0000"),
+        !format!("{:?}", c.root_key()).contains("0000"),
         "root key leaked in Debug"
     );
     let c = Config::merge(cli, Options::default(), Secrets::default()).unwrap();
-    assert!(matches!(c.root_key, RootKeySource::File(_)));
+    assert!(matches!(c.root_key(), RootKeySource::File(_)));
 }
 
 #[test]
@@ -157,8 +157,8 @@ fn upstream_backend_settings() {
     )
     .unwrap();
     let c = Config::merge(Options::default(), f.clone(), secrets()).unwrap();
-    let BackendConfig::Upstream(s) = &c.backend else {
-        panic!("{:?}", c.backend)
+    let BackendConfig::Upstream(s) = &c.backend() else {
+        panic!("{:?}", c.backend())
     };
     assert_eq!(
         s.endpoint.as_deref(),
@@ -182,7 +182,7 @@ fn upstream_backend_settings() {
         ..Options::default()
     };
     let c = Config::merge(cli, f.clone(), Secrets::default()).unwrap();
-    let BackendConfig::Upstream(s) = &c.backend else {
+    let BackendConfig::Upstream(s) = &c.backend() else {
         panic!()
     };
     use secrecy::ExposeSecret as _;
@@ -267,7 +267,7 @@ fn cli_parses() {
     ] {
         let cli = Cli::try_parse_from(args).unwrap();
         let c = Config::merge(cli.options, Options::default(), Secrets::default()).unwrap();
-        assert_eq!(c.faults_enabled, enabled, "{args:?}");
+        assert_eq!(c.faults_enabled(), enabled, "{args:?}");
     }
     let c = Config::merge(
         Options::default(),
@@ -275,5 +275,5 @@ fn cli_parses() {
         Secrets::default(),
     )
     .unwrap();
-    assert!(c.faults_enabled);
+    assert!(c.faults_enabled());
 }

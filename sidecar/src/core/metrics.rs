@@ -121,6 +121,7 @@ mod tests {
         let m = Metrics::register("embedded", settings()).unwrap();
         // Touch every vector family so it has a child and shows up when rendered.
         m.requests.record(
+            crate::kms::Frontend::AwsJson,
             Some(Operation::Encrypt),
             None,
             crate::cache::CacheOutcome::None,
@@ -135,7 +136,7 @@ mod tests {
         m.keys
             .rotation("k1", true, crate::keys::RotationType::OnDemand);
         m.unauthorized
-            .record("unknown", "Encrypt", "none", "bad_signature");
+            .record("aws_json", "unknown", "Encrypt", "none", "bad_signature");
         let _ = m.cache.for_cache("decrypt");
         m.rate.throttled("p", crate::limits::Scope::Global);
         m.rate

@@ -9,32 +9,10 @@ use std::time::{Instant, SystemTime};
 use tracing::Span;
 
 use super::{Core, Observation, Principal};
+pub use crate::kms::Frontend;
 use crate::kms::{KmsError, Operation, Origin};
 use crate::observe::audit::{self, AuditEvent, Outcome as AuditOutcome};
 use crate::observe::security;
-
-/// Which front-end served a call (a bounded label for logs and spans).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Frontend {
-    /// The AWS KMS JSON 1.1 API.
-    AwsJson,
-    /// The Kubernetes KMS v2 plugin API (gRPC on a Unix socket).
-    KmsV2,
-    /// The AWS KMS External Key Store proxy API.
-    Xks,
-}
-
-impl Frontend {
-    pub const ALL: [Frontend; 3] = [Frontend::AwsJson, Frontend::KmsV2, Frontend::Xks];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Frontend::AwsJson => "aws_json",
-            Frontend::KmsV2 => "kmsv2",
-            Frontend::Xks => "xks",
-        }
-    }
-}
 
 /// One call as the core observes it, filled in as the front-end and the pipeline learn things (also
 /// when they fail), and consumed by [`Core::finish`].
@@ -161,7 +139,9 @@ impl Core {
                 span.record("error_type", kind.name());
             }
         }
-        self.metrics.requests.record(x.op, outcome, cache, elapsed);
+        self.metrics
+            .requests
+            .record(x.frontend, x.op, outcome, cache, elapsed);
         let audited = self.audit.record(AuditEvent {
             time: audit::epoch_seconds(SystemTime::now()),
             principal: x.principal_name().to_string(),
@@ -201,6 +181,7 @@ impl Core {
             .map(|k| self.metrics.keys.key_label(k));
         let op = x.op.map_or("unknown", Operation::as_str);
         self.metrics.unauthorized.record(
+            x.frontend.as_str(),
             x.principal_name(),
             op,
             key.as_deref().unwrap_or(security::NO_KEY),

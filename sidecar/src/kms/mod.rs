@@ -76,6 +76,30 @@ impl Operation {
     }
 }
 
+/// Which front-end served a call: the `frontend` label of the request metrics, and a field of
+/// logs and spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frontend {
+    /// The AWS KMS JSON 1.1 API.
+    AwsJson,
+    /// The Kubernetes KMS v2 plugin API (gRPC on a Unix socket).
+    KmsV2,
+    /// The AWS KMS External Key Store proxy API.
+    Xks,
+}
+
+impl Frontend {
+    pub const ALL: [Frontend; 3] = [Frontend::AwsJson, Frontend::KmsV2, Frontend::Xks];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Frontend::AwsJson => "aws_json",
+            Frontend::KmsV2 => "kmsv2",
+            Frontend::Xks => "xks",
+        }
+    }
+}
+
 /// An encryption context; a `BTreeMap` so it is always in canonical (sorted) order.
 pub type EncryptionContext = BTreeMap<String, String>;
 

@@ -70,6 +70,26 @@ pub enum BreakerSpecError {
     Probes(u32),
 }
 
+/// A [`BreakerSpec`] that passed [`BreakerSpec::validate`]; only that builds one, so a breaker
+/// made from it needs no second check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValidBreakerSpec(BreakerSpec);
+
+impl ValidBreakerSpec {
+    pub fn spec(&self) -> &BreakerSpec {
+        &self.0
+    }
+}
+
+impl TryFrom<BreakerSpec> for ValidBreakerSpec {
+    type Error = BreakerSpecError;
+
+    fn try_from(spec: BreakerSpec) -> Result<Self, BreakerSpecError> {
+        spec.validate()?;
+        Ok(Self(spec))
+    }
+}
+
 impl BreakerSpec {
     pub fn validate(&self) -> Result<(), BreakerSpecError> {
         let hour = Duration::from_secs(3600);
@@ -207,7 +227,16 @@ impl Breaker {
         spec: BreakerSpec,
         metrics: &BreakerMetrics,
     ) -> Result<Self, BreakerSpecError> {
-        spec.validate()?;
+        Ok(Self::from_valid(
+            backend,
+            ValidBreakerSpec::try_from(spec)?,
+            metrics,
+        ))
+    }
+
+    /// [`Breaker::new`] for a spec validated earlier (by the configuration).
+    pub fn from_valid(backend: &str, spec: ValidBreakerSpec, metrics: &BreakerMetrics) -> Self {
+        let spec = spec.0;
         let state_gauge = metrics.state.with_label_values(&[backend]);
         state_gauge.set(State::Closed.gauge());
         let transitions = State::ALL.map(|s| {
@@ -215,7 +244,7 @@ impl Breaker {
                 .transitions
                 .with_label_values(&[backend, s.as_str()])
         });
-        Ok(Self {
+        Self {
             spec,
             inner: Mutex::new(Inner {
                 phase: Phase::Closed,
@@ -225,7 +254,7 @@ impl Breaker {
             }),
             state_gauge,
             transitions,
-        })
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

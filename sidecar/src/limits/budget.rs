@@ -112,6 +112,11 @@ impl OutboundBudget {
         self.per_second
     }
 
+    /// The bucket's size: how many calls may go at once after a quiet spell.
+    pub fn burst(&self) -> u32 {
+        self.burst as u32
+    }
+
     /// Takes a token now, or reserves the next one and waits for it if it comes by `deadline`.
     pub async fn acquire(&self, deadline: Instant) -> Result<(), BudgetExhausted> {
         match self.reserve(Instant::now(), deadline)? {

@@ -40,7 +40,7 @@ pub mod resilient;
 pub mod retry;
 mod window;
 
-pub use breaker::{Breaker, BreakerMetrics, BreakerSpec, Open, Permit, State};
+pub use breaker::{Breaker, BreakerMetrics, BreakerSpec, Open, Permit, State, ValidBreakerSpec};
 pub use budget::{BudgetExhausted, BudgetSpec, OutboundBudget};
 pub use rate::{RateLimits, RateMetrics, Scope, Throttled};
 pub use rate_spec::{RateSpec, SpecError, ValidRateSpec, WindowSpec};

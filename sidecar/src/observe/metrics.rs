@@ -1,7 +1,9 @@
-//! Request metrics from the contract in DESIGN.md: `kms_sidecar_requests_total{operation,outcome}` and
-//! `kms_sidecar_request_duration_seconds{operation,cache}`.
+//! Request metrics from the contract in DESIGN.md:
+//! `kms_sidecar_requests_total{frontend,operation,outcome}` and
+//! `kms_sidecar_request_duration_seconds{frontend,operation,cache}`.
 //!
-//! Label values come only from enums (operation, KMS error type, cache outcome), so cardinality is
+//! Label values come only from enums (front-end, operation, KMS error type, cache outcome), so
+//! cardinality is
 //! fixed. Series handles are resolved once per label combination and kept in lock-free tables, so the
 //! per-request cost is an index and an atomic add, with no string formatting or map lookup.
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::cache::CacheOutcome;
-use crate::kms::{ErrorKind, Operation};
+use crate::kms::{ErrorKind, Frontend, Operation};
 
 pub use crate::kms::LATENCY_BUCKETS;
 
@@ -43,31 +45,35 @@ pub struct RequestMetrics {
 
 const OUTCOMES: usize = ErrorKind::ALL.len() + 1;
 const OPS: usize = Operation::ALL.len() + 1;
+const FRONTENDS: usize = Frontend::ALL.len();
+const CACHES: usize = CacheOutcome::ALL.len();
 
 impl RequestMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "kms_sidecar_requests_total",
-                "KMS API requests by operation and outcome (ok or the KMS error type).",
+                "Requests by front-end, operation and outcome (ok or the KMS error type).",
             ),
-            &["operation", "outcome"],
+            &["frontend", "operation", "outcome"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "kms_sidecar_request_duration_seconds",
-                "KMS API request latency in seconds, from the first byte read to the response, by operation and cache outcome.",
+                "Request latency in seconds, from the first byte read to the response, by front-end, operation and cache outcome.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["operation", "cache"],
+            &["frontend", "operation", "cache"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         Ok(Self {
             requests,
             duration,
-            request_cells: (0..OPS * OUTCOMES).map(|_| OnceLock::new()).collect(),
-            duration_cells: (0..OPS * CacheOutcome::ALL.len())
+            request_cells: (0..FRONTENDS * OPS * OUTCOMES)
+                .map(|_| OnceLock::new())
+                .collect(),
+            duration_cells: (0..FRONTENDS * OPS * CACHES)
                 .map(|_| OnceLock::new())
                 .collect(),
         })
@@ -84,6 +90,7 @@ impl RequestMetrics {
     /// Records one finished request.
     pub fn record(
         &self,
+        frontend: Frontend,
         op: Option<Operation>,
         outcome: Option<ErrorKind>,
         cache: CacheOutcome,
@@ -92,20 +99,25 @@ impl RequestMetrics {
         if !super::RECORD {
             return;
         }
+        let f = frontend as usize;
         let op = op_slot(op);
         let out = outcome_slot(outcome);
-        if let Some(cell) = self.request_cells.get(op * OUTCOMES + out) {
+        if let Some(cell) = self.request_cells.get((f * OPS + op) * OUTCOMES + out) {
             cell.get_or_init(|| {
                 let outcome = outcome.map_or("ok", ErrorKind::name);
-                self.requests.with_label_values(&[op_label(op), outcome])
+                self.requests
+                    .with_label_values(&[frontend.as_str(), op_label(op), outcome])
             })
             .inc();
         }
         let c = cache as usize;
-        if let Some(cell) = self.duration_cells.get(op * CacheOutcome::ALL.len() + c) {
+        if let Some(cell) = self.duration_cells.get((f * OPS + op) * CACHES + c) {
             cell.get_or_init(|| {
-                self.duration
-                    .with_label_values(&[op_label(op), CacheOutcome::ALL[c].as_str()])
+                self.duration.with_label_values(&[
+                    frontend.as_str(),
+                    op_label(op),
+                    CacheOutcome::ALL[c].as_str(),
+                ])
             })
             .observe(elapsed.as_secs_f64());
         }
@@ -131,48 +143,62 @@ mod tests {
         let registry = Registry::new();
         let m = RequestMetrics::register(&registry).unwrap();
         m.record(
+            Frontend::AwsJson,
             Some(Operation::Encrypt),
             None,
             CacheOutcome::None,
             Duration::from_micros(70),
         );
         m.record(
+            Frontend::AwsJson,
             Some(Operation::Encrypt),
             None,
             CacheOutcome::None,
             Duration::from_millis(2),
         );
         m.record(
+            Frontend::AwsJson,
             Some(Operation::Decrypt),
             Some(ErrorKind::InvalidCiphertext),
             CacheOutcome::Miss,
             Duration::from_micros(10),
         );
         m.record(
+            Frontend::AwsJson,
             None,
             Some(ErrorKind::UnknownOperation),
             CacheOutcome::None,
             Duration::from_micros(10),
         );
+        m.record(
+            Frontend::KmsV2,
+            Some(Operation::Encrypt),
+            None,
+            CacheOutcome::None,
+            Duration::from_micros(70),
+        );
         let text = String::from_utf8(render(&registry)).unwrap();
+        assert!(text.contains(
+            "kms_sidecar_requests_total{frontend=\"kmsv2\",operation=\"Encrypt\",outcome=\"ok\"} 1\n"
+        ));
         assert!(
-            text.contains("kms_sidecar_requests_total{operation=\"Encrypt\",outcome=\"ok\"} 2\n"),
+            text.contains("kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"Encrypt\",outcome=\"ok\"} 2\n"),
             "{text}"
         );
         assert!(text.contains(
-            "kms_sidecar_requests_total{operation=\"Decrypt\",outcome=\"InvalidCiphertextException\"} 1\n"
+            "kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"Decrypt\",outcome=\"InvalidCiphertextException\"} 1\n"
         ));
         assert!(text.contains(
-            "kms_sidecar_requests_total{operation=\"unknown\",outcome=\"UnknownOperationException\"} 1\n"
+            "kms_sidecar_requests_total{frontend=\"aws_json\",operation=\"unknown\",outcome=\"UnknownOperationException\"} 1\n"
         ));
         assert!(text.contains(
-            "kms_sidecar_request_duration_seconds_bucket{cache=\"none\",operation=\"Encrypt\",le=\"0.0001\"} 1\n"
+            "kms_sidecar_request_duration_seconds_bucket{cache=\"none\",frontend=\"aws_json\",operation=\"Encrypt\",le=\"0.0001\"} 1\n"
         ));
         assert!(text.contains(
-            "kms_sidecar_request_duration_seconds_bucket{cache=\"none\",operation=\"Encrypt\",le=\"0.0025\"} 2\n"
+            "kms_sidecar_request_duration_seconds_bucket{cache=\"none\",frontend=\"aws_json\",operation=\"Encrypt\",le=\"0.0025\"} 2\n"
         ));
         assert!(text.contains(
-            "kms_sidecar_request_duration_seconds_count{cache=\"miss\",operation=\"Decrypt\"} 1\n"
+            "kms_sidecar_request_duration_seconds_count{cache=\"miss\",frontend=\"aws_json\",operation=\"Decrypt\"} 1\n"
         ));
     }
 }

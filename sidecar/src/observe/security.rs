@@ -35,9 +35,9 @@ impl UnauthorizedMetrics {
         let counter = IntCounterVec::new(
             Opts::new(
                 "kms_sidecar_unauthorized_total",
-                "Calls refused by authentication or key policy, by principal, operation, key and reason.",
+                "Calls refused by authentication or key policy, by front-end (or admin), principal, operation, key and reason.",
             ),
-            &["principal", "operation", "key", "reason"],
+            &["frontend", "principal", "operation", "key", "reason"],
         )?;
         registry.register(Box::new(counter.clone()))?;
         Ok(Self { counter })
@@ -48,10 +48,17 @@ impl UnauthorizedMetrics {
     }
 
     /// Counts one refused call; all labels must already be bounded (see the module docs).
-    pub fn record(&self, principal: &str, operation: &str, key: &str, reason: &'static str) {
+    pub fn record(
+        &self,
+        frontend: &'static str,
+        principal: &str,
+        operation: &str,
+        key: &str,
+        reason: &'static str,
+    ) {
         debug_assert!(REASONS.contains(&reason), "unexpected reason {reason}");
         self.counter
-            .with_label_values(&[principal, operation, key, reason])
+            .with_label_values(&[frontend, principal, operation, key, reason])
             .inc();
     }
 }

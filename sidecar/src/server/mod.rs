@@ -36,8 +36,8 @@ use crate::core::{Core, Kms, Metrics, RateLimiting};
 use crate::datadir::{DataDir, DirLock};
 use crate::frontend::aws_json::AwsJson;
 use crate::keys::{self, KeyStore};
+use crate::limits::Breaker;
 use crate::limits::resilient::{Resilience, Resilient};
-use crate::limits::{Breaker, OutboundBudget, RetryBudget, RetryPolicy};
 use crate::observe::audit::AuditLog;
 use crate::tls::{self, Tls};
 
@@ -63,9 +63,9 @@ pub struct Sidecar {
 impl Sidecar {
     /// Opens and checks everything the sidecar needs; any problem is an error naming it.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let dir = Arc::new(DataDir::open(&config.data_dir, &config.root_key)?);
+        let dir = Arc::new(DataDir::open(config.data_dir(), config.root_key())?);
         let lock = dir.lock()?;
-        let (raw, embedded): (Arc<dyn Backend>, _) = match &config.backend {
+        let (raw, embedded): (Arc<dyn Backend>, _) = match config.backend() {
             BackendConfig::Embedded => {
                 let embedded = Arc::new(Embedded::open(dir.clone())?);
                 (embedded.clone(), Some(embedded))
@@ -73,14 +73,15 @@ impl Sidecar {
             BackendConfig::Pkcs11(settings) => (Arc::new(Pkcs11::open(settings.clone())?), None),
             BackendConfig::Upstream(settings) => (Arc::new(Upstream::new(settings.clone())?), None),
         };
-        let metrics =
-            Arc::new(Metrics::register(raw.name(), config.metrics).context("registering metrics")?);
+        let metrics = Arc::new(
+            Metrics::register(raw.name(), config.metrics()).context("registering metrics")?,
+        );
         // Fault injection, only when enabled, sits right on the real backend so that an injected
         // failure is measured, retried and seen by the breaker exactly like a real one.
-        let faults = config.faults_enabled.then(|| {
+        let faults = config.faults_enabled().then(|| {
             Arc::new(Faults::new(
                 raw.clone(),
-                config.backend_timeout,
+                config.backend_timeout(),
                 &metrics.faults,
             ))
         });
@@ -96,25 +97,22 @@ impl Sidecar {
         // Every backend attempt is measured (Observed); retries, the outbound budget and the circuit
         // breaker wrap that (Resilient), so each attempt shows in backend_requests_total.
         let observed: Arc<dyn Backend> = Arc::new(Observed::new(raw, metrics.backend.clone()));
-        let breaker = Arc::new(Breaker::new(
+        // The limits' settings were validated by the configuration; building them cannot fail.
+        let breaker = Arc::new(Breaker::from_valid(
             observed.name(),
-            config.breaker,
+            config.breaker(),
             &metrics.breaker,
-        )?);
-        let outbound = config
-            .outbound
-            .map(OutboundBudget::new)
-            .transpose()?
-            .map(Arc::new);
+        ));
+        let outbound = config.outbound().cloned();
         if let Some(budget) = &outbound {
             budget.export(&metrics.rate, observed.name());
         }
         let resilience = Resilience {
             breaker: breaker.clone(),
-            retry: Arc::new(RetryPolicy::new(config.retry)?),
-            retry_budget: Arc::new(RetryBudget::new(config.retry_budget)?),
+            retry: config.retry().clone(),
+            retry_budget: config.retry_budget().clone(),
             outbound,
-            request_timeout: config.backend_timeout,
+            request_timeout: config.backend_timeout(),
             retries: Some(metrics.retry.for_backend(observed.name())),
         };
         let backend: Arc<dyn Backend> = Arc::new(Resilient::new(observed, resilience));
@@ -131,7 +129,7 @@ impl Sidecar {
         if foreign > 0 {
             anyhow::bail!(
                 "data directory {} holds {foreign} key(s) of another backend than {}: use one data directory per backend",
-                config.data_dir.display(),
+                config.data_dir().display(),
                 backend.name()
             );
         }
@@ -149,32 +147,31 @@ impl Sidecar {
         };
         let rate = Arc::new(RateLimiting {
             limits: ArcSwap::from_pointee(build_rate_limits(
-                &config.rate,
-                &config.admin_principals,
+                config.rate(),
+                config.admin_principals(),
                 &clients,
                 &metrics,
             )?),
-            spec: ArcSwap::from_pointee(config.rate.clone()),
+            spec: ArcSwap::from_pointee(config.rate().clone()),
             metrics: metrics.rate.clone(),
         });
         let audit =
-            AuditLog::open(config.audit.clone(), metrics.audit.clone()).with_context(|| {
+            AuditLog::open(config.audit().clone(), metrics.audit.clone()).with_context(|| {
                 format!(
                     "cannot open the audit log in {}",
-                    config.audit.dir.display()
+                    config.audit().dir.display()
                 )
             })?;
         let tls = config
-            .tls
-            .as_ref()
-            .map(|source| tls::load(source, &config.data_dir, config.listen))
+            .tls()
+            .map(|source| tls::load(source, config.data_dir(), config.listen()))
             .transpose()?;
-        let kms_listener = TcpListener::bind(config.listen)
+        let kms_listener = TcpListener::bind(config.listen())
             .await
-            .with_context(|| format!("cannot listen on {} (KMS API)", config.listen))?;
-        let admin_listener = TcpListener::bind(config.admin_listen)
+            .with_context(|| format!("cannot listen on {} (KMS API)", config.listen()))?;
+        let admin_listener = TcpListener::bind(config.admin_listen())
             .await
-            .with_context(|| format!("cannot listen on {} (admin API)", config.admin_listen))?;
+            .with_context(|| format!("cannot listen on {} (admin API)", config.admin_listen()))?;
         let kms_addr = kms_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let report = keys.maintain(keys::now()).await;
@@ -184,17 +181,17 @@ impl Sidecar {
         let kms = Kms::with_caches(
             keys.clone(),
             config
-                .admin_principals
+                .admin_principals()
                 .iter()
                 .map(|n| clients::principal_arn(&scope.account, n))
                 .collect(),
-            DecryptCache::new(config.cache, metrics.cache.for_cache("decrypt")),
-            DataKeyPool::new(config.pool, metrics.cache.for_cache("data_key_pool")),
-            config.cache_invalidate_on_rotation,
+            DecryptCache::new(config.cache(), metrics.cache.for_cache("decrypt")),
+            DataKeyPool::new(config.pool(), metrics.cache.for_cache("data_key_pool")),
+            config.cache_invalidate_on_rotation(),
         )
         .with_breaker(breaker)
         .with_reuse(DataKeyReuse::new(
-            config.reuse.clone(),
+            config.reuse().clone(),
             metrics.cache.for_cache("data_key_reuse"),
         ));
         let core = Arc::new(Core::new(
@@ -202,14 +199,14 @@ impl Sidecar {
             Some(rate),
             metrics,
             audit,
-            config.admin_principals.clone(),
+            config.admin_principals().to_vec(),
         ));
         let aws_json = Arc::new(AwsJson::new(
             core.clone(),
             clients.clone(),
-            Verifier::new(config.max_clock_skew),
-            config.max_body_bytes,
-            config.otlp_endpoint.is_some(),
+            Verifier::new(config.max_clock_skew()),
+            config.max_body_bytes(),
+            config.otlp_endpoint().is_some(),
         ));
         let admin = Arc::new(Admin::new(core.clone(), config.clone(), faults));
         Ok(Self {
@@ -283,7 +280,7 @@ impl Sidecar {
         let background = tokio::spawn(background(
             self.core.clone(),
             self.clients.clone(),
-            self.config.maintenance_interval,
+            self.config.maintenance_interval(),
             stop_rx,
         ));
         shutdown.await;
@@ -292,7 +289,7 @@ impl Sidecar {
         let _ = tokio::join!(kms, admin, background);
         match Arc::try_unwrap(graceful) {
             Ok(g) => {
-                if tokio::time::timeout(self.config.shutdown_grace, g.shutdown())
+                if tokio::time::timeout(self.config.shutdown_grace(), g.shutdown())
                     .await
                     .is_err()
                 {
