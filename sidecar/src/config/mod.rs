@@ -32,6 +32,7 @@ use crate::observe::{LogFormat, MetricsSettings};
 use crate::tls::TlsSource;
 
 mod cli;
+pub mod proxy;
 
 pub use cli::{AuditCommand, Cli, ClientsCommand, Command, Options};
 
@@ -177,6 +178,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Whether `/v1/faults` may inject faults into backend calls (off: the injector is not built).
     pub faults_enabled: bool,
+    /// Proxy mode's settings (`None`: local mode).
+    pub proxy: Option<proxy::ProxyConfig>,
 }
 
 fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> anyhow::Result<u64> {
@@ -419,6 +422,13 @@ impl Config {
             .backend
             .or(file.backend)
             .unwrap_or(BackendKind::Embedded);
+        let proxy = proxy::build(
+            &cli,
+            &file,
+            backend_kind,
+            secrets.upstream_secret.clone(),
+            backend_timeout,
+        )?;
         let upstream = match backend_kind {
             BackendKind::Upstream => Some(upstream_settings(
                 &cli,
@@ -680,6 +690,7 @@ impl Config {
             retry_budget: RetryBudgetSpec::default(),
             backend_timeout,
             faults_enabled: cli.faults_enabled.or(file.faults_enabled).unwrap_or(false),
+            proxy,
             backend,
             metrics,
             admin_principals,
