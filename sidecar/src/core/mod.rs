@@ -126,7 +126,9 @@ impl Core {
         // In proxy mode the same step is the proxy's (core/proxy/): local proxy policy, the
         //    decrypt cache, then the upstream KMS under the same breaker, retries and budgets.
         match &self.proxy {
-            Some(proxy) => proxy.run(request, caller, &mut x.obs).await,
+            // Boxed: the forwarded SDK calls make a large future, which must not grow every
+            // local call's stack frame.
+            Some(proxy) => Box::pin(proxy.run(request, caller, &mut x.obs)).await,
             None => self.kms.run(request, caller, &mut x.obs).await,
         }
         // 6. Observe: the front-end hands the result to `finish` (core/observe.rs).

@@ -104,12 +104,12 @@ impl Proxy {
         Fut: Future<Output = Result<T, SdkError<E>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        self.limits
-            .call(|| {
-                let sent = send();
-                async move { sent.await.map_err(|e| failure(operation, e)) }
-            })
-            .await
+        // Boxed: SDK futures are large, and a proxy call holds one per operation it can forward.
+        Box::pin(self.limits.call(|| {
+            let sent = Box::pin(send());
+            async move { sent.await.map_err(|e| failure(operation, e)) }
+        }))
+        .await
     }
 
     /// [`up`](Self::up) with one attempt only.
@@ -121,9 +121,12 @@ impl Proxy {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        self.limits
-            .once(async move { sent.await.map_err(|e| failure(operation, e)) })
-            .await
+        let sent = Box::pin(sent);
+        Box::pin(
+            self.limits
+                .once(async move { sent.await.map_err(|e| failure(operation, e)) }),
+        )
+        .await
     }
 
     pub(super) async fn encrypt(
