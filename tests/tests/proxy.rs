@@ -90,7 +90,7 @@ impl Drop for Moto {
 
 /// The upstream under test.
 enum Upstream {
-    Sidecar(Option<Sidecar>, PathBuf, u16, Creds),
+    Sidecar(Box<Option<Sidecar>>, PathBuf, u16, Creds),
     Moto(Moto),
 }
 
@@ -119,10 +119,11 @@ impl Upstream {
     /// KMS requests the upstream has served so far.
     async fn requests(&self) -> f64 {
         match self {
-            Upstream::Sidecar(Some(s), ..) => {
+            Upstream::Sidecar(s, ..) if s.is_some() => {
+                let s = s.as_ref().as_ref().unwrap();
                 sum_series(&s.metrics().await, "kms_sidecar_requests_total{")
             }
-            Upstream::Sidecar(None, ..) => f64::NAN,
+            Upstream::Sidecar(..) => f64::NAN,
             Upstream::Moto(m) => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 m.log
@@ -138,7 +139,7 @@ impl Upstream {
     fn stop(&mut self) {
         match self {
             Upstream::Sidecar(s, ..) => {
-                if let Some(s) = s.take() {
+                if let Some(s) = (**s).take() {
                     let (ok, out) = s.stop();
                     assert!(ok, "{}", out.all());
                 }
@@ -150,7 +151,7 @@ impl Upstream {
     fn restart(&mut self) {
         match self {
             Upstream::Sidecar(s, dir, port, creds) => {
-                *s = Some(start_sidecar(dir, *port, Some(creds.clone())));
+                **s = Some(start_sidecar(dir, *port, Some(creds.clone())));
             }
             Upstream::Moto(m) => {
                 // moto keeps its keys in memory: a restarted moto has none, which the scenario
@@ -431,7 +432,12 @@ async fn proxy_in_front_of_another_sidecar() {
     let creds = upstream.creds.clone();
     let env = env_keys(&creds);
     scenario(
-        Upstream::Sidecar(Some(upstream), dir.path().to_path_buf(), port, creds),
+        Upstream::Sidecar(
+            Box::new(Some(upstream)),
+            dir.path().to_path_buf(),
+            port,
+            creds,
+        ),
         env,
     )
     .await;
