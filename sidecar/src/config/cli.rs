@@ -204,7 +204,7 @@ pub struct Options {
     pub mode: Option<super::proxy::Mode>,
 
     /// Proxy mode: JSON file of local rules saying which principal may use which upstream keys
-    /// (required with --mode proxy; see docs/proxy.md).
+    /// (required with --mode proxy; see README "In front of AWS KMS").
     #[arg(long, env = "KMS_SIDECAR_PROXY_POLICY_FILE", global = true)]
     pub proxy_policy_file: Option<PathBuf>,
 
