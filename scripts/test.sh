@@ -22,6 +22,17 @@ if ((${#missing[@]})); then
   fi
 fi
 
+# Proxy mode's tests run against moto_server (a second KMS implementation) and the AWS CLI.
+pip_missing=()
+command -v moto_server >/dev/null 2>&1 || pip_missing+=('moto[server]')
+command -v aws >/dev/null 2>&1 || pip_missing+=(awscli)
+if ((${#pip_missing[@]})); then
+  echo "==> installing test dependencies with pip: ${pip_missing[*]}"
+  if ! { command -v python3 >/dev/null 2>&1 && python3 -m pip install -q "${pip_missing[@]}"; }; then
+    echo "WARNING: could not pip install ${pip_missing[*]}; the proxy tests that need them will print SKIP"
+  fi
+fi
+
 # One clean build per run: incremental state only costs disk here (several GB for this workspace).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 

@@ -257,7 +257,12 @@ impl Sidecar {
         let mut cmd = Command::new(binary());
         cmd.arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(if start.args.iter().any(|a| a == "--listen") {
+                // A test that needs a fixed port (to restart on it) names it.
+                vec!["--admin-listen", "127.0.0.1:0"]
+            } else {
+                vec!["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+            })
             .args(&start.args)
             .env_remove("KMS_SIDECAR_ROOT_KEY")
             .env_remove("RUST_LOG")

@@ -4,6 +4,7 @@
 pub mod admin_token;
 pub mod clients;
 pub mod policy;
+pub mod proxy_policy;
 pub mod sigv4;
 
 use std::collections::BTreeMap;

@@ -14,6 +14,7 @@ pub mod faults;
 pub mod metrics;
 pub mod observed;
 pub mod pkcs11;
+pub mod remote;
 pub mod upstream;
 
 use async_trait::async_trait;

@@ -232,22 +232,49 @@ impl DecryptCache {
     where
         F: std::future::Future<Output = Result<Zeroizing<Vec<u8>>, KmsError>>,
     {
+        let load = async { load.await.map(|p| (p, key_id.to_string(), version)) };
+        self.get_or_load_keyed(key, serve_stale, load)
+            .await
+            .map(|(p, _, outcome)| (p, outcome))
+    }
+
+    /// [`get_or_load`](Self::get_or_load) for callers that learn the key only from the load (proxy
+    /// mode: an upstream ciphertext is opaque, the upstream's answer names its key). `load` yields
+    /// the plaintext, the key id and version it was under; the answer includes the key id, cached
+    /// with the entry, so that a hit is authorized against the same key as the miss was.
+    pub async fn get_or_load_keyed<F>(
+        &self,
+        key: [u8; 32],
+        serve_stale: bool,
+        load: F,
+    ) -> Result<(Zeroizing<Vec<u8>>, String, CacheOutcome), KmsError>
+    where
+        F: std::future::Future<Output = Result<(Zeroizing<Vec<u8>>, String, u32), KmsError>>,
+    {
         let Some(cache) = &self.cache else {
-            return load.await.map(|p| (p, CacheOutcome::None));
+            return load.await.map(|(p, k, _)| (p, k, CacheOutcome::None));
         };
         let mut stale = None;
         if let Some(entry) = cache.get(&key).await {
             let age = entry.inserted.elapsed();
             if age <= self.settings.ttl {
                 self.count(|m| &m.hit);
-                return Ok((entry.plaintext.clone(), CacheOutcome::Hit));
+                return Ok((
+                    entry.plaintext.clone(),
+                    entry.key_id.clone(),
+                    CacheOutcome::Hit,
+                ));
             }
             // The cache's own expiry is TTL + grace, but a stale entry put back below must not
             // outlive the grace.
             if age <= self.settings.ttl + self.settings.stale_grace {
                 if serve_stale {
                     self.count(|m| &m.stale);
-                    return Ok((entry.plaintext.clone(), CacheOutcome::Hit));
+                    return Ok((
+                        entry.plaintext.clone(),
+                        entry.key_id.clone(),
+                        CacheOutcome::Hit,
+                    ));
                 }
                 stale = Some(entry);
             }
@@ -256,9 +283,9 @@ impl DecryptCache {
         let loaded = cache
             .try_get_with(key, async {
                 match load.await {
-                    Ok(plaintext) => Ok(Arc::new(Entry {
+                    Ok((plaintext, key_id, version)) => Ok(Arc::new(Entry {
                         plaintext,
-                        key_id: key_id.to_string(),
+                        key_id,
                         version,
                         inserted: Instant::now(),
                     })),
@@ -274,11 +301,19 @@ impl DecryptCache {
         match loaded {
             Ok(entry) if entry.inserted.elapsed() > self.settings.ttl => {
                 self.count(|m| &m.stale);
-                Ok((entry.plaintext.clone(), CacheOutcome::Hit))
+                Ok((
+                    entry.plaintext.clone(),
+                    entry.key_id.clone(),
+                    CacheOutcome::Hit,
+                ))
             }
             Ok(entry) => {
                 self.count(|m| &m.miss);
-                Ok((entry.plaintext.clone(), CacheOutcome::Miss))
+                Ok((
+                    entry.plaintext.clone(),
+                    entry.key_id.clone(),
+                    CacheOutcome::Miss,
+                ))
             }
             Err(e) => {
                 self.count(|m| &m.miss);

@@ -82,7 +82,7 @@ pub(super) fn backend(
 }
 
 /// A secret from its environment variable, else from a file (trimmed), else an error naming both.
-fn secret(
+pub(super) fn secret(
     env_value: Option<String>,
     file: Option<PathBuf>,
     needs: &str,

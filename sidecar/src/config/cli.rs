@@ -197,6 +197,22 @@ pub struct Options {
     #[arg(long, env = "KMS_SIDECAR_UPSTREAM_ALIAS_PREFIX", global = true)]
     pub upstream_alias_prefix: Option<String>,
 
+    /// Mode: local (the sidecar is the key authority) or proxy (in front of an existing KMS at
+    /// --upstream-endpoint: its key ids and ciphertexts, the sidecar's caches, limits and audit)
+    /// [default: local].
+    #[arg(long, env = "KMS_SIDECAR_MODE", global = true, value_enum)]
+    pub mode: Option<super::proxy::Mode>,
+
+    /// Proxy mode: JSON file of local rules saying which principal may use which upstream keys
+    /// (required with --mode proxy; see README "In front of AWS KMS").
+    #[arg(long, env = "KMS_SIDECAR_PROXY_POLICY_FILE", global = true)]
+    pub proxy_policy_file: Option<PathBuf>,
+
+    /// Proxy mode: how often the upstream's aliases and key rotation status are polled, in seconds,
+    /// 1..=86400 [default: 60].
+    #[arg(long, env = "KMS_SIDECAR_PROXY_POLL_INTERVAL_SECS", global = true)]
+    pub proxy_poll_interval_secs: Option<u64>,
+
     /// Days after a rotation is due before the key counts as overdue, 0..=365 [default: 1].
     #[arg(long, env = "KMS_SIDECAR_ROTATION_GRACE_DAYS", global = true)]
     pub rotation_grace_days: Option<u64>,

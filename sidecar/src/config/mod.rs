@@ -34,6 +34,7 @@ mod service;
 pub use limits::Limits;
 
 mod cli;
+pub mod proxy;
 
 pub use cli::{AuditCommand, Cli, ClientsCommand, Command, Options};
 
@@ -155,6 +156,8 @@ pub struct Config {
     admin_principals: Vec<String>,
     /// Whether `/v1/faults` may inject faults into backend calls (off: the injector is not built).
     faults_enabled: bool,
+    /// Proxy mode's settings (`None`: local mode).
+    proxy: Option<proxy::ProxyConfig>,
     endpoints: service::Endpoints,
     caching: service::Caching,
     observability: service::Observability,
@@ -219,6 +222,15 @@ impl Config {
     /// Each area's builder validates its settings and returns them in their validated types.
     fn merge(cli: Options, file: Options, mut secrets: Secrets) -> anyhow::Result<Self> {
         let limits = limits::limits(&cli, &file)?;
+        let proxy = proxy::build(
+            &cli,
+            &file,
+            cli.backend
+                .or(file.backend)
+                .unwrap_or(BackendKind::Embedded),
+            secrets.upstream_secret.clone(),
+            limits.backend_timeout,
+        )?;
         let backend = backend::backend(&cli, &file, &mut secrets, limits.backend_timeout)?;
         let endpoints = service::endpoints(&cli, &file, &secrets)?;
         let caching = service::caching(&cli, &file)?;
@@ -279,6 +291,7 @@ impl Config {
             backend,
             admin_principals,
             faults_enabled: cli.faults_enabled.or(file.faults_enabled).unwrap_or(false),
+            proxy,
             endpoints,
             caching,
             observability,
@@ -315,6 +328,10 @@ impl Config {
     }
     pub fn faults_enabled(&self) -> bool {
         self.faults_enabled
+    }
+    /// Proxy mode's settings, or `None` in local mode.
+    pub fn proxy(&self) -> Option<&proxy::ProxyConfig> {
+        self.proxy.as_ref()
     }
     pub fn listen(&self) -> SocketAddr {
         self.endpoints.listen

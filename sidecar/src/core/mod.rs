@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 mod observe;
 pub mod ops;
+pub mod proxy;
 pub mod request;
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct Core {
     admins: Vec<String>,
     next_id: AtomicU64,
     id_prefix: u32,
+    /// Proxy mode: the operations are served by an upstream KMS instead of `kms`.
+    proxy: Option<Arc<proxy::Proxy>>,
 }
 
 impl Core {
@@ -69,7 +72,19 @@ impl Core {
             admins,
             next_id: AtomicU64::new(0),
             id_prefix: getrandom::u32().unwrap_or_default(),
+            proxy: None,
         }
+    }
+
+    /// Serves the operations from an upstream KMS (proxy mode) instead of the local key store.
+    pub fn with_proxy(mut self, proxy: Arc<proxy::Proxy>) -> Self {
+        self.proxy = Some(proxy);
+        self
+    }
+
+    /// The proxy, in proxy mode.
+    pub fn proxy(&self) -> Option<&Arc<proxy::Proxy>> {
+        self.proxy.as_ref()
     }
 
     /// The request pipeline after the front-end has parsed and authenticated a request. Every step
@@ -108,7 +123,14 @@ impl Core {
             tags: &caller.tags,
             admin: self.is_admin(&caller.name),
         };
-        self.kms.run(request, caller, &mut x.obs).await
+        // In proxy mode the same step is the proxy's (core/proxy/): local proxy policy, the
+        //    decrypt cache, then the upstream KMS under the same breaker, retries and budgets.
+        match &self.proxy {
+            // Boxed: the forwarded SDK calls make a large future, which must not grow every
+            // local call's stack frame.
+            Some(proxy) => Box::pin(proxy.run(request, caller, &mut x.obs)).await,
+            None => self.kms.run(request, caller, &mut x.obs).await,
+        }
         // 6. Observe: the front-end hands the result to `finish` (core/observe.rs).
     }
 

@@ -52,6 +52,23 @@ pub struct KeyMetrics {
     write: std::sync::Mutex<usize>,
     max_keys: usize,
     policy: RotationPolicy,
+    /// Rotation status of upstream keys (proxy mode), polled in the background and folded into
+    /// the rotation gauges at every scrape like the local keys.
+    upstream: ArcSwap<Vec<UpstreamRotation>>,
+}
+
+/// One upstream key's rotation status, as the proxy's background poll read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamRotation {
+    /// The key label (the key ARN, or `other`).
+    pub key: String,
+    /// One of its aliases, or empty.
+    pub alias: String,
+    pub enabled: bool,
+    /// Rotation period in days, when rotation is enabled.
+    pub period_days: Option<u32>,
+    /// When the next automatic rotation is due.
+    pub next_rotation: Option<Timestamp>,
 }
 
 impl KeyMetrics {
@@ -108,6 +125,7 @@ impl KeyMetrics {
             write: std::sync::Mutex::new(0),
             max_keys,
             policy,
+            upstream: ArcSwap::from_pointee(Vec::new()),
         };
         registry.register(Box::new(m.operations.clone()))?;
         registry.register(Box::new(m.rotations.clone()))?;
@@ -213,6 +231,41 @@ impl KeyMetrics {
         }
     }
 
+    /// Replaces the upstream keys' rotation status (proxy mode).
+    pub fn set_upstream_rotation(&self, keys: Vec<UpstreamRotation>) {
+        self.upstream.store(Arc::new(keys));
+    }
+
+    fn refresh_upstream(&self, now: Timestamp) {
+        for k in self.upstream.load().iter().take(self.max_keys) {
+            let labels = [k.key.as_str(), k.alias.as_str()];
+            let period = k
+                .period_days
+                .filter(|_| k.enabled)
+                .map_or(0.0, |d| f64::from(d) * 86_400.0);
+            self.enabled
+                .with_label_values(&labels)
+                .set(i64::from(k.enabled));
+            self.period.with_label_values(&labels).set(period);
+            // KMS does not say when a key last rotated; one period before the next rotation is
+            // when it did (or was created), which is what the gauge means.
+            if let Some(next) = k.next_rotation.filter(|_| period > 0.0) {
+                self.last_rotation
+                    .with_label_values(&labels)
+                    .set(next - period);
+            }
+            let overdue = if k.enabled {
+                k.next_rotation
+                    .is_some_and(|due| now > due + self.policy.grace_seconds)
+            } else {
+                self.policy.required
+            };
+            self.overdue
+                .with_label_values(&labels)
+                .set(i64::from(overdue));
+        }
+    }
+
     /// Recomputes the rotation gauges from the index (called at scrape time).
     pub fn refresh(&self, index: &Index, now: Timestamp) {
         for g in [&self.enabled, &self.overdue] {
@@ -220,6 +273,7 @@ impl KeyMetrics {
         }
         self.last_rotation.reset();
         self.period.reset();
+        self.refresh_upstream(now);
         let mut aliases: HashMap<&str, &str> = HashMap::new();
         for (name, a) in &index.aliases {
             aliases.entry(a.target.as_str()).or_insert(name.as_str());

@@ -58,7 +58,9 @@ impl Resilient {
     pub fn limits(&self) -> &Resilience {
         &self.limits
     }
+}
 
+impl Resilience {
     /// One attempt: a token, a permit, the call under the attempt's deadline; the breaker is told
     /// how it went (a timeout is a failure).
     async fn attempt<T>(
@@ -81,14 +83,13 @@ impl Resilient {
         attempt: Attempt,
         call: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
-        if let Some(budget) = &self.limits.outbound {
+        if let Some(budget) = &self.outbound {
             budget
                 .acquire(attempt.deadline)
                 .await
                 .map_err(|e| BackendError::with_source(BackendErrorKind::Unavailable, e))?;
         }
         let permit = self
-            .limits
             .breaker
             .allow()
             .map_err(|e| BackendError::with_source(BackendErrorKind::Unavailable, e))?;
@@ -102,33 +103,37 @@ impl Resilient {
 
     /// When a call starting now must be done (the timeout is clamped to a day so it cannot overflow).
     fn deadline(&self, now: Instant) -> Instant {
-        now + self.limits.request_timeout.min(Duration::from_secs(86_400))
+        now + self.request_timeout.min(Duration::from_secs(86_400))
     }
 
-    async fn call<T, F, Fut>(&self, mut op: F) -> Result<T, BackendError>
+    /// Runs `op` under these limits: the retry loop around attempts that each take an
+    /// outbound-budget token and a breaker permit. Public for callers that are not a [`Backend`]
+    /// (proxy mode forwards whole KMS operations through the same limits).
+    pub async fn call<T, F, Fut>(&self, mut op: F) -> Result<T, BackendError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
         let deadline = self.deadline(Instant::now());
         retry_observed(
-            &self.limits.retry,
-            &self.limits.retry_budget,
+            &self.retry,
+            &self.retry_budget,
             deadline,
-            self.limits.retries.as_ref(),
+            self.retries.as_ref(),
             |attempt| self.attempt(attempt, op()),
         )
         .await
     }
 
-    async fn once<T>(
+    /// One attempt only, for calls whose outcome is unknown after a timeout (a blind retry could
+    /// do the work twice).
+    pub async fn once<T>(
         &self,
         call: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
         let now = Instant::now();
         let deadline = self.deadline(now);
         let deadline = self
-            .limits
             .retry
             .spec()
             .attempt_timeout
@@ -144,7 +149,7 @@ impl Backend for Resilient {
     }
 
     async fn create_version(&self, key: KeyRef<'_>) -> Result<(), BackendError> {
-        self.once(self.inner.create_version(key)).await
+        self.limits.once(self.inner.create_version(key)).await
     }
 
     async fn encrypt(
@@ -153,7 +158,9 @@ impl Backend for Resilient {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
-        self.call(|| self.inner.encrypt(key, aad, plaintext)).await
+        self.limits
+            .call(|| self.inner.encrypt(key, aad, plaintext))
+            .await
     }
 
     async fn decrypt(
@@ -162,16 +169,20 @@ impl Backend for Resilient {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.call(|| self.inner.decrypt(key, aad, sealed)).await
+        self.limits
+            .call(|| self.inner.decrypt(key, aad, sealed))
+            .await
     }
 
     async fn destroy(&self, key_id: &str, versions: &[u32]) -> Result<(), BackendError> {
         // Destroying what is already gone succeeds, so a retry is safe.
-        self.call(|| self.inner.destroy(key_id, versions)).await
+        self.limits
+            .call(|| self.inner.destroy(key_id, versions))
+            .await
     }
 
     async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.call(|| self.inner.random(n)).await
+        self.limits.call(|| self.inner.random(n)).await
     }
 }
 

@@ -27,11 +27,14 @@ use crate::backend::embedded::Embedded;
 use crate::backend::faults::Faults;
 use crate::backend::observed::Observed;
 use crate::backend::pkcs11::Pkcs11;
+use crate::backend::remote;
 use crate::backend::upstream::Upstream;
 use crate::cache::DecryptCache;
 use crate::cache::pool::DataKeyPool;
 use crate::cache::reuse::DataKeyReuse;
+use crate::config::proxy::ProxyConfig;
 use crate::config::{BackendConfig, Config};
+use crate::core::proxy::{Proxy, ProxyMetrics};
 use crate::core::{Core, Kms, Metrics, RateLimiting};
 use crate::datadir::{DataDir, DirLock};
 use crate::frontend::aws_json::AwsJson;
@@ -194,13 +197,21 @@ impl Sidecar {
             config.reuse().clone(),
             metrics.cache.for_cache("data_key_reuse"),
         ));
-        let core = Arc::new(Core::new(
+        let proxy = match config.proxy() {
+            Some(settings) => Some(start_proxy(&config, settings, &metrics).await?),
+            None => None,
+        };
+        let mut core = Core::new(
             kms,
             Some(rate),
             metrics,
             audit,
             config.admin_principals().to_vec(),
-        ));
+        );
+        if let Some(proxy) = proxy {
+            core = core.with_proxy(proxy);
+        }
+        let core = Arc::new(core);
         let aws_json = Arc::new(AwsJson::new(
             core.clone(),
             clients.clone(),
@@ -277,6 +288,13 @@ impl Sidecar {
             graceful.clone(),
             move |req, _peer| admin::handle(admin_api.clone(), req),
         ));
+        // Proxy mode: the upstream's aliases and rotation status, polled off the request path.
+        let poll = self.core.proxy().zip(self.config.proxy()).map(|(p, c)| {
+            tokio::spawn(
+                p.clone()
+                    .poll(self.core.metrics().keys.clone(), c.poll_interval),
+            )
+        });
         let background = tokio::spawn(background(
             self.core.clone(),
             self.clients.clone(),
@@ -286,6 +304,9 @@ impl Sidecar {
         shutdown.await;
         tracing::info!("shutting down: no new connections, letting in-flight requests finish");
         let _ = stop_tx.send(true);
+        if let Some(poll) = poll {
+            poll.abort();
+        }
         let _ = tokio::join!(kms, admin, background);
         match Arc::try_unwrap(graceful) {
             Ok(g) => {
@@ -300,6 +321,46 @@ impl Sidecar {
         }
         Ok(())
     }
+}
+
+/// Proxy mode's stack: the upstream client, its own breaker, retries and budgets (the same settings
+/// as a backend's), a decrypt cache of its own and the local policy.
+async fn start_proxy(
+    config: &Config,
+    settings: &ProxyConfig,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<Proxy>> {
+    const NAME: &str = "proxy";
+    let client = remote::client(&settings.upstream).await?;
+    // The outbound budget and the retry budget are the process's (one quota, one retry allowance);
+    // the breaker is the upstream's own.
+    let outbound = config.outbound().cloned();
+    if let Some(budget) = &outbound {
+        budget.export(&metrics.rate, NAME);
+    }
+    let limits = Resilience {
+        breaker: Arc::new(Breaker::from_valid(
+            NAME,
+            config.breaker(),
+            &metrics.breaker,
+        )),
+        retry: config.retry().clone(),
+        retry_budget: config.retry_budget().clone(),
+        outbound,
+        request_timeout: config.backend_timeout(),
+        retries: Some(metrics.retry.for_backend(NAME)),
+    };
+    let proxy_metrics = Arc::new(
+        ProxyMetrics::register(&metrics.registry).context("registering the proxy metrics")?,
+    );
+    tracing::info!(endpoint = ?settings.upstream.endpoint, region = %settings.upstream.region, "proxy mode: forwarding to the upstream KMS");
+    Ok(Arc::new(Proxy::new(
+        client,
+        limits,
+        DecryptCache::new(config.cache(), metrics.cache.for_cache("proxy_decrypt")),
+        settings.policy()?,
+        proxy_metrics,
+    )))
 }
 
 /// Every version that a key record names has its material on disk. A missing material file (lost,
