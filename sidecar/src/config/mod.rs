@@ -32,8 +32,10 @@ use crate::observe::{LogFormat, MetricsSettings};
 use crate::tls::TlsSource;
 
 mod cli;
+mod kmsv2;
 
 pub use cli::{AuditCommand, Cli, ClientsCommand, Command, Options};
+pub use kmsv2::KmsV2Settings;
 
 /// Default port of the KMS API.
 pub const DEFAULT_KMS_PORT: u16 = 7300;
@@ -177,6 +179,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Whether `/v1/faults` may inject faults into backend calls (off: the injector is not built).
     pub faults_enabled: bool,
+    /// The Kubernetes KMS v2 plugin (gRPC on a Unix socket), when `kmsv2_socket` is set.
+    pub kmsv2: Option<KmsV2Settings>,
 }
 
 fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> anyhow::Result<u64> {
@@ -413,6 +417,7 @@ impl Config {
     }
 
     fn merge(cli: Options, file: Options, secrets: Secrets) -> anyhow::Result<Self> {
+        let kmsv2 = kmsv2::build(&cli, &file)?;
         let root_key_env = secrets.root_key;
         let (rate, outbound, breaker, retry, backend_timeout) = resilience(&cli, &file)?;
         let backend_kind = cli
@@ -670,6 +675,7 @@ impl Config {
             (true, _, _) => bail!("tls_cert and tls_key go together: give both or neither"),
         };
         Ok(Self {
+            kmsv2,
             tls,
             admin_token,
             reuse,
