@@ -163,6 +163,7 @@ mod tests {
         .unwrap();
         let _ = m.retry.for_backend("embedded");
         let _ = m.faults.for_backend("embedded");
+        m.kmsv2_status_ok.with_label_values(&["alias/k8s"]).set(1);
         let mut index = crate::keys::Index::default();
         let meta: crate::keys::KeyMeta = serde_json::from_value(serde_json::json!({
             "format": 1, "id": "k1", "backend": "embedded", "created": 0.0, "description": "",
