@@ -79,7 +79,7 @@ impl Report {
             Some(source) => format!("backend {call} failed: {:?}: {source}", e.kind),
             None => format!("backend {call} failed: {:?}", e.kind),
         };
-        if crate::limits::classify::is_throttle(&e) {
+        if crate::limits::classify::is_throttle(e) {
             self.degraded.push(line);
         } else {
             self.down.push(line);
@@ -196,7 +196,10 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> (StatusCode, &'static st
 /// Runs (at most once per `core::health::TTL`) a real round trip through the backend: random
 /// bytes, and an encrypt + decrypt under the current version of one enabled key if there is one.
 async fn readiness(app: &Admin) -> Report {
-    app.readiness.last.get_or_check((), check_readiness(app)).await
+    app.readiness
+        .last
+        .get_or_check((), check_readiness(app))
+        .await
 }
 
 async fn check_readiness(app: &Admin) -> Report {

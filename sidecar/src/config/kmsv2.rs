@@ -31,8 +31,14 @@ pub struct KmsV2Settings {
 
 /// Builds the settings from flags/environment over the file; `None` when the plugin is off.
 pub(super) fn build(cli: &Options, file: &Options) -> anyhow::Result<Option<KmsV2Settings>> {
-    let socket = cli.kmsv2_socket.clone().or_else(|| file.kmsv2_socket.clone());
-    let key_id = cli.kmsv2_key_id.clone().or_else(|| file.kmsv2_key_id.clone());
+    let socket = cli
+        .kmsv2_socket
+        .clone()
+        .or_else(|| file.kmsv2_socket.clone());
+    let key_id = cli
+        .kmsv2_key_id
+        .clone()
+        .or_else(|| file.kmsv2_key_id.clone());
     let group = cli
         .kmsv2_socket_group
         .clone()
@@ -134,9 +140,12 @@ mod tests {
         assert!(err.to_string().contains("kmsv2_key_id"), "{err}");
         let err = build(&opts(None, Some("alias/k8s")), &none).unwrap_err();
         assert!(err.to_string().contains("need kmsv2_socket"), "{err}");
-        let s = build(&opts(Some("/run/k.sock"), None), &opts(None, Some("alias/k8s")))
-            .unwrap()
-            .unwrap();
+        let s = build(
+            &opts(Some("/run/k.sock"), None),
+            &opts(None, Some("alias/k8s")),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(s.key_id, "alias/k8s");
         assert_eq!(s.principal, DEFAULT_PRINCIPAL);
         assert_eq!(s.socket_group, None);

@@ -102,7 +102,11 @@ mod tests {
         let runs = AtomicU32::new(0);
         let check = || async { runs.fetch_add(1, Ordering::SeqCst) + 1 };
         assert_eq!(memo.get_or_check(1, check()).await, 1);
-        assert_eq!(memo.get_or_check(1, check()).await, 1, "reused within the TTL");
+        assert_eq!(
+            memo.get_or_check(1, check()).await,
+            1,
+            "reused within the TTL"
+        );
         assert_eq!(memo.get_or_check(2, check()).await, 2, "another subject");
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }

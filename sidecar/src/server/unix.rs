@@ -82,7 +82,8 @@ fn remove_stale(path: &Path) -> anyhow::Result<()> {
         );
     }
     tracing::info!(path = %path.display(), "replacing a stale KMS v2 socket");
-    std::fs::remove_file(path).with_context(|| format!("cannot remove the stale {}", path.display()))
+    std::fs::remove_file(path)
+        .with_context(|| format!("cannot remove the stale {}", path.display()))
 }
 
 #[cfg(test)]
