@@ -18,13 +18,11 @@ use crate::backend::faults::Faults;
 use crate::backend::faults::{FaultKind, FaultSpec};
 use crate::config::Config;
 use crate::core::Core;
+use crate::core::health::{self, RoundTripError};
 use crate::frontend::http::Body;
 use crate::keys::{self, Index, KeyState};
 use crate::observe::audit::AuditQuery;
 use crate::observe::{metrics, security};
-
-/// How long a readiness result is reused, so probes cannot flood the backend.
-const READINESS_TTL: Duration = Duration::from_secs(1);
 
 /// The largest `/v1/faults` body read.
 const MAX_FAULT_BODY: usize = 16 * 1024;
@@ -52,10 +50,11 @@ impl Admin {
     }
 }
 
-/// The cached result of the last readiness check.
+/// The cached result of the last readiness check (reused for `core::health::TTL`, so probes
+/// cannot flood the backend).
 #[derive(Debug, Default)]
 pub struct Readiness {
-    last: tokio::sync::Mutex<Option<(Instant, Report)>>,
+    last: health::Memo<(), Report>,
 }
 
 /// What a readiness check found: reasons to take the sidecar out of service, and reasons it serves
@@ -68,6 +67,13 @@ struct Report {
 }
 
 impl Report {
+    fn round_trip_failed(&mut self, e: &RoundTripError) {
+        match e {
+            RoundTripError::Backend { call, error } => self.backend_failed(call, error),
+            RoundTripError::WrongBytes => self.down.push(e.to_string()),
+        }
+    }
+
     fn backend_failed(&mut self, call: &str, e: &crate::backend::BackendError) {
         let line = match e.source.as_deref() {
             Some(source) => format!("backend {call} failed: {:?}: {source}", e.kind),
@@ -187,15 +193,16 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> (StatusCode, &'static st
     }
 }
 
-/// Runs (at most once per [`READINESS_TTL`]) a real round trip through the backend: random bytes,
-/// and an encrypt + decrypt under the current version of one enabled key if there is one.
+/// Runs (at most once per `core::health::TTL`) a real round trip through the backend: random
+/// bytes, and an encrypt + decrypt under the current version of one enabled key if there is one.
 async fn readiness(app: &Admin) -> Report {
-    let mut last = app.readiness.last.lock().await;
-    if let Some((at, report)) = last.as_ref()
-        && at.elapsed() < READINESS_TTL
-    {
-        return report.clone();
-    }
+    app.readiness
+        .last
+        .get_or_check((), check_readiness(app))
+        .await
+}
+
+async fn check_readiness(app: &Admin) -> Report {
     let mut report = Report::default();
     if let Some(spec) = app.faults.as_ref().and_then(|f| f.spec()) {
         report.degraded.push(format!(
@@ -231,19 +238,10 @@ async fn readiness(app: &Admin) -> Report {
             key_id: &key_id,
             version,
         };
-        let aad = b"kms-sidecar readiness probe";
-        match backend.encrypt(key, aad, b"ready").await {
-            Ok(sealed) => match backend.decrypt(key, aad, &sealed).await {
-                Ok(p) if p.as_slice() == b"ready" => {}
-                Ok(_) => report
-                    .down
-                    .push("backend round trip returned wrong bytes".into()),
-                Err(e) => report.backend_failed("decrypt", &e),
-            },
-            Err(e) => report.backend_failed("encrypt", &e),
+        if let Err(e) = health::round_trip(backend.as_ref(), key).await {
+            report.round_trip_failed(&e);
         }
     }
-    *last = Some((Instant::now(), report.clone()));
     report
 }
 

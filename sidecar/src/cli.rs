@@ -170,8 +170,12 @@ fn serve(config: Config, options: Options) -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload needs a restart")
             }
         }
+        let kmsv2 = sidecar
+            .kmsv2_socket()
+            .map(|p| format!(" kmsv2=unix://{}", p.display()))
+            .unwrap_or_default();
         println!(
-            "kms-sidecar: listening: kms={} admin=http://{} data_dir={}",
+            "kms-sidecar: listening: kms={} admin=http://{} data_dir={}{kmsv2}",
             endpoint.url,
             sidecar.admin_addr(),
             data_dir.display()

@@ -707,3 +707,89 @@ pub fn printed_creds(text: &str) -> Creds {
         secret: get("  AWS_SECRET_ACCESS_KEY="),
     }
 }
+
+/// A gRPC client for the Kubernetes KMS v2 plugin on a sidecar's Unix socket.
+pub mod kmsv2 {
+    #[allow(clippy::all, missing_debug_implementations)]
+    pub mod proto {
+        tonic::include_proto!("v2");
+    }
+
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    pub use proto::key_management_service_client::KeyManagementServiceClient;
+    use tonic::transport::{Channel, Endpoint, Uri};
+
+    /// The client type.
+    pub type Client = KeyManagementServiceClient<Channel>;
+
+    /// Connects to the plugin's socket (the URI is a placeholder: the connector dials the socket).
+    pub async fn connect(socket: &Path) -> Client {
+        let path: PathBuf = socket.to_path_buf();
+        let channel = Endpoint::from_static("http://kmsv2.invalid")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connect to the KMS v2 socket");
+        KeyManagementServiceClient::new(channel)
+    }
+
+    /// The arguments that enable the plugin on `socket` with key `key_id`.
+    pub fn args(socket: &Path, key_id: &str) -> Vec<String> {
+        vec![
+            "--kmsv2-socket".into(),
+            socket.display().to_string(),
+            "--kmsv2-key-id".into(),
+            key_id.into(),
+        ]
+    }
+
+    /// A key policy for keys the plugin uses: the creator (`default`) may do everything, the
+    /// API server's principal (`kubernetes`) may Encrypt, Decrypt and DescribeKey (Status).
+    pub fn policy(account: &str) -> String {
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "creator",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": format!("arn:aws:iam::{account}:user/default")},
+                    "Action": "kms:*",
+                    "Resource": "*"
+                },
+                {
+                    "Sid": "kube-apiserver",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": format!("arn:aws:iam::{account}:user/kubernetes")},
+                    "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"],
+                    "Resource": "*"
+                }
+            ]
+        })
+        .to_string()
+    }
+}
+
+impl Sidecar {
+    /// A restart on the same data directory and backend with `extra` arguments added (the
+    /// credentials are kept).
+    pub fn restart_with(self, extra: &[String]) -> Result<Self, String> {
+        let data_dir = self.data_dir.clone();
+        let mut start = Start {
+            creds: Some(self.creds.clone()),
+            ..self.start.clone()
+        };
+        start.args.extend(extra.iter().cloned());
+        let (ok, out) = self.stop();
+        assert!(ok, "sidecar exited with an error:\n{}", out.all());
+        Self::start_with(&data_dir, start)
+    }
+}

@@ -396,4 +396,24 @@ pub struct Options {
     /// How long in-flight requests may take to finish at shutdown, in seconds, 0..=600 [default: 30].
     #[arg(long, env = "KMS_SIDECAR_SHUTDOWN_GRACE_SECS", global = true)]
     pub shutdown_grace_secs: Option<u64>,
+
+    /// Serve the Kubernetes KMS v2 plugin API (gRPC) on this Unix socket, created with mode 0600
+    /// (a stale socket is replaced, the socket is removed at exit) [default: off].
+    #[arg(long, env = "KMS_SIDECAR_KMSV2_SOCKET", global = true)]
+    pub kmsv2_socket: Option<PathBuf>,
+
+    /// A group (name or id) that may connect to the KMS v2 socket too: it becomes 0660 and owned by
+    /// that group [default: none, 0600].
+    #[arg(long, env = "KMS_SIDECAR_KMSV2_SOCKET_GROUP", global = true)]
+    pub kmsv2_socket_group: Option<String>,
+
+    /// The key (id, ARN, alias name or alias ARN) that wraps the API server's data keys; must exist
+    /// at start. Required with --kmsv2-socket.
+    #[arg(long, env = "KMS_SIDECAR_KMSV2_KEY_ID", global = true)]
+    pub kmsv2_key_id: Option<String>,
+
+    /// The principal the API server's calls run as (key policies, rate limits, metrics, audit)
+    /// [default: kubernetes].
+    #[arg(long, env = "KMS_SIDECAR_KMSV2_PRINCIPAL", global = true)]
+    pub kmsv2_principal: Option<String>,
 }

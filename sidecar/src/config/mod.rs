@@ -31,9 +31,11 @@ mod backend;
 mod limits;
 mod service;
 
+pub use kmsv2::KmsV2Settings;
 pub use limits::Limits;
 
 mod cli;
+mod kmsv2;
 pub mod proxy;
 
 pub use cli::{AuditCommand, Cli, ClientsCommand, Command, Options};
@@ -158,6 +160,8 @@ pub struct Config {
     faults_enabled: bool,
     /// Proxy mode's settings (`None`: local mode).
     proxy: Option<proxy::ProxyConfig>,
+    /// The Kubernetes KMS v2 plugin (gRPC on a Unix socket), when `kmsv2_socket` is set.
+    kmsv2: Option<KmsV2Settings>,
     endpoints: service::Endpoints,
     caching: service::Caching,
     observability: service::Observability,
@@ -221,6 +225,7 @@ impl Config {
 
     /// Each area's builder validates its settings and returns them in their validated types.
     fn merge(cli: Options, file: Options, mut secrets: Secrets) -> anyhow::Result<Self> {
+        let kmsv2 = kmsv2::build(&cli, &file)?;
         let limits = limits::limits(&cli, &file)?;
         let proxy = proxy::build(
             &cli,
@@ -292,6 +297,7 @@ impl Config {
             admin_principals,
             faults_enabled: cli.faults_enabled.or(file.faults_enabled).unwrap_or(false),
             proxy,
+            kmsv2,
             endpoints,
             caching,
             observability,
@@ -328,6 +334,10 @@ impl Config {
     }
     pub fn faults_enabled(&self) -> bool {
         self.faults_enabled
+    }
+    /// The KMS v2 plugin's settings, when enabled.
+    pub fn kmsv2(&self) -> Option<&KmsV2Settings> {
+        self.kmsv2.as_ref()
     }
     /// Proxy mode's settings, or `None` in local mode.
     pub fn proxy(&self) -> Option<&proxy::ProxyConfig> {

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub retry: RetryMetrics,
     /// Injected faults; series appear only when fault injection is enabled.
     pub faults: FaultMetrics,
+    /// `kms_sidecar_kmsv2_status_ok{key}`: 1 when the Kubernetes KMS v2 plugin's last Status was
+    /// healthy, 0 when not; no series unless the plugin is enabled (`key` is the configured key).
+    pub kmsv2_status_ok: IntGaugeVec,
 }
 
 impl Metrics {
@@ -73,6 +76,17 @@ impl Metrics {
             retry: RetryMetrics::register(&registry)?,
             faults: FaultMetrics::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
+            kmsv2_status_ok: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "kms_sidecar_kmsv2_status_ok",
+                        "1 when the Kubernetes KMS v2 plugin's last Status call was healthy (a backend round trip under the configured key worked), 0 when not.",
+                    ),
+                    &["key"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             registry,
         })
     }
@@ -90,6 +104,7 @@ impl Metrics {
         names.extend([
             "kms_sidecar_audit_events_total",
             "kms_sidecar_audit_write_errors_total",
+            "kms_sidecar_kmsv2_status_ok",
         ]);
         names.sort_unstable();
         names
@@ -149,6 +164,7 @@ mod tests {
         .unwrap();
         let _ = m.retry.for_backend("embedded");
         let _ = m.faults.for_backend("embedded");
+        m.kmsv2_status_ok.with_label_values(&["alias/k8s"]).set(1);
         let mut index = crate::keys::Index::default();
         let meta: crate::keys::KeyMeta = serde_json::from_value(serde_json::json!({
             "format": 1, "id": "k1", "backend": "embedded", "created": 0.0, "description": "",

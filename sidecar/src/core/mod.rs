@@ -9,6 +9,7 @@
 //!
 //! `docs/architecture.md` walks a Decrypt through these files in order.
 
+pub mod health;
 pub mod metrics;
 pub mod model;
 mod observe;

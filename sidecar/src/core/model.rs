@@ -171,6 +171,23 @@ pub struct DecryptResponse {
     pub encryption_algorithm: &'static str,
 }
 
+/// The Kubernetes KMS v2 health call on one key (not an AWS operation; the AWS front-end refuses
+/// it): its current version, and whether a backend round trip under that version works.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StatusRequest {
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StatusResponse {
+    /// The key's ARN.
+    pub key_id: String,
+    /// The key's current version: what new ciphertexts are sealed under.
+    pub key_version: u32,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ReEncryptRequest {

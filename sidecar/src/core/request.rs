@@ -83,6 +83,7 @@ requests! {
     ReEncrypt(ReEncryptRequest) -> ReEncryptResponse;
     RotateKeyOnDemand(KeyIdOnly) -> KeyIdResponse;
     ScheduleKeyDeletion(ScheduleKeyDeletionRequest) -> ScheduleKeyDeletionResponse;
+    Status(StatusRequest) -> StatusResponse;
     TagResource(TagResourceRequest) -> Empty;
     UntagResource(UntagResourceRequest) -> Empty;
     UpdateAlias(AliasRequest) -> Empty;
@@ -123,6 +124,7 @@ impl Request {
                 key(&r.key_id)
             }
             ScheduleKeyDeletion(r) => key(&r.key_id),
+            Status(r) => key(&r.key_id),
             TagResource(r) => key(&r.key_id),
             UntagResource(r) => key(&r.key_id),
         }

@@ -4,3 +4,4 @@
 
 pub mod aws_json;
 pub mod http;
+pub mod kmsv2;

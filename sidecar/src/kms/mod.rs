@@ -64,12 +64,19 @@ operations!(
     ReEncrypt,
     RotateKeyOnDemand,
     ScheduleKeyDeletion,
+    Status,
     TagResource,
     UntagResource,
     UpdateAlias,
 );
 
 impl Operation {
+    /// Whether the AWS KMS API has this operation. `Status` is the Kubernetes KMS v2 plugin's
+    /// health call (the current key version and a backend round trip); AWS front-ends refuse it.
+    pub const fn is_aws(self) -> bool {
+        !matches!(self, Operation::Status)
+    }
+
     /// Position in [`Operation::ALL`], for lock-free per-operation tables.
     pub fn index(self) -> usize {
         self as usize

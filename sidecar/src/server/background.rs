@@ -54,9 +54,9 @@ impl Reloader {
         let Some(rate) = core.rate() else {
             anyhow::bail!("this sidecar runs without rate limiting");
         };
-        let limits =
-            build_rate_limits(&config.rate(), core.admins(), &self.clients, core.metrics())?;
-        rate.spec.store(Arc::new(config.rate().clone()));
+        let spec = config.inbound_rate_spec();
+        let limits = build_rate_limits(&spec, core.admins(), &self.clients, core.metrics())?;
+        rate.spec.store(Arc::new(spec));
         rate.limits.store(Arc::new(limits));
         tracing::info!(
             "rate limits reloaded; other settings (outbound budget, breaker, cache, listeners) need a restart"

@@ -1,10 +1,12 @@
 //! The sidecar process: it opens the data directory, assembles the backend stack, the key store,
 //! the core and the front-ends, serves them on loopback, runs background work, and shuts down
 //! gracefully. No request logic lives here: the pipeline is `core::Core::call`, the AWS wire is
-//! `frontend/aws_json/`.
+//! `frontend/aws_json/`, the Kubernetes KMS v2 plugin is `frontend/kmsv2/` (served here on its Unix
+//! socket, `unix.rs`, beside the HTTP ports and stopped by the same signal).
 
 mod background;
 mod listen;
+mod unix;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +40,7 @@ use crate::core::proxy::{Proxy, ProxyMetrics};
 use crate::core::{Core, Kms, Metrics, RateLimiting};
 use crate::datadir::{DataDir, DirLock};
 use crate::frontend::aws_json::AwsJson;
+use crate::frontend::kmsv2::KmsV2;
 use crate::keys::{self, KeyStore};
 use crate::limits::Breaker;
 use crate::limits::resilient::{Resilience, Resilient};
@@ -60,6 +63,8 @@ pub struct Sidecar {
     config: Config,
     issued: Option<Issued>,
     tls: Option<Tls>,
+    /// The Kubernetes KMS v2 plugin, its listening socket and the socket file (removed at exit).
+    kmsv2: Option<(Arc<KmsV2>, tokio::net::UnixListener, unix::SocketFile)>,
     _lock: DirLock,
 }
 
@@ -150,12 +155,12 @@ impl Sidecar {
         };
         let rate = Arc::new(RateLimiting {
             limits: ArcSwap::from_pointee(build_rate_limits(
-                config.rate(),
+                &config.inbound_rate_spec(),
                 config.admin_principals(),
                 &clients,
                 &metrics,
             )?),
-            spec: ArcSwap::from_pointee(config.rate().clone()),
+            spec: ArcSwap::from_pointee(config.inbound_rate_spec()),
             metrics: metrics.rate.clone(),
         });
         let audit =
@@ -220,7 +225,12 @@ impl Sidecar {
             config.otlp_endpoint().is_some(),
         ));
         let admin = Arc::new(Admin::new(core.clone(), config.clone(), faults));
+        let kmsv2 = match config.kmsv2() {
+            Some(settings) => Some(start_kmsv2(&core, settings).await?),
+            None => None,
+        };
         Ok(Self {
+            kmsv2,
             core,
             aws_json,
             admin,
@@ -268,9 +278,45 @@ impl Sidecar {
         self.issued.take()
     }
 
+    /// The Kubernetes KMS v2 plugin's socket, when it is enabled.
+    pub fn kmsv2_socket(&self) -> Option<&std::path::Path> {
+        self.config.kmsv2().map(|k| k.socket.as_path())
+    }
+
     /// Serves until `shutdown` resolves, then lets in-flight requests finish (up to the grace period).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let kmsv2 = self.kmsv2.map(|(plugin, listener, file)| {
+            let mut stop = stop_rx.clone();
+            let mut stopped = stop_rx.clone();
+            let grace = self.config.shutdown_grace();
+            tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(plugin.service())
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::UnixListenerStream::new(listener),
+                        async move {
+                            let _ = stop.changed().await;
+                        },
+                    );
+                tokio::pin!(served);
+                // After the stop signal, in-flight calls get the grace period, as on the HTTP ports.
+                let grace_over = async {
+                    let _ = stopped.changed().await;
+                    tokio::time::sleep(grace).await;
+                };
+                tokio::select! {
+                    result = &mut served => {
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "the KMS v2 plugin server failed");
+                        }
+                    }
+                    _ = grace_over => tracing::warn!("shutdown grace period over; closing KMS v2 connections"),
+                }
+                // Removes the socket file.
+                drop(file);
+            })
+        });
         let graceful = Arc::new(GracefulShutdown::new());
         let aws_json = self.aws_json.clone();
         let kms = tokio::spawn(accept_loop(
@@ -308,6 +354,9 @@ impl Sidecar {
             poll.abort();
         }
         let _ = tokio::join!(kms, admin, background);
+        if let Some(kmsv2) = kmsv2 {
+            let _ = kmsv2.await;
+        }
         match Arc::try_unwrap(graceful) {
             Ok(g) => {
                 if tokio::time::timeout(self.config.shutdown_grace(), g.shutdown())
@@ -361,6 +410,39 @@ async fn start_proxy(
         settings.policy()?,
         proxy_metrics,
     )))
+}
+
+/// Checks the KMS v2 plugin's key (it must exist: a typo would otherwise surface only when the API
+/// server first writes a Secret), binds its socket and runs one Status so the health gauge and the
+/// log tell at once whether the plugin can serve.
+async fn start_kmsv2(
+    core: &Arc<Core>,
+    settings: &crate::config::KmsV2Settings,
+) -> anyhow::Result<(Arc<KmsV2>, tokio::net::UnixListener, unix::SocketFile)> {
+    let meta = core.keys().resolve(&settings.key_id).map_err(|e| {
+        anyhow::anyhow!(
+            "kmsv2_key_id = {:?} does not name a key of this sidecar ({}): create it (CreateKey, CreateAlias) or fix the setting",
+            settings.key_id,
+            e.wire_message()
+        )
+    })?;
+    if meta.state != keys::KeyState::Enabled {
+        tracing::warn!(key = %meta.id, state = meta.state.as_str(), "the KMS v2 plugin's key is not enabled: Encrypt and Status will fail until it is");
+    }
+    let (listener, file) = unix::bind(&settings.socket, settings.socket_group)?;
+    let plugin = Arc::new(KmsV2::new(
+        core.clone(),
+        settings.key_id.clone(),
+        &settings.principal,
+        &settings.socket,
+    ));
+    let status = plugin.status().await;
+    if status.healthz == crate::frontend::kmsv2::HEALTHY {
+        tracing::info!(socket = %settings.socket.display(), key_id = %status.key_id, principal = %settings.principal, "Kubernetes KMS v2 plugin ready");
+    } else {
+        tracing::warn!(socket = %settings.socket.display(), healthz = %status.healthz, "Kubernetes KMS v2 plugin starts unhealthy");
+    }
+    Ok((plugin, listener, file))
 }
 
 /// Every version that a key record names has its material on disk. A missing material file (lost,

@@ -95,7 +95,7 @@ impl Action {
 
     /// The action a call of `op` is authorized as.
     ///
-    /// `ReEncrypt` maps to `kms:ReEncryptFrom` (the source key); AWS also requires
+    /// `Status` (Kubernetes KMS v2) maps to `kms:DescribeKey`. `ReEncrypt` maps to `kms:ReEncryptFrom` (the source key); AWS also requires
     /// `kms:ReEncryptTo` on the destination key, which the caller checks with
     /// [`Action::ReEncryptTo`] against that key's policy. `CreateKey`, `ListKeys`, `ListAliases` and
     /// `GenerateRandom` are account-level in AWS (no key policy applies); they are mapped anyway so
@@ -127,6 +127,10 @@ impl Action {
             Operation::ReEncrypt => Action::ReEncryptFrom,
             Operation::RotateKeyOnDemand => Action::RotateKeyOnDemand,
             Operation::ScheduleKeyDeletion => Action::ScheduleKeyDeletion,
+            // KMS v2 Status reads the key's current version and checks the key works: the
+            // read-only action on key metadata, so a policy for the API server's principal names
+            // kms:Encrypt, kms:Decrypt and kms:DescribeKey.
+            Operation::Status => Action::DescribeKey,
             Operation::TagResource => Action::TagResource,
             Operation::UntagResource => Action::UntagResource,
             Operation::UpdateAlias => Action::UpdateAlias,

@@ -8,6 +8,7 @@ mod aliases;
 mod data;
 mod lifecycle;
 mod policies;
+mod status;
 mod tags;
 
 use std::sync::Arc;
@@ -181,6 +182,8 @@ pub struct Kms {
     /// The backend's circuit breaker: while it is open, cached plaintexts past their TTL are served
     /// within the stale grace.
     breaker: Option<Arc<Breaker>>,
+    /// The last KMS v2 `Status` round trip (see `status.rs`).
+    status: Arc<status::StatusMemo>,
 }
 
 impl Kms {
@@ -211,6 +214,7 @@ impl Kms {
             reuse: Arc::new(DataKeyReuse::disabled()),
             invalidate_on_rotation,
             breaker: None,
+            status: Arc::default(),
         }
     }
 
@@ -337,6 +341,7 @@ impl Kms {
             R::UntagResource(r) => A::UntagResource(tags::untag_resource(k, r).await?),
             R::ListResourceTags(r) => A::ListResourceTags(tags::list_resource_tags(k, r)?),
             R::PutKeyPolicy(r) => A::PutKeyPolicy(policies::put_key_policy(k, r).await?),
+            R::Status(r) => A::Status(status::status(k, r).await?),
             R::GetKeyPolicy(r) => A::GetKeyPolicy(policies::get_key_policy(k, r)?),
             R::ListKeyPolicies(r) => A::ListKeyPolicies(policies::list_key_policies(k, r)?),
         })

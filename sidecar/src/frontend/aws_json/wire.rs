@@ -21,7 +21,9 @@ pub fn operation(target: &[u8]) -> Result<Operation, KmsError> {
     };
     let target = std::str::from_utf8(target).map_err(|_| unknown())?;
     let name = target.strip_prefix(TARGET_PREFIX).ok_or_else(unknown)?;
-    Operation::from_name(name).ok_or_else(unknown)
+    Operation::from_name(name)
+        .filter(|op| op.is_aws())
+        .ok_or_else(unknown)
 }
 
 /// Accepts the content types AWS SDKs and hand-written clients send for JSON 1.1 services.
@@ -97,6 +99,8 @@ mod tests {
             b"",
             b"\xff\xfe",
             b"TrentService.",
+            // the Kubernetes KMS v2 health call is an operation of the core, not of the AWS API
+            b"TrentService.Status",
         ] {
             assert_eq!(
                 operation(bad).unwrap_err().kind(),

@@ -123,6 +123,8 @@ fn every_operation_has_its_action() {
         let action = Action::for_operation(*op);
         if *op == Operation::ReEncrypt {
             assert_eq!(action.name(), "kms:ReEncryptFrom");
+        } else if *op == Operation::Status {
+            assert_eq!(action.name(), "kms:DescribeKey");
         } else {
             assert_eq!(action.name(), format!("kms:{}", op.as_str()));
         }
