@@ -22,6 +22,7 @@ use crate::cache::reuse::ReuseSettings;
 use crate::datadir::RootKeySource;
 use crate::keys::ArnScope;
 use crate::keys::metrics::RotationPolicy;
+use crate::keys::registry::{RegistryOptions, RegistrySettings};
 use crate::limits::RetryBudgetSpec;
 use crate::limits::{
     BreakerSpec, BudgetSpec, OutboundBudget, RateSpec, RetryPolicy, RetrySpec, ValidRateSpec,
@@ -33,7 +34,7 @@ use crate::tls::TlsSource;
 
 mod cli;
 
-pub use cli::{AuditCommand, Cli, ClientsCommand, Command, Options};
+pub use cli::{AuditCommand, Cli, ClientsCommand, Command, Options, RegistryCommand};
 
 /// Default port of the KMS API.
 pub const DEFAULT_KMS_PORT: u16 = 7300;
@@ -173,6 +174,8 @@ pub struct Config {
     pub backend_timeout: Duration,
     /// HTTPS on the KMS port, when enabled.
     pub tls: Option<TlsSource>,
+    /// Where the key registry lives (`keys/registry/`).
+    pub registry: RegistrySettings,
     /// Bearer token the admin API requires (all but `/healthz` and `/readyz`), when set.
     pub admin_token: Option<AdminToken>,
     /// Whether `/v1/faults` may inject faults into backend calls (off: the injector is not built).
@@ -415,6 +418,7 @@ impl Config {
     fn merge(cli: Options, file: Options, secrets: Secrets) -> anyhow::Result<Self> {
         let root_key_env = secrets.root_key;
         let (rate, outbound, breaker, retry, backend_timeout) = resilience(&cli, &file)?;
+        let registry = registry_settings(&cli, &file)?;
         let backend_kind = cli
             .backend
             .or(file.backend)
@@ -670,6 +674,7 @@ impl Config {
             (true, _, _) => bail!("tls_cert and tls_key go together: give both or neither"),
         };
         Ok(Self {
+            registry,
             tls,
             admin_token,
             reuse,
@@ -756,3 +761,22 @@ mod fuzz_tests;
 
 #[cfg(test)]
 mod tests;
+
+/// The registry options, flag over file; the password only from the environment or its file.
+fn registry_settings(cli: &Options, file: &Options) -> anyhow::Result<RegistrySettings> {
+    let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
+    let path = |a: &Option<PathBuf>, b: &Option<PathBuf>| a.clone().or_else(|| b.clone());
+    RegistrySettings::build(RegistryOptions {
+        registry: pick(&cli.registry, &file.registry),
+        etcd_endpoints: pick(&cli.etcd_endpoints, &file.etcd_endpoints),
+        etcd_prefix: pick(&cli.etcd_prefix, &file.etcd_prefix),
+        etcd_ca_file: path(&cli.etcd_ca_file, &file.etcd_ca_file),
+        etcd_cert_file: path(&cli.etcd_cert_file, &file.etcd_cert_file),
+        etcd_key_file: path(&cli.etcd_key_file, &file.etcd_key_file),
+        etcd_user: pick(&cli.etcd_user, &file.etcd_user),
+        etcd_password_file: path(&cli.etcd_password_file, &file.etcd_password_file),
+        etcd_password: std::env::var("KMS_SIDECAR_ETCD_PASSWORD")
+            .ok()
+            .map(SecretString::from),
+    })
+}
