@@ -289,6 +289,7 @@ impl KeyStore {
         tags: BTreeMap<String, String>,
         policy: String,
     ) -> Result<Arc<KeyMeta>, KmsError> {
+        self.writable()?;
         let _guard = self.write.lock().await;
         let id = uuid::Uuid::new_v4().to_string();
         self.backend
@@ -330,6 +331,7 @@ impl KeyStore {
         key_id: &str,
         change: impl Fn(&mut KeyMeta) -> Result<(), KmsError>,
     ) -> Result<Arc<KeyMeta>, KmsError> {
+        self.writable()?;
         let _guard = self.write.lock().await;
         let mut attempt = 0;
         loop {
@@ -351,6 +353,7 @@ impl KeyStore {
         at: Timestamp,
         check: impl Fn(&KeyMeta) -> Result<(), KmsError>,
     ) -> Result<Arc<KeyMeta>, KmsError> {
+        self.writable()?;
         let _guard = self.write.lock().await;
         let mut attempt = 0;
         loop {
@@ -436,6 +439,7 @@ impl KeyStore {
         &self,
         change: impl Fn(&Index, &mut BTreeMap<String, AliasEntry>) -> Result<(), KmsError>,
     ) -> Result<(), KmsError> {
+        self.writable()?;
         let _guard = self.write.lock().await;
         let mut attempt = 0;
         loop {
@@ -478,6 +482,7 @@ impl KeyStore {
     /// Destroys a key whose waiting period is over: material first, then its aliases, then its
     /// record, so a crash part-way leaves a key that the next pass deletes again.
     async fn delete(&self, id: &str) -> Result<(), KmsError> {
+        self.writable()?;
         let _guard = self.write.lock().await;
         let Some(meta) = self.index.load().keys.get(id).cloned() else {
             return Ok(());

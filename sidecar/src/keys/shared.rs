@@ -60,6 +60,15 @@ impl KeyStore {
         store
     }
 
+    /// Fails fast while the fleet's registry is known to be unreachable (the watch is down), so
+    /// key administration answers at once instead of after the write timeout.
+    pub(super) fn writable(&self) -> Result<(), KmsError> {
+        match &self.shared {
+            Some(r) if !r.is_up() => Err(WriteError::Unavailable(None).into_kms()),
+            _ => Ok(()),
+        }
+    }
+
     /// The fleet's registry, if keys live in etcd.
     pub fn registry(&self) -> Option<&Arc<EtcdRegistry>> {
         self.shared.as_ref()
