@@ -73,7 +73,7 @@ impl Report {
             Some(source) => format!("backend {call} failed: {:?}: {source}", e.kind),
             None => format!("backend {call} failed: {:?}", e.kind),
         };
-        if crate::limits::classify::is_throttle(&e) {
+        if crate::limits::classify::is_throttle(e) {
             self.degraded.push(line);
         } else {
             self.down.push(line);

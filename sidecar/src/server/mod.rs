@@ -46,6 +46,9 @@ use crate::tls::{self, Tls};
 
 pub use crate::frontend::aws_json::KEY_VERSION_HEADER;
 
+/// The fleet's registry and its followers, in the order changes are applied.
+type Fleet = (Arc<EtcdRegistry>, Vec<Arc<dyn Follower>>);
+
 /// A started sidecar: listeners bound, data directory locked, not yet serving.
 #[derive(Debug)]
 pub struct Sidecar {
@@ -61,7 +64,7 @@ pub struct Sidecar {
     issued: Option<Issued>,
     tls: Option<Tls>,
     /// The fleet's registry and what follows it (the etcd registry only).
-    fleet: Option<(Arc<EtcdRegistry>, Vec<Arc<dyn Follower>>)>,
+    fleet: Option<Fleet>,
     _lock: DirLock,
 }
 
@@ -145,9 +148,7 @@ impl Sidecar {
         let keys = Arc::new(
             match &shared {
                 Some((registry, all)) => {
-                    registry
-                        .register_metrics(&metrics.registry)
-                        .context("registering registry metrics")?;
+                    registry.attach_metrics(metrics.keys.registry.clone());
                     KeyStore::open_shared(
                         dir.clone(),
                         backend.clone(),

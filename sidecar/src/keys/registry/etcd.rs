@@ -18,7 +18,6 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
-use prometheus::{Gauge, IntGauge, Registry};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
@@ -26,6 +25,7 @@ use super::{Change, EtcdSettings, Follower, Section};
 use crate::backend::embedded::MaterialStore;
 use crate::backend::{BackendError, BackendErrorKind, KeyRef};
 use crate::datadir::DataDir;
+use crate::keys::metrics::RegistryGauges;
 use crate::kms::{ErrorKind, KmsError};
 
 const ROOT_CHECK: &str = "root.check";
@@ -67,14 +67,6 @@ impl WriteError {
     }
 }
 
-/// Registry metrics (`docs/metrics.md`).
-#[derive(Debug, Clone)]
-struct Gauges {
-    up: IntGauge,
-    applied: IntGauge,
-    lag: Gauge,
-}
-
 /// A connection to the fleet's registry in etcd.
 pub struct EtcdRegistry {
     client: Client,
@@ -86,7 +78,8 @@ pub struct EtcdRegistry {
     applied: AtomicI64,
     /// When `applied` was last confirmed current (unix seconds as f64 bits).
     synced_at: AtomicU64,
-    gauges: Gauges,
+    /// Registry metrics (`docs/metrics.md`), attached once the metrics registry exists.
+    gauges: std::sync::OnceLock<RegistryGauges>,
 }
 
 impl std::fmt::Debug for EtcdRegistry {
@@ -133,20 +126,6 @@ impl EtcdRegistry {
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting to etcd {:?}", settings.endpoints))?
         .with_context(|| format!("cannot connect to etcd {:?}", settings.endpoints))?;
-        let gauges = Gauges {
-            up: IntGauge::new(
-                "kms_sidecar_registry_up",
-                "1 while the shared key registry (etcd) watch is connected and caught up, else 0 (data directory registry: always 1).",
-            )?,
-            applied: IntGauge::new(
-                "kms_sidecar_registry_applied_revision",
-                "The etcd revision up to which registry changes are applied to this sidecar's key index.",
-            )?,
-            lag: Gauge::new(
-                "kms_sidecar_registry_watch_lag_seconds",
-                "Seconds since this sidecar's key index was last confirmed current with etcd (grows while etcd is unreachable).",
-            )?,
-        };
         let registry = Arc::new(Self {
             client,
             prefix: settings.prefix.clone(),
@@ -154,17 +133,16 @@ impl EtcdRegistry {
             up: AtomicBool::new(false),
             applied: AtomicI64::new(0),
             synced_at: AtomicU64::new(crate::kms::now().to_bits()),
-            gauges,
+            gauges: std::sync::OnceLock::new(),
         });
         registry.check_root(dir).await?;
         Ok(registry)
     }
 
-    /// Adds the registry gauges to `registry`.
-    pub fn register_metrics(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.gauges.up.clone()))?;
-        registry.register(Box::new(self.gauges.applied.clone()))?;
-        registry.register(Box::new(self.gauges.lag.clone()))
+    /// Reports the registry's health in `gauges` (`KeyMetrics::registry`) from now on.
+    pub fn attach_metrics(&self, gauges: RegistryGauges) {
+        let _ = self.gauges.set(gauges);
+        self.export();
     }
 
     pub fn prefix(&self) -> &str {
@@ -418,9 +396,11 @@ impl EtcdRegistry {
     }
 
     fn export(&self) {
-        self.gauges.up.set(i64::from(self.is_up()));
-        self.gauges.applied.set(self.applied_revision());
-        self.gauges.lag.set(self.lag_seconds());
+        if let Some(g) = self.gauges.get() {
+            g.up.set(i64::from(self.is_up()));
+            g.applied.set(self.applied_revision());
+            g.lag.set(self.lag_seconds());
+        }
     }
 
     /// Follows the registry from the applied revision until `stop`, feeding `followers` in order.

@@ -42,12 +42,15 @@ impl Follower for MaterialFollower {
     }
 }
 
+/// Issued and revoked client records by access key id.
+type Tables = (BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>);
+
 /// Feeds issued and revoked credentials to the client store (the whole table on each change:
 /// it is small, and a revocation must replace the issued record atomically).
 #[derive(Debug)]
 pub struct ClientFollower {
     store: Arc<ClientStore>,
-    tables: Mutex<(BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>)>,
+    tables: Mutex<Tables>,
 }
 
 impl ClientFollower {
