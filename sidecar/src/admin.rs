@@ -210,6 +210,17 @@ async fn check_readiness(app: &Admin) -> Report {
             serde_json::to_string(&spec).unwrap_or_default()
         ));
     }
+    if let Some(registry) = app.core.keys().registry()
+        && !registry.is_up()
+    {
+        // Crypto is served from the last applied registry, so the pod stays ready; key
+        // administration fails until etcd is back.
+        report.degraded.push(format!(
+            "registry degraded: etcd unreachable or without quorum; serving from revision {} applied {:.0} s ago; key administration is refused",
+            registry.applied_revision(),
+            registry.lag_seconds()
+        ));
+    }
     let reasons = &mut report.down;
     if !app.core.audit().is_healthy() {
         reasons.push(format!(

@@ -11,10 +11,13 @@ use crate::auth::clients::{self, Issued};
 use crate::config::Options;
 use crate::config::{AuditCommand, Cli, ClientsCommand, Command, Config, Secrets};
 use crate::datadir::DataDir;
+use crate::keys::registry::RegistrySettings;
 use crate::observe;
 use crate::observe::audit;
 use crate::server::{Reloader, Sidecar};
 use crate::tls::{self, TlsSource};
+
+mod fleet;
 
 /// Parses the command line and runs; the process exit code.
 pub fn main() -> ExitCode {
@@ -32,7 +35,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.options, Secrets::from_env())?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, cli.options),
-        Command::Clients { command } => manage_clients(&config, command),
+        Command::Clients { command } => match config.registry() {
+            RegistrySettings::DataDir => manage_clients(&config, command),
+            RegistrySettings::Etcd(_) => fleet::manage_clients(&config, command),
+        },
+        Command::Registry { command } => fleet::transfer(&config, command),
         Command::Audit {
             command: AuditCommand::Verify { path },
         } => verify_audit(&path),

@@ -18,6 +18,8 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+pub mod etcd;
+
 /// Region the fixture signs for (the sidecar's default).
 pub const REGION: &str = "us-east-1";
 

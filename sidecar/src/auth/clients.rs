@@ -174,9 +174,8 @@ fn random_token(len: usize, alphabet: &[u8]) -> anyhow::Result<String> {
         .collect())
 }
 
-/// Issues a new credential for principal `name` and stores it sealed.
-pub fn add(dir: &DataDir, name: &str, tags: BTreeMap<String, String>) -> anyhow::Result<Issued> {
-    for (k, v) in &tags {
+fn check_new(name: &str, tags: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    for (k, v) in tags {
         if k.is_empty() || k.len() > 128 || v.len() > 256 {
             bail!(
                 "principal tag {k:?} must have a 1-128 character name and a value of at most 256 characters"
@@ -191,6 +190,12 @@ pub fn add(dir: &DataDir, name: &str, tags: BTreeMap<String, String>) -> anyhow:
     {
         bail!("client name must be 1-64 characters of letters, digits and +=,.@_-");
     }
+    Ok(())
+}
+
+/// Issues a new credential for principal `name` and stores it sealed.
+pub fn add(dir: &DataDir, name: &str, tags: BTreeMap<String, String>) -> anyhow::Result<Issued> {
+    check_new(name, &tags)?;
     with_lock(dir, |path| {
         let mut file = read_file(path)?;
         if file.clients.iter().any(|c| c.name == name) {
@@ -287,6 +292,8 @@ pub struct ClientStore {
     revoked: ArcSwap<HashMap<String, String>>,
     /// (inode, size, mtime) of the file last loaded; a rename by `write_atomic` always changes the inode.
     stamp: std::sync::Mutex<Option<(u64, u64, i64, i64)>>,
+    /// Fed by the shared registry ([`replace`](Self::replace)) instead of `clients.json`.
+    shared: bool,
 }
 
 impl ClientStore {
@@ -299,9 +306,78 @@ impl ClientStore {
             clients: ArcSwap::from_pointee(HashMap::new()),
             revoked: ArcSwap::from_pointee(HashMap::new()),
             stamp: std::sync::Mutex::new(None),
+            shared: false,
         };
         store.reload()?;
         Ok(store)
+    }
+
+    /// An empty table that the fleet's registry fills with [`replace`](Self::replace); the local
+    /// `clients.json` is ignored.
+    pub fn shared(dir: Arc<DataDir>, account: &str) -> Self {
+        Self {
+            path: dir.path().join(FILE),
+            dir,
+            account: account.to_string(),
+            clients: ArcSwap::from_pointee(HashMap::new()),
+            revoked: ArcSwap::from_pointee(HashMap::new()),
+            stamp: std::sync::Mutex::new(None),
+            shared: true,
+        }
+    }
+
+    /// Replaces the table with the registry's records (JSON, as [`new_record`] makes them). A
+    /// record that does not parse or unseal is skipped and logged: one bad entry written by a
+    /// misconfigured pod must not lock every client of the fleet out.
+    pub fn replace(&self, clients: &[&[u8]], revoked: &[&[u8]]) {
+        let mut file = File {
+            format: 1,
+            clients: Vec::new(),
+            revoked: Vec::new(),
+        };
+        for bytes in clients {
+            match serde_json::from_slice::<Record>(bytes) {
+                Ok(r) if self.unseal_secret(&r).is_ok() => file.clients.push(r),
+                Ok(r) => {
+                    tracing::error!(access_key_id = %r.access_key_id, "registry client does not unseal with this root key; skipped")
+                }
+                Err(e) => tracing::error!(error = %e, "registry client record is corrupt; skipped"),
+            }
+        }
+        for bytes in revoked {
+            match serde_json::from_slice::<RevokedRecord>(bytes) {
+                Ok(r) => file.revoked.push(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "registry revoked-client record is corrupt; skipped")
+                }
+            }
+        }
+        if let Err(e) = self.load(file, None) {
+            tracing::error!(error = %format!("{e:#}"), "cannot apply the registry's client table");
+        }
+    }
+
+    fn unseal_secret(&self, r: &Record) -> anyhow::Result<SecretString> {
+        let sealed = B64.decode(&r.sealed_secret).with_context(|| {
+            format!(
+                "client {} in {} is corrupt",
+                r.access_key_id,
+                self.path.display()
+            )
+        })?;
+        let secret = self
+            .dir
+            .unseal(&purpose(&r.access_key_id), &sealed)
+            .with_context(|| {
+                format!(
+                    "client {} in {} does not unseal",
+                    r.access_key_id,
+                    self.path.display()
+                )
+            })?;
+        let secret = String::from_utf8(secret.to_vec())
+            .with_context(|| format!("client {} secret is not text", r.access_key_id))?;
+        Ok(SecretString::from(secret))
     }
 
     /// Looks up a credential by access key id (lock-free).
@@ -335,6 +411,9 @@ impl ClientStore {
 
     /// Reloads `clients.json` if it changed since the last load. Returns whether it did.
     pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
+        if self.shared {
+            return Ok(false);
+        }
         let stamp = self.current_stamp();
         let unchanged = self.stamp.lock().map(|s| *s == stamp).unwrap_or(false);
         if unchanged {
@@ -346,8 +425,15 @@ impl ClientStore {
 
     /// Loads `clients.json`, keeping cached signing keys of credentials that did not change.
     pub fn reload(&self) -> anyhow::Result<()> {
+        if self.shared {
+            return Ok(());
+        }
         let stamp = self.current_stamp();
         let file = read_file(&self.path)?;
+        self.load(file, stamp)
+    }
+
+    fn load(&self, file: File, stamp: Option<(u64, u64, i64, i64)>) -> anyhow::Result<()> {
         let old = self.clients.load();
         let mut next = HashMap::with_capacity(file.clients.len());
         for r in file.clients {
@@ -359,25 +445,7 @@ impl ClientStore {
                 next.insert(r.access_key_id.clone(), existing.clone());
                 continue;
             }
-            let sealed = B64.decode(&r.sealed_secret).with_context(|| {
-                format!(
-                    "client {} in {} is corrupt",
-                    r.access_key_id,
-                    self.path.display()
-                )
-            })?;
-            let secret = self
-                .dir
-                .unseal(&purpose(&r.access_key_id), &sealed)
-                .with_context(|| {
-                    format!(
-                        "client {} in {} does not unseal",
-                        r.access_key_id,
-                        self.path.display()
-                    )
-                })?;
-            let secret = String::from_utf8(secret.to_vec())
-                .with_context(|| format!("client {} secret is not text", r.access_key_id))?;
+            let secret = self.unseal_secret(&r)?;
             next.insert(
                 r.access_key_id.clone(),
                 Arc::new(Client {
@@ -389,7 +457,7 @@ impl ClientStore {
                     }),
                     sealed: r.sealed_secret,
                     created: r.created,
-                    secret: SecretString::from(secret),
+                    secret,
                     signing_key: ArcSwapOption::empty(),
                 }),
             );
@@ -406,6 +474,90 @@ impl ClientStore {
         }
         Ok(())
     }
+}
+
+/// A new credential for the shared registry: what to show once, and its record (JSON, the secret
+/// sealed under the root key).
+pub fn new_record(
+    dir: &DataDir,
+    name: &str,
+    tags: BTreeMap<String, String>,
+) -> anyhow::Result<(Issued, Vec<u8>)> {
+    check_new(name, &tags)?;
+    let access_key_id = format!(
+        "AKSC{}",
+        random_token(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")?
+    );
+    let secret = Zeroizing::new(B64.encode(&*crypto::random_bytes(30)?));
+    let sealed = dir.seal(&purpose(&access_key_id), secret.as_bytes())?;
+    let record = Record {
+        access_key_id: access_key_id.clone(),
+        name: name.to_string(),
+        created: crate::kms::now(),
+        sealed_secret: B64.encode(sealed),
+        tags,
+    };
+    Ok((
+        Issued {
+            access_key_id,
+            name: name.to_string(),
+            secret: SecretString::from(secret.to_string()),
+        },
+        serde_json::to_vec(&record)?,
+    ))
+}
+
+/// The principal name in a registry client record.
+pub fn record_name(record: &[u8]) -> anyhow::Result<String> {
+    Ok(serde_json::from_slice::<Record>(record)
+        .context("client record is corrupt")?
+        .name)
+}
+
+/// The registry record that marks `access_key_id` (principal `name`) revoked.
+pub fn revoked_json(access_key_id: &str, name: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&RevokedRecord {
+        access_key_id: access_key_id.to_string(),
+        name: name.to_string(),
+        revoked: crate::kms::now(),
+    })?)
+}
+
+/// Issued and revoked credentials as registry records: (access key id, record JSON) each.
+pub type Exported = (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>);
+
+/// The data directory's client table as registry records (for `registry import`).
+pub fn export(dir: &DataDir) -> anyhow::Result<Exported> {
+    let file = read_file(&dir.path().join(FILE))?;
+    let mut clients = Vec::new();
+    for r in file.clients {
+        clients.push((r.access_key_id.clone(), serde_json::to_vec(&r)?));
+    }
+    let mut revoked = Vec::new();
+    for r in file.revoked {
+        revoked.push((r.access_key_id.clone(), serde_json::to_vec(&r)?));
+    }
+    Ok((clients, revoked))
+}
+
+/// Writes registry records into the data directory's client table (for `registry export`).
+pub fn import(dir: &DataDir, clients: &[&[u8]], revoked: &[&[u8]]) -> anyhow::Result<()> {
+    with_lock(dir, |path| {
+        let mut file = read_file(path)?;
+        for bytes in clients {
+            let r: Record = serde_json::from_slice(bytes).context("client record is corrupt")?;
+            file.clients.retain(|c| c.access_key_id != r.access_key_id);
+            file.clients.push(r);
+        }
+        for bytes in revoked {
+            let r: RevokedRecord =
+                serde_json::from_slice(bytes).context("revoked client record is corrupt")?;
+            file.clients.retain(|c| c.access_key_id != r.access_key_id);
+            file.revoked.retain(|c| c.access_key_id != r.access_key_id);
+            file.revoked.push(r);
+        }
+        write_file(path, &file)
+    })
 }
 
 #[cfg(test)]

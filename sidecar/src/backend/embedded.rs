@@ -3,6 +3,10 @@
 //!
 //! Zero setup is the point: `cargo run` and a data directory is a working KMS. The price is that key
 //! material is in the sidecar's memory; `docs/backends.md` compares it with the PKCS#11 backend.
+//!
+//! In a fleet the sealed material lives in the shared registry instead of `material/`: a
+//! [`MaterialStore`] (implemented by `keys/registry/etcd.rs`) stores it, and the registry's watch
+//! hands every sidecar the versions others created ([`Embedded::adopt`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -19,10 +23,24 @@ use crate::datadir::{self, DataDir};
 
 type Versions = BTreeMap<u32, Arc<Cipher>>;
 
-/// Master keys in memory, sealed on disk.
+/// Where sealed material is kept when it is shared by a fleet (the backend knows no registry).
+#[async_trait]
+pub trait MaterialStore: Send + Sync + std::fmt::Debug {
+    /// Stores `sealed` for `key` unless material exists; returns the sealed material in force.
+    async fn put_if_absent(
+        &self,
+        key: KeyRef<'_>,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>, BackendError>;
+    /// Removes the listed versions' material.
+    async fn remove(&self, key_id: &str, versions: &[u32]) -> Result<(), BackendError>;
+}
+
+/// Master keys in memory, sealed on disk (or in the shared registry).
 #[derive(Debug)]
 pub struct Embedded {
     dir: Arc<DataDir>,
+    shared: Option<Arc<dyn MaterialStore>>,
     keys: ArcSwap<HashMap<String, Versions>>,
     /// Serializes writers; readers never take it.
     write: tokio::sync::Mutex<()>,
@@ -78,9 +96,62 @@ impl Embedded {
         }
         Ok(Self {
             dir,
+            shared: None,
             keys: ArcSwap::from_pointee(keys),
             write: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// An embedded backend whose sealed material lives in `store` (the fleet's registry); the
+    /// data directory only provides the root key. Material arrives through [`adopt`](Self::adopt).
+    pub fn shared(dir: Arc<DataDir>, store: Arc<dyn MaterialStore>) -> Self {
+        Self {
+            dir,
+            shared: Some(store),
+            keys: ArcSwap::from_pointee(HashMap::new()),
+            write: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn open_sealed(&self, key_id: &str, version: u32, sealed: &[u8]) -> anyhow::Result<Cipher> {
+        let key = self
+            .dir
+            .unseal(&purpose(key_id, version), sealed)
+            .with_context(|| format!("key material {key_id}/{version} does not unseal"))?;
+        Cipher::new(&key)
+            .with_context(|| format!("key material {key_id}/{version} has a wrong length"))
+    }
+
+    /// Takes sealed material another sidecar stored (or that was loaded from the registry).
+    pub fn adopt(&self, key_id: &str, version: u32, sealed: &[u8]) -> anyhow::Result<()> {
+        let cipher = Arc::new(self.open_sealed(key_id, version, sealed)?);
+        self.keys.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.entry(key_id.to_string())
+                .or_default()
+                .insert(version, cipher.clone());
+            next
+        });
+        Ok(())
+    }
+
+    /// Drops material that was removed from the registry.
+    pub fn forget(&self, key_id: &str, version: u32) {
+        self.keys.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            if let Some(held) = next.get_mut(key_id) {
+                held.remove(&version);
+                if held.is_empty() {
+                    next.remove(key_id);
+                }
+            }
+            next
+        });
+    }
+
+    /// Drops all material (before a full reload from the registry).
+    pub fn forget_all(&self) {
+        self.keys.store(Arc::new(HashMap::new()));
     }
 
     /// Whether the material of `key_id` version `version` was loaded.
@@ -130,6 +201,13 @@ impl Backend for Embedded {
             .dir
             .seal(&purpose(key.key_id, key.version), &material)
             .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))?;
+        if let Some(store) = &self.shared {
+            // Whoever stored this version first wins; a sidecar that lost the race uses theirs.
+            let in_force = store.put_if_absent(key, sealed).await?;
+            self.adopt(key.key_id, key.version, &in_force)
+                .map_err(|e| BackendError::with_source(BackendErrorKind::Internal, e))?;
+            return Ok(());
+        }
         let path = self
             .dir
             .path()
@@ -170,6 +248,13 @@ impl Backend for Embedded {
 
     async fn destroy(&self, key_id: &str, versions: &[u32]) -> Result<(), BackendError> {
         let _guard = self.write.lock().await;
+        if let Some(store) = &self.shared {
+            store.remove(key_id, versions).await?;
+            for v in versions {
+                self.forget(key_id, *v);
+            }
+            return Ok(());
+        }
         let dir = self.dir.path().join("material");
         let paths: Vec<_> = versions
             .iter()

@@ -39,10 +39,30 @@ pub enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// Move the key registry between a data directory and etcd (--registry etcd ...).
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Copies a data directory's keys, aliases, sealed material and clients into etcd (entries
+    /// that exist there are left alone and reported). The root key must be the fleet's.
+    Import {
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Copies the etcd registry into a data directory (a single-node fallback or a backup).
+    Export {
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -416,4 +436,31 @@ pub struct Options {
     /// [default: kubernetes].
     #[arg(long, env = "KMS_SIDECAR_KMSV2_PRINCIPAL", global = true)]
     pub kmsv2_principal: Option<String>,
+
+    // --- the key registry (keys/registry/): data directory, or etcd shared by a fleet ---
+    /// Where keys, aliases, policies, sealed material and clients live: datadir (this sidecar's data
+    /// directory) or etcd (shared by a fleet) [default: datadir].
+    #[arg(long, env = "KMS_SIDECAR_REGISTRY", global = true)]
+    pub registry: Option<String>,
+    /// etcd endpoints, comma-separated (http:// or https://), with --registry etcd.
+    #[arg(long, env = "KMS_SIDECAR_ETCD_ENDPOINTS", global = true)]
+    pub etcd_endpoints: Option<String>,
+    /// Prefix of every registry key in etcd, so fleets can share a cluster [default: /kms-sidecar/].
+    #[arg(long, env = "KMS_SIDECAR_ETCD_PREFIX", global = true)]
+    pub etcd_prefix: Option<String>,
+    /// PEM CA bundle for https:// etcd endpoints.
+    #[arg(long, env = "KMS_SIDECAR_ETCD_CA_FILE", global = true)]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate for etcd mutual TLS (with --etcd-key-file).
+    #[arg(long, env = "KMS_SIDECAR_ETCD_CERT_FILE", global = true)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM client key for etcd mutual TLS.
+    #[arg(long, env = "KMS_SIDECAR_ETCD_KEY_FILE", global = true)]
+    pub etcd_key_file: Option<PathBuf>,
+    /// etcd user (the password from KMS_SIDECAR_ETCD_PASSWORD or --etcd-password-file).
+    #[arg(long, env = "KMS_SIDECAR_ETCD_USER", global = true)]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd password.
+    #[arg(long, env = "KMS_SIDECAR_ETCD_PASSWORD_FILE", global = true)]
+    pub etcd_password_file: Option<PathBuf>,
 }

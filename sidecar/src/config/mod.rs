@@ -22,6 +22,7 @@ use crate::cache::pool::PoolSettings;
 use crate::cache::reuse::ReuseSettings;
 use crate::datadir::RootKeySource;
 use crate::keys::ArnScope;
+use crate::keys::registry::{RegistryOptions, RegistrySettings};
 use crate::limits::{OutboundBudget, RateSpec, RetryBudget, RetryPolicy, ValidBreakerSpec};
 use crate::observe::audit::AuditConfig;
 use crate::observe::{LogFormat, MetricsSettings};
@@ -38,7 +39,7 @@ mod cli;
 mod kmsv2;
 pub mod proxy;
 
-pub use cli::{AuditCommand, Cli, ClientsCommand, Command, Options};
+pub use cli::{AuditCommand, Cli, ClientsCommand, Command, Options, RegistryCommand};
 
 /// Default port of the KMS API.
 pub const DEFAULT_KMS_PORT: u16 = 7300;
@@ -162,6 +163,8 @@ pub struct Config {
     proxy: Option<proxy::ProxyConfig>,
     /// The Kubernetes KMS v2 plugin (gRPC on a Unix socket), when `kmsv2_socket` is set.
     kmsv2: Option<KmsV2Settings>,
+    /// Where the key registry lives (`keys/registry/`).
+    registry: RegistrySettings,
     endpoints: service::Endpoints,
     caching: service::Caching,
     observability: service::Observability,
@@ -226,6 +229,7 @@ impl Config {
     /// Each area's builder validates its settings and returns them in their validated types.
     fn merge(cli: Options, file: Options, mut secrets: Secrets) -> anyhow::Result<Self> {
         let kmsv2 = kmsv2::build(&cli, &file)?;
+        let registry = registry_settings(&cli, &file)?;
         let limits = limits::limits(&cli, &file)?;
         let proxy = proxy::build(
             &cli,
@@ -298,6 +302,7 @@ impl Config {
             faults_enabled: cli.faults_enabled.or(file.faults_enabled).unwrap_or(false),
             proxy,
             kmsv2,
+            registry,
             endpoints,
             caching,
             observability,
@@ -334,6 +339,10 @@ impl Config {
     }
     pub fn faults_enabled(&self) -> bool {
         self.faults_enabled
+    }
+    /// Where the key registry lives.
+    pub fn registry(&self) -> &RegistrySettings {
+        &self.registry
     }
     /// The KMS v2 plugin's settings, when enabled.
     pub fn kmsv2(&self) -> Option<&KmsV2Settings> {
@@ -411,6 +420,25 @@ impl Config {
     pub fn backend_timeout(&self) -> Duration {
         self.limits.backend_timeout
     }
+}
+
+/// The registry options, flag over file; the password only from the environment or its file.
+fn registry_settings(cli: &Options, file: &Options) -> anyhow::Result<RegistrySettings> {
+    let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
+    let path = |a: &Option<PathBuf>, b: &Option<PathBuf>| a.clone().or_else(|| b.clone());
+    RegistrySettings::build(RegistryOptions {
+        registry: pick(&cli.registry, &file.registry),
+        etcd_endpoints: pick(&cli.etcd_endpoints, &file.etcd_endpoints),
+        etcd_prefix: pick(&cli.etcd_prefix, &file.etcd_prefix),
+        etcd_ca_file: path(&cli.etcd_ca_file, &file.etcd_ca_file),
+        etcd_cert_file: path(&cli.etcd_cert_file, &file.etcd_cert_file),
+        etcd_key_file: path(&cli.etcd_key_file, &file.etcd_key_file),
+        etcd_user: pick(&cli.etcd_user, &file.etcd_user),
+        etcd_password_file: path(&cli.etcd_password_file, &file.etcd_password_file),
+        etcd_password: std::env::var("KMS_SIDECAR_ETCD_PASSWORD")
+            .ok()
+            .map(SecretString::from),
+    })
 }
 
 #[cfg(test)]

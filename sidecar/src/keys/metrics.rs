@@ -55,6 +55,17 @@ pub struct KeyMetrics {
     /// Rotation status of upstream keys (proxy mode), polled in the background and folded into
     /// the rotation gauges at every scrape like the local keys.
     upstream: ArcSwap<Vec<UpstreamRotation>>,
+    /// The registry's health (`registry_up`, `registry_applied_revision`,
+    /// `registry_watch_lag_seconds`): fed by the etcd registry, constant with the data directory.
+    pub registry: RegistryGauges,
+}
+
+/// The key registry's health gauges.
+#[derive(Debug, Clone)]
+pub struct RegistryGauges {
+    pub up: prometheus::IntGauge,
+    pub applied: prometheus::IntGauge,
+    pub lag: prometheus::Gauge,
 }
 
 /// One upstream key's rotation status, as the proxy's background poll read it.
@@ -126,7 +137,25 @@ impl KeyMetrics {
             max_keys,
             policy,
             upstream: ArcSwap::from_pointee(Vec::new()),
+            registry: RegistryGauges {
+                up: prometheus::IntGauge::new(
+                    "kms_sidecar_registry_up",
+                    "1 while the key registry is current: always with the data directory; with etcd while its watch is connected and caught up.",
+                )?,
+                applied: prometheus::IntGauge::new(
+                    "kms_sidecar_registry_applied_revision",
+                    "The etcd revision up to which registry changes are applied to this sidecar's key index (0 with the data directory).",
+                )?,
+                lag: prometheus::Gauge::new(
+                    "kms_sidecar_registry_watch_lag_seconds",
+                    "Seconds since this sidecar's key index was last confirmed current with etcd (0 with the data directory).",
+                )?,
+            },
         };
+        m.registry.up.set(1);
+        registry.register(Box::new(m.registry.up.clone()))?;
+        registry.register(Box::new(m.registry.applied.clone()))?;
+        registry.register(Box::new(m.registry.lag.clone()))?;
         registry.register(Box::new(m.operations.clone()))?;
         registry.register(Box::new(m.rotations.clone()))?;
         registry.register(Box::new(m.enabled.clone()))?;
@@ -137,8 +166,11 @@ impl KeyMetrics {
     }
 
     /// The metric family names this module exports.
-    pub fn family_names() -> [&'static str; 6] {
+    pub fn family_names() -> [&'static str; 9] {
         [
+            "kms_sidecar_registry_up",
+            "kms_sidecar_registry_applied_revision",
+            "kms_sidecar_registry_watch_lag_seconds",
             "kms_sidecar_key_operations_total",
             "kms_sidecar_key_rotations_total",
             "kms_sidecar_key_rotation_enabled",

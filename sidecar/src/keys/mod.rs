@@ -1,5 +1,6 @@
 //! Keys as KMS clients see them: metadata, states, aliases, tags, versions and rotation, persisted in
-//! the data directory before any call that changed them returns.
+//! the registry (the data directory, or the fleet's etcd: `registry/`, `shared.rs`) before any call
+//! that changed them returns.
 //!
 //! Readers (every Encrypt/Decrypt) load an immutable [`Index`] snapshot without a lock; writers are
 //! serialized, build the next index, write the changed files crash-safe, and only then publish it, so
@@ -8,6 +9,8 @@
 pub mod ciphertext;
 pub mod metrics;
 pub mod model;
+pub mod registry;
+mod shared;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -40,6 +43,11 @@ pub struct Index {
     pub aliases: BTreeMap<String, AliasEntry>,
     /// Parsed key policies, by key id (parsed once, evaluated on every call).
     pub policies: HashMap<String, Arc<Policy>>,
+    /// With the etcd registry: the revision each key record was last written at (the guard of the
+    /// next write to it). Empty with the data directory.
+    pub revisions: HashMap<String, i64>,
+    /// The same for aliases.
+    pub alias_revisions: HashMap<String, i64>,
 }
 
 /// What one maintenance pass did.
@@ -61,6 +69,8 @@ pub struct KeyStore {
     write: tokio::sync::Mutex<()>,
     scope: ArnScope,
     metrics: Option<Arc<KeyMetrics>>,
+    /// The fleet's registry, when keys live in etcd instead of the data directory.
+    shared: Option<Arc<registry::EtcdRegistry>>,
 }
 
 fn shorten(s: &str) -> &str {
@@ -134,10 +144,12 @@ impl KeyStore {
                 keys,
                 aliases,
                 policies,
+                ..Index::default()
             }),
             write: tokio::sync::Mutex::new(()),
             scope,
             metrics: None,
+            shared: None,
         })
     }
 
@@ -277,6 +289,7 @@ impl KeyStore {
         tags: BTreeMap<String, String>,
         policy: String,
     ) -> Result<Arc<KeyMeta>, KmsError> {
+        self.writable()?;
         let _guard = self.write.lock().await;
         let id = uuid::Uuid::new_v4().to_string();
         self.backend
@@ -310,15 +323,25 @@ impl KeyStore {
     }
 
     /// Applies `change` to the key named by `key_id` (any form) and persists it.
+    ///
+    /// With the etcd registry, a write that lost a race to another sidecar re-reads the key and
+    /// applies `change` again to what that sidecar committed, so nothing is silently overwritten.
     pub async fn update(
         &self,
         key_id: &str,
-        change: impl FnOnce(&mut KeyMeta) -> Result<(), KmsError>,
+        change: impl Fn(&mut KeyMeta) -> Result<(), KmsError>,
     ) -> Result<Arc<KeyMeta>, KmsError> {
+        self.writable()?;
         let _guard = self.write.lock().await;
-        let mut meta = KeyMeta::clone(&*self.resolve(key_id)?);
-        change(&mut meta)?;
-        self.publish_key(meta).await
+        let mut attempt = 0;
+        loop {
+            let mut meta = KeyMeta::clone(&*self.resolve(key_id)?);
+            change(&mut meta)?;
+            match self.try_publish_key(meta).await {
+                Err(Publish::Conflict(id)) => self.after_conflict(&mut attempt, &id).await?,
+                other => return other.map_err(Publish::into_kms),
+            }
+        }
     }
 
     /// Adds a key version (rotation) at time `at`. `check` enforces the caller's state rules under
@@ -328,35 +351,54 @@ impl KeyStore {
         key_id: &str,
         trigger: RotationType,
         at: Timestamp,
-        check: impl FnOnce(&KeyMeta) -> Result<(), KmsError>,
+        check: impl Fn(&KeyMeta) -> Result<(), KmsError>,
     ) -> Result<Arc<KeyMeta>, KmsError> {
+        self.writable()?;
         let _guard = self.write.lock().await;
-        let mut meta = KeyMeta::clone(&*self.resolve(key_id)?);
-        check(&meta)?;
-        let version = meta.current_version() + 1;
-        let created = self
-            .backend
-            .create_version(KeyRef {
-                key_id: &meta.id,
+        let mut attempt = 0;
+        loop {
+            let mut meta = KeyMeta::clone(&*self.resolve(key_id)?);
+            check(&meta)?;
+            let version = meta.current_version() + 1;
+            // Idempotent per version: material made by a rotation that died before its record was
+            // written (here or, in a fleet, on another sidecar) is reused, never replaced.
+            let created = self
+                .backend
+                .create_version(KeyRef {
+                    key_id: &meta.id,
+                    version,
+                })
+                .await;
+            if let (Err(_), Some(m)) = (&created, &self.metrics) {
+                m.rotation(&meta.id, false, trigger);
+            }
+            created?;
+            meta.versions.push(KeyVersion {
                 version,
-            })
-            .await;
-        if let Some(m) = &self.metrics {
-            m.rotation(&meta.id, created.is_ok(), trigger);
+                created: at,
+                rotation: Some(trigger),
+            });
+            if meta.rotation_enabled {
+                meta.next_rotation = meta.next_rotation_from(at);
+            }
+            let id = meta.id.clone();
+            match self.try_publish_key(meta).await {
+                Err(Publish::Conflict(id)) => self.after_conflict(&mut attempt, &id).await?,
+                other => {
+                    if let Some(m) = &self.metrics {
+                        m.rotation(&id, other.is_ok(), trigger);
+                    }
+                    return other.map_err(Publish::into_kms);
+                }
+            }
         }
-        created?;
-        meta.versions.push(KeyVersion {
-            version,
-            created: at,
-            rotation: Some(trigger),
-        });
-        if meta.rotation_enabled {
-            meta.next_rotation = meta.next_rotation_from(at);
-        }
-        self.publish_key(meta).await
     }
 
     async fn publish_key(&self, meta: KeyMeta) -> Result<Arc<KeyMeta>, KmsError> {
+        self.try_publish_key(meta).await.map_err(Publish::into_kms)
+    }
+
+    async fn try_publish_key(&self, meta: KeyMeta) -> Result<Arc<KeyMeta>, Publish> {
         // Parsed before anything is written: a record on disk always holds a valid policy.
         let policy = meta
             .policy
@@ -364,6 +406,9 @@ impl KeyStore {
             .map(Policy::parse)
             .transpose()
             .map_err(KmsError::from)?;
+        if let Some(registry) = &self.shared {
+            return self.publish_shared(registry, meta, policy).await;
+        }
         let path = self.key_path(&meta.id);
         let bytes = serde_json::to_vec_pretty(&meta).map_err(KmsError::internal)?;
         datadir::blocking(move || datadir::write_atomic(&path, &bytes))
@@ -392,16 +437,31 @@ impl KeyStore {
     /// Changes the alias table with `change` (given the current index) and persists it.
     pub async fn update_aliases(
         &self,
-        change: impl FnOnce(&Index, &mut BTreeMap<String, AliasEntry>) -> Result<(), KmsError>,
+        change: impl Fn(&Index, &mut BTreeMap<String, AliasEntry>) -> Result<(), KmsError>,
     ) -> Result<(), KmsError> {
+        self.writable()?;
         let _guard = self.write.lock().await;
-        let mut next = Index::clone(&self.index.load());
-        let mut aliases = next.aliases.clone();
-        change(&next, &mut aliases)?;
-        self.persist_aliases(&aliases).await?;
-        next.aliases = aliases;
-        self.index.store(Arc::new(next));
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            let mut next = Index::clone(&self.index.load());
+            let mut aliases = next.aliases.clone();
+            change(&next, &mut aliases)?;
+            if let Some(registry) = &self.shared {
+                // Each changed alias is guarded by its own revision: of two sidecars creating one
+                // alias, one commits and the other re-runs `change`, which then finds it taken.
+                match self.persist_aliases_shared(registry, &next, &aliases).await {
+                    Err(Publish::Conflict(_)) => {
+                        self.after_alias_conflict(registry, &mut attempt).await?;
+                        continue;
+                    }
+                    other => return other.map_err(Publish::into_kms),
+                }
+            }
+            self.persist_aliases(&aliases).await?;
+            next.aliases = aliases;
+            self.index.store(Arc::new(next));
+            return Ok(());
+        }
     }
 
     async fn persist_aliases(
@@ -422,12 +482,19 @@ impl KeyStore {
     /// Destroys a key whose waiting period is over: material first, then its aliases, then its
     /// record, so a crash part-way leaves a key that the next pass deletes again.
     async fn delete(&self, id: &str) -> Result<(), KmsError> {
+        self.writable()?;
         let _guard = self.write.lock().await;
         let Some(meta) = self.index.load().keys.get(id).cloned() else {
             return Ok(());
         };
         let versions: Vec<u32> = meta.versions.iter().map(|v| v.version).collect();
         self.backend.destroy(id, &versions).await?;
+        if let Some(registry) = &self.shared {
+            return self
+                .delete_shared(registry, id)
+                .await
+                .map_err(Publish::into_kms);
+        }
         let mut next = Index::clone(&self.index.load());
         let before = next.aliases.len();
         next.aliases.retain(|_, a| a.target != id);
@@ -461,6 +528,18 @@ impl KeyStore {
                     }
                 }
             } else if meta.rotation_due(now) {
+                // In a fleet one sidecar rotates a key per period: the lease-held lock keeps the
+                // others off; the record's revision guard and idempotent material make even a
+                // lock lost to a crash safe (no version duplicated or skipped).
+                let lock = match self.rotation_lock(&meta.id).await {
+                    Ok(Some(lock)) => lock,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(key = %meta.id, error = %e, "automatic rotation postponed: registry unavailable");
+                        done.rotation_failed.push(meta.id.clone());
+                        continue;
+                    }
+                };
                 let result = self
                     .rotate(&meta.id, RotationType::Automatic, now, |m| {
                         if m.rotation_due(now) {
@@ -470,10 +549,14 @@ impl KeyStore {
                         }
                     })
                     .await;
+                self.rotation_unlock(lock).await;
                 match result {
                     Ok(m) => {
                         tracing::info!(key = %m.id, version = m.current_version(), "automatic rotation");
                         done.rotated.push(meta.id.clone());
+                    }
+                    Err(e) if e.kind() == ErrorKind::InvalidState && self.shared.is_some() => {
+                        tracing::debug!(key = %meta.id, "rotated by another sidecar");
                     }
                     Err(e) => {
                         tracing::error!(key = %meta.id, error = %e, "automatic rotation failed");
@@ -483,6 +566,28 @@ impl KeyStore {
             }
         }
         done
+    }
+}
+
+/// Why a registry write did not happen.
+enum Publish {
+    /// Another sidecar changed key `0` (or an alias: empty) first.
+    Conflict(String),
+    Failed(KmsError),
+}
+
+impl From<KmsError> for Publish {
+    fn from(e: KmsError) -> Self {
+        Publish::Failed(e)
+    }
+}
+
+impl Publish {
+    fn into_kms(self) -> KmsError {
+        match self {
+            Publish::Conflict(_) => registry::etcd::WriteError::Conflict.into_kms(),
+            Publish::Failed(e) => e,
+        }
     }
 }
 

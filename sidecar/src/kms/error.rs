@@ -96,6 +96,8 @@ pub struct KmsError {
     kind: ErrorKind,
     message: Cow<'static, str>,
     retryable: bool,
+    /// A fixed, client-safe message a server fault may show instead of the generic one.
+    public: Option<&'static str>,
     #[source]
     source: Option<BoxError>,
 }
@@ -107,8 +109,17 @@ impl KmsError {
             kind,
             message: message.into(),
             retryable: false,
+            public: None,
             source: None,
         }
+    }
+
+    /// A server fault whose wire message is the fixed text `message` (written for clients, with no
+    /// internals in it), e.g. that the shared key registry is unavailable.
+    pub fn server_fault(kind: ErrorKind, message: &'static str) -> Self {
+        let mut e = Self::new(kind, message);
+        e.public = Some(message);
+        e
     }
 
     /// Keeps `source` for logs; it never reaches the wire.
@@ -153,6 +164,7 @@ impl KmsError {
         match self.kind.origin() {
             Origin::Client => &self.message,
             Origin::Server => match self.kind {
+                _ if self.public.is_some() => self.public.unwrap_or_default(),
                 ErrorKind::DependencyTimeout => "the key backend did not respond in time",
                 ErrorKind::KeyUnavailable => {
                     "the key is unavailable: the key backend cannot use it now"
@@ -171,6 +183,7 @@ impl KmsError {
             kind: e.kind,
             message: e.message.clone(),
             retryable: e.retryable,
+            public: e.public,
             source: Some(Box::new(e)),
         }
     }

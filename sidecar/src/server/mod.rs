@@ -41,6 +41,9 @@ use crate::core::{Core, Kms, Metrics, RateLimiting};
 use crate::datadir::{DataDir, DirLock};
 use crate::frontend::aws_json::AwsJson;
 use crate::frontend::kmsv2::KmsV2;
+use crate::keys::registry::{
+    ClientFollower, EtcdRegistry, Follower, MaterialFollower, RegistrySettings,
+};
 use crate::keys::{self, KeyStore};
 use crate::limits::Breaker;
 use crate::limits::resilient::{Resilience, Resilient};
@@ -48,6 +51,9 @@ use crate::observe::audit::AuditLog;
 use crate::tls::{self, Tls};
 
 pub use crate::frontend::aws_json::KEY_VERSION_HEADER;
+
+/// The fleet's registry and its followers, in the order changes are applied.
+type Fleet = (Arc<EtcdRegistry>, Vec<Arc<dyn Follower>>);
 
 /// A started sidecar: listeners bound, data directory locked, not yet serving.
 #[derive(Debug)]
@@ -65,6 +71,8 @@ pub struct Sidecar {
     tls: Option<Tls>,
     /// The Kubernetes KMS v2 plugin, its listening socket and the socket file (removed at exit).
     kmsv2: Option<(Arc<KmsV2>, tokio::net::UnixListener, unix::SocketFile)>,
+    /// The fleet's registry and what follows it (the etcd registry only).
+    fleet: Option<Fleet>,
     _lock: DirLock,
 }
 
@@ -73,9 +81,28 @@ impl Sidecar {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let dir = Arc::new(DataDir::open(config.data_dir(), config.root_key())?);
         let lock = dir.lock()?;
+        // With etcd the whole registry is read once here (a linearizable read); the watch
+        // started by `run` continues from its revision.
+        let shared = match config.registry() {
+            RegistrySettings::DataDir => None,
+            RegistrySettings::Etcd(settings) => {
+                let registry = EtcdRegistry::connect(settings, &dir).await?;
+                let (revision, all) = registry.load().await?;
+                registry.loaded(revision);
+                tracing::info!(prefix = %registry.prefix(), revision, entries = all.len(), "loaded the fleet's key registry from etcd");
+                Some((registry, all))
+            }
+        };
         let (raw, embedded): (Arc<dyn Backend>, _) = match config.backend() {
             BackendConfig::Embedded => {
-                let embedded = Arc::new(Embedded::open(dir.clone())?);
+                let embedded = match &shared {
+                    Some((registry, all)) => {
+                        let e = Arc::new(Embedded::shared(dir.clone(), registry.clone()));
+                        MaterialFollower(e.clone()).reset(all);
+                        e
+                    }
+                    None => Arc::new(Embedded::open(dir.clone())?),
+                };
                 (embedded.clone(), Some(embedded))
             }
             BackendConfig::Pkcs11(settings) => (Arc::new(Pkcs11::open(settings.clone())?), None),
@@ -125,8 +152,20 @@ impl Sidecar {
         };
         let backend: Arc<dyn Backend> = Arc::new(Resilient::new(observed, resilience));
         let keys = Arc::new(
-            KeyStore::open(dir.clone(), backend.clone(), config.arn_scope())?
-                .with_metrics(metrics.keys.clone()),
+            match &shared {
+                Some((registry, all)) => {
+                    registry.attach_metrics(metrics.keys.registry.clone());
+                    KeyStore::open_shared(
+                        dir.clone(),
+                        backend.clone(),
+                        config.arn_scope(),
+                        registry.clone(),
+                        all,
+                    )
+                }
+                None => KeyStore::open(dir.clone(), backend.clone(), config.arn_scope())?,
+            }
+            .with_metrics(metrics.keys.clone()),
         );
         let foreign = keys
             .snapshot()
@@ -145,8 +184,29 @@ impl Sidecar {
             check_material(&keys, embedded)?;
         }
         let scope = config.arn_scope();
-        let clients = Arc::new(ClientStore::open(dir.clone(), &scope.account)?);
-        let issued = if clients.is_empty() {
+        let mut followers: Vec<Arc<dyn Follower>> = Vec::new();
+        let clients = match &shared {
+            Some((_, all)) => {
+                let clients = Arc::new(ClientStore::shared(dir.clone(), &scope.account));
+                let follower = Arc::new(ClientFollower::new(clients.clone()));
+                follower.reset(all);
+                // Material before clients before keys: a key version is never visible before
+                // the material it needs.
+                if let Some(e) = &embedded {
+                    followers.push(Arc::new(MaterialFollower(e.clone())));
+                }
+                followers.push(follower);
+                followers.push(keys.clone());
+                if clients.is_empty() {
+                    tracing::warn!(
+                        "the fleet's registry holds no client credentials: issue one with `kms-sidecar clients add NAME --registry etcd ...` or `registry import`"
+                    );
+                }
+                clients
+            }
+            None => Arc::new(ClientStore::open(dir.clone(), &scope.account)?),
+        };
+        let issued = if clients.is_empty() && shared.is_none() {
             let issued = clients::add(&dir, "default", Default::default())?;
             clients.reload()?;
             Some(issued)
@@ -242,6 +302,7 @@ impl Sidecar {
             config,
             issued,
             tls,
+            fleet: shared.map(|(registry, _)| (registry, followers)),
             _lock: lock,
         })
     }
@@ -341,6 +402,9 @@ impl Sidecar {
                     .poll(self.core.metrics().keys.clone(), c.poll_interval),
             )
         });
+        let follow = self
+            .fleet
+            .map(|(registry, followers)| tokio::spawn(registry.follow(followers, stop_rx.clone())));
         let background = tokio::spawn(background(
             self.core.clone(),
             self.clients.clone(),
@@ -356,6 +420,9 @@ impl Sidecar {
         let _ = tokio::join!(kms, admin, background);
         if let Some(kmsv2) = kmsv2 {
             let _ = kmsv2.await;
+        }
+        if let Some(follow) = follow {
+            let _ = follow.await;
         }
         match Arc::try_unwrap(graceful) {
             Ok(g) => {

@@ -50,7 +50,7 @@ pub(super) async fn create_alias(cx: &mut Cx<'_>, req: AliasRequest) -> Result<E
             ));
         }
         aliases.insert(
-            name,
+            name.clone(),
             AliasEntry {
                 target: meta.id.clone(),
                 created: now,

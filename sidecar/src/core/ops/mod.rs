@@ -136,11 +136,12 @@ impl Cx<'_> {
     }
 
     /// The shape of every key-management call: the required `KeyId`, authorization on that key,
-    /// then `change` applied and persisted under the key store's write lock.
+    /// then `change` applied and persisted under the key store's write lock (`Fn`: with a shared
+    /// registry, a lost race re-applies it to what the winner committed).
     async fn update_key(
         &mut self,
         key_id: Option<String>,
-        change: impl FnOnce(&mut KeyMeta) -> Result<(), KmsError>,
+        change: impl Fn(&mut KeyMeta) -> Result<(), KmsError>,
     ) -> Result<Arc<KeyMeta>, KmsError> {
         let key_id = required(key_id, "keyId")?;
         self.check(&key_id, None)?;

@@ -31,7 +31,7 @@ pub(super) async fn put_key_policy(
     let meta = cx
         .update_key(Some(key_id), |m| {
             require_not_pending(keys, m)?;
-            m.policy = Some(text);
+            m.policy = Some(text.clone());
             Ok(())
         })
         .await?;

@@ -48,7 +48,7 @@ pub(super) async fn tag_resource(
     let tags = validate_tags(required(req.tags, "tags")?)?;
     cx.update_key(Some(key_id), |m| {
         require_not_pending(keys, m)?;
-        m.tags.extend(tags);
+        m.tags.extend(tags.clone());
         if m.tags.len() > MAX_TAGS {
             return Err(KmsError::new(
                 ErrorKind::LimitExceeded,

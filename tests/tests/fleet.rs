@@ -1,0 +1,376 @@
+//! A fleet of sidecar processes sharing one key registry in a real 3-member etcd cluster: a data
+//! directory imported into etcd, changes propagating within a second, one winner of an alias race,
+//! fleet-wide revocation, and etcd losing a member and then its quorum.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aws_sdk_kms::primitives::Blob;
+use kms_sidecar_e2e::etcd::{self, EtcdCluster};
+use kms_sidecar_e2e::{Creds, Sidecar, Start, binary, http_get, sdk_client};
+
+const ROOT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn fleet_args(cluster: &EtcdCluster) -> Vec<String> {
+    vec![
+        "--registry".into(),
+        "etcd".into(),
+        "--etcd-endpoints".into(),
+        cluster.endpoints(),
+        "--etcd-prefix".into(),
+        "/fleet-test/".into(),
+        "--maintenance-interval-secs".into(),
+        "1".into(),
+    ]
+}
+
+fn env() -> Vec<(String, String)> {
+    vec![("KMS_SIDECAR_ROOT_KEY".into(), ROOT.into())]
+}
+
+fn cli(data_dir: &Path, args: &[String]) -> String {
+    let out = Command::new(binary())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("KMS_SIDECAR_ROOT_KEY", ROOT)
+        .output()
+        .expect("run kms-sidecar");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kms-sidecar {args:?} failed: {text}");
+    text
+}
+
+/// Polls `f` until it is true, returning how long that took, or panics after `limit`.
+async fn within<F, Fut>(limit: Duration, what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn decrypts(client: &aws_sdk_kms::Client, blob: &[u8], plain: &[u8]) -> bool {
+    client
+        .decrypt()
+        .ciphertext_blob(Blob::new(blob))
+        .send()
+        .await
+        .is_ok_and(|r| r.plaintext().map(|p| p.as_ref()) == Some(plain))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_shares_one_registry_in_etcd() {
+    if !etcd::available() {
+        println!("SKIPPED: etcd is not installed (scripts/test.sh installs etcd-server)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = EtcdCluster::start(3);
+    let args = fleet_args(&cluster);
+
+    // A single-node sidecar makes a key and a ciphertext, then its data directory moves to etcd.
+    let seed_dir = tmp.path().join("seed");
+    let seed = Sidecar::start_with(
+        &seed_dir,
+        Start {
+            env: env(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let creds: Creds = seed.creds.clone();
+    let c = seed.sdk();
+    let old_key = c
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let old_ct = c
+        .encrypt()
+        .key_id(&old_key)
+        .plaintext(Blob::new(b"from the seed".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap();
+    seed.stop();
+    let mut import = args.clone();
+    import.extend([
+        "registry".into(),
+        "import".into(),
+        "--from".into(),
+        seed_dir.display().to_string(),
+    ]);
+    let out = cli(&tmp.path().join("cli"), &import);
+    assert!(out.contains("Imported"), "{out}");
+
+    let start = |n: usize| {
+        Sidecar::start_with(
+            &tmp.path().join(format!("s{n}")),
+            Start {
+                args: args.clone(),
+                env: env(),
+                creds: Some(creds.clone()),
+            },
+        )
+        .unwrap()
+    };
+    let fleet = [start(1), start(2), start(3)];
+    let sdk: Vec<_> = fleet.iter().map(|s| s.sdk()).collect();
+
+    // Every old ciphertext decrypts through the fleet.
+    for s in &sdk {
+        assert!(decrypts(s, old_ct.as_ref(), b"from the seed").await);
+    }
+
+    // A key created on sidecar 1 decrypts on sidecar 3 within a second.
+    let key = sdk[0]
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let ct1 = sdk[0]
+        .encrypt()
+        .key_id(&key)
+        .plaintext(Blob::new(b"v1".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap();
+    let took = within(
+        Duration::from_secs(1),
+        "key created on 1 usable on 3",
+        || decrypts(&sdk[2], ct1.as_ref(), b"v1"),
+    )
+    .await;
+    println!("propagation of CreateKey: {took:?}");
+
+    // A rotation on sidecar 2: every sidecar decrypts both versions.
+    within(Duration::from_secs(1), "key visible on 2", || async {
+        sdk[1].describe_key().key_id(&key).send().await.is_ok()
+    })
+    .await;
+    sdk[1]
+        .rotate_key_on_demand()
+        .key_id(&key)
+        .send()
+        .await
+        .unwrap();
+    let ct2 = sdk[1]
+        .encrypt()
+        .key_id(&key)
+        .plaintext(Blob::new(b"v2".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap();
+    for s in &sdk {
+        within(
+            Duration::from_secs(1),
+            "rotated version usable everywhere",
+            || decrypts(s, ct2.as_ref(), b"v2"),
+        )
+        .await;
+        assert!(decrypts(s, ct1.as_ref(), b"v1").await);
+    }
+    let rotations = sdk[2]
+        .list_key_rotations()
+        .key_id(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rotations.rotations().len(),
+        1,
+        "exactly one rotation, seen on 3"
+    );
+
+    // Concurrent CreateAlias of one name on all sidecars: exactly one winner.
+    let mut tasks = Vec::new();
+    for round in 0..4 {
+        for s in &sdk {
+            let s = s.clone();
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                s.create_alias()
+                    .alias_name(format!("alias/race-{round}"))
+                    .target_key_id(key)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        e.into_service_error()
+                            .meta()
+                            .code()
+                            .unwrap_or("")
+                            .to_string()
+                    })
+            }));
+        }
+    }
+    let mut wins = [0; 4];
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(_) => wins[i / 3] += 1,
+            Err(code) => assert_eq!(code, "AlreadyExistsException"),
+        }
+    }
+    assert_eq!(wins, [1; 4], "one winner per alias");
+
+    // A revoked credential is refused by every sidecar within a second.
+    let mut add = args.clone();
+    add.extend(["clients".into(), "add".into(), "app".into()]);
+    let out = cli(&tmp.path().join("cli"), &add);
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(str::to_string))
+            .unwrap_or_else(|| panic!("{name} not printed: {out}"))
+    };
+    let app = Creds {
+        access_key_id: field("AWS_ACCESS_KEY_ID="),
+        secret: field("AWS_SECRET_ACCESS_KEY="),
+    };
+    let app_clients: Vec<_> = fleet.iter().map(|s| sdk_client(&s.kms_url, &app)).collect();
+    for c in &app_clients {
+        within(Duration::from_secs(1), "new client accepted", || async {
+            c.generate_random().number_of_bytes(8).send().await.is_ok()
+        })
+        .await;
+    }
+    let mut revoke = args.clone();
+    revoke.extend(["clients".into(), "revoke".into(), app.access_key_id.clone()]);
+    cli(&tmp.path().join("cli"), &revoke);
+    for c in &app_clients {
+        within(Duration::from_secs(1), "revoked client refused", || async {
+            c.generate_random().number_of_bytes(8).send().await.is_err()
+        })
+        .await;
+    }
+
+    // One etcd member down: everything works.
+    cluster.kill(0);
+    for s in &sdk {
+        assert!(
+            decrypts(s, ct2.as_ref(), b"v2").await,
+            "crypto with 2 of 3 members"
+        );
+    }
+    // The etcd client may first try the dead member: a write can fail once, then goes elsewhere.
+    let killed = Instant::now();
+    let k2 = loop {
+        match sdk[0].create_key().send().await {
+            Ok(r) => break r.key_metadata.unwrap().key_id,
+            Err(e) => {
+                let e = e.into_service_error();
+                assert_eq!(e.meta().code(), Some("DependencyTimeoutException"), "{e:?}");
+                assert!(
+                    killed.elapsed() < Duration::from_secs(10),
+                    "no write with 2 of 3 members: {e:?}"
+                );
+            }
+        }
+    };
+    println!(
+        "first CreateKey after losing one member took {:?}",
+        killed.elapsed()
+    );
+    within(
+        Duration::from_secs(2),
+        "key created with 2 of 3 members visible on 2",
+        || async { sdk[1].describe_key().key_id(&k2).send().await.is_ok() },
+    )
+    .await;
+
+    // Two down (no quorum): crypto keeps working, key administration fails clearly, readyz degraded.
+    cluster.kill(1);
+    for s in &sdk {
+        assert!(decrypts(s, ct2.as_ref(), b"v2").await);
+        assert!(decrypts(s, old_ct.as_ref(), b"from the seed").await);
+    }
+    for s in &fleet {
+        let url = format!("{}/readyz", s.admin_url);
+        within(
+            Duration::from_secs(5),
+            "readyz says registry degraded",
+            || {
+                let url = url.clone();
+                async move {
+                    let (status, body) = http_get(&url).await;
+                    status == 200 && body.contains("registry degraded")
+                }
+            },
+        )
+        .await;
+    }
+
+    let err = sdk[2]
+        .create_key()
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert_eq!(
+        err.meta().code(),
+        Some("DependencyTimeoutException"),
+        "{err:?}"
+    );
+    assert!(
+        err.meta().message().unwrap_or("").contains("registry"),
+        "{err:?}"
+    );
+    // Quorum back: writes work again and every sidecar catches up.
+    cluster.restart(0);
+    cluster.restart(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let k3 = loop {
+        if let Ok(r) = sdk[2].create_key().send().await {
+            break r.key_metadata.unwrap().key_id;
+        }
+        assert!(Instant::now() < deadline, "CreateKey after recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for s in &sdk {
+        within(
+            Duration::from_secs(10),
+            "catch up after recovery",
+            || async { s.describe_key().key_id(&k3).send().await.is_ok() },
+        )
+        .await;
+    }
+    for s in &fleet {
+        let url = format!("{}/readyz", s.admin_url);
+        within(Duration::from_secs(10), "readyz recovers", || {
+            let url = url.clone();
+            async move { !http_get(&url).await.1.contains("registry degraded") }
+        })
+        .await;
+    }
+    let metrics = fleet[0].metrics().await;
+    assert!(metrics.contains("kms_sidecar_registry_up 1"), "{metrics}");
+    assert!(
+        metrics.contains("kms_sidecar_registry_applied_revision "),
+        "{metrics}"
+    );
+}
