@@ -64,7 +64,7 @@ impl Endpoint {
                 url: format!("https://{}", config.listen()),
                 ca: Some(match source {
                     TlsSource::Files { cert, .. } => cert.clone(),
-                    TlsSource::SelfSigned => tls::self_signed_paths(&config.data_dir()).0,
+                    TlsSource::SelfSigned => tls::self_signed_paths(config.data_dir()).0,
                 }),
             },
         }
@@ -133,8 +133,8 @@ fn not_admin_hint(name: &str, admins: &[String]) -> [String; 2] {
 fn serve(config: Config, options: Options) -> anyhow::Result<()> {
     let _telemetry = observe::telemetry::init(
         config.log_format(),
-        &config.log_level(),
-        config.otlp_endpoint().as_deref(),
+        config.log_level(),
+        config.otlp_endpoint(),
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -240,7 +240,7 @@ fn verify_audit(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()> {
-    let dir = Arc::new(DataDir::open(&config.data_dir(), &config.root_key())?);
+    let dir = Arc::new(DataDir::open(config.data_dir(), config.root_key())?);
     match command {
         ClientsCommand::Add { name, tags } => {
             let tags = tags
@@ -257,7 +257,7 @@ fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()
                 &issued,
                 &config.arn_scope().region,
                 &endpoint,
-                &config.admin_principals(),
+                config.admin_principals(),
                 "Issued a client credential (shown once):",
             );
         }
@@ -268,7 +268,7 @@ fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow::Result<()
                 &issued,
                 &config.arn_scope().region,
                 &endpoint,
-                &config.admin_principals(),
+                config.admin_principals(),
                 "Rotated the secret (shown once; the old one stops working within a second):",
             );
         }
