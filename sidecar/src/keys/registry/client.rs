@@ -56,10 +56,18 @@ const WATCH_QUEUE: usize = 16;
 pub enum Error {
     #[error("cannot set up the etcd connection: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("etcd answered {}: {}", .0.code(), .0.message())]
-    Status(#[from] Status),
+    /// etcd's own message says what went wrong; the status is not kept as a source, which would
+    /// print the same text again in an error chain.
+    #[error("etcd answered {:?}: {}", .0.code(), .0.message())]
+    Status(Status),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Self {
+        Error::Status(s)
+    }
 }
 
 /// TLS towards etcd: the CA that signs the servers and, for mutual TLS, our certificate and key.
