@@ -11,9 +11,9 @@ command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v xvfb-run >/dev/null 2>&1 || missing+=(xvfb)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
-# the fleet tests run a real 3-member etcd cluster; etcd-client compiles etcd's protobufs with protoc
+# the fleet tests run a real 3-member etcd cluster (the build itself needs no protoc: build.rs
+# compiles our .proto files in pure Rust)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 if ((${#missing[@]})); then
   echo "==> installing test dependencies: ${missing[*]}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -2,8 +2,8 @@
 //! keeps every sidecar's index current, rotation leases, and the health that `/readyz` and the
 //! registry metrics report.
 //!
-//! Requests require a leader (`require_leader`), so a member cut off from its quorum answers at once
-//! instead of serving stale reads or hanging; writes are bounded by `write_timeout` and then fail
+//! Requests require a leader (`hasleader`, see `client.rs`), so a member cut off from its quorum
+//! answers at once instead of serving stale reads or hanging; writes are bounded by `write_timeout` and then fail
 //! with "registry unavailable". The watch asks for a progress notification every second: the
 //! revision it reports is one the sidecar has provably caught up to, which is what the watch lag
 //! metric measures from.
@@ -14,13 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
-};
-use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
+use super::client::{self, Client, EventType, TxnRequest, get_values};
 use super::{Change, EtcdSettings, Follower, Section};
 use crate::backend::embedded::MaterialStore;
 use crate::backend::{BackendError, BackendErrorKind, KeyRef};
@@ -42,7 +38,7 @@ pub enum WriteError {
     Conflict,
     /// etcd did not commit (unreachable, no quorum, timed out).
     #[error("the key registry (etcd) is unavailable")]
-    Unavailable(#[source] Option<etcd_client::Error>),
+    Unavailable(#[source] Option<client::Error>),
 }
 
 impl WriteError {
@@ -95,33 +91,32 @@ impl std::fmt::Debug for EtcdRegistry {
 impl EtcdRegistry {
     /// Connects (bounded) and checks that the fleet's registry is sealed with this root key.
     pub async fn connect(settings: &EtcdSettings, dir: &DataDir) -> anyhow::Result<Arc<Self>> {
-        let mut options = ConnectOptions::new()
-            .with_require_leader(true)
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(settings.write_timeout)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        if let Some((user, password)) = &settings.user {
-            options = options.with_user(user.clone(), password.expose_secret().to_string());
-        }
+        let mut options = client::Options {
+            connect_timeout: Duration::from_secs(3),
+            timeout: settings.write_timeout,
+            keep_alive: (Duration::from_secs(2), Duration::from_secs(2)),
+            user: settings.user.clone(),
+            tls: None,
+        };
         if settings.ca_file.is_some() || settings.cert_file.is_some() {
-            let mut tls = TlsOptions::new();
+            let mut tls = client::Tls::default();
             if let Some(ca) = &settings.ca_file {
                 let pem = std::fs::read(ca)
                     .with_context(|| format!("cannot read etcd CA file {}", ca.display()))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
+                tls.ca_pem = Some(pem);
             }
             if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
                 let cert = std::fs::read(cert)
                     .with_context(|| format!("cannot read etcd cert file {}", cert.display()))?;
                 let key = std::fs::read(key)
                     .with_context(|| format!("cannot read etcd key file {}", key.display()))?;
-                tls = tls.identity(Identity::from_pem(cert, key));
+                tls.identity_pem = Some((cert, key));
             }
-            options = options.with_tls(tls);
+            options.tls = Some(tls);
         }
         let client = tokio::time::timeout(
             Duration::from_secs(10),
-            Client::connect(settings.endpoints.clone(), Some(options)),
+            Client::connect(&settings.endpoints, options),
         )
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting to etcd {:?}", settings.endpoints))?
@@ -177,23 +172,20 @@ impl EtcdRegistry {
     async fn check_root(&self, dir: &DataDir) -> anyhow::Result<()> {
         let key = format!("{}{ROOT_CHECK}", self.prefix);
         let sealed = dir.seal(ROOT_CHECK_PURPOSE, ROOT_CHECK_PLAINTEXT)?;
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(vec![TxnOp::put(key.clone(), sealed, None)])
-            .or_else(vec![TxnOp::get(key.clone(), None)]);
+        let txn = TxnRequest {
+            compare: vec![client::create_revision_is(key.clone(), 0)],
+            success: vec![client::put(key.clone(), sealed, 0)],
+            failure: vec![client::get(key.clone())],
+        };
         let resp = self
             .client()
             .txn(txn)
             .await
             .context("cannot read the registry's root key check from etcd")?;
-        if resp.succeeded() {
+        if resp.succeeded {
             return Ok(());
         }
-        let existing = get_values(resp.op_responses());
+        let existing = get_values(resp.responses);
         let Some(found) = existing.first() else {
             bail!("etcd lost {key} during the start-up check");
         };
@@ -209,14 +201,14 @@ impl EtcdRegistry {
     pub async fn load(&self) -> anyhow::Result<(i64, Vec<Change>)> {
         let resp = self
             .client()
-            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .get(self.prefix.clone(), true)
             .await
             .with_context(|| format!("cannot load the registry under {} from etcd", self.prefix))?;
-        let revision = resp.header().map_or(0, |h| h.revision());
+        let revision = resp.header.map_or(0, |h| h.revision);
         let changes = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.change(kv.key(), Some(kv.value().to_vec()), kv.mod_revision()))
+            .kvs
+            .into_iter()
+            .filter_map(|kv| self.change(&kv.key, Some(kv.value), kv.mod_revision))
             .collect();
         Ok((revision, changes))
     }
@@ -226,20 +218,21 @@ impl EtcdRegistry {
         let mut out = Vec::new();
         for name in names {
             let resp = self
-                .bounded(self.client().get(self.path(section, name), None))
+                .bounded(self.client().get(self.path(section, name), false))
                 .await?;
-            match resp.kvs().first() {
+            let revision = resp.header.map_or(0, |h| h.revision);
+            match resp.kvs.into_iter().next() {
                 Some(kv) => out.push(Change {
                     section,
                     name: (*name).to_string(),
-                    value: Some(kv.value().to_vec()),
-                    revision: kv.mod_revision(),
+                    value: Some(kv.value),
+                    revision: kv.mod_revision,
                 }),
                 None => out.push(Change {
                     section,
                     name: (*name).to_string(),
                     value: None,
-                    revision: resp.header().map_or(0, |h| h.revision()),
+                    revision,
                 }),
             }
         }
@@ -249,15 +242,15 @@ impl EtcdRegistry {
     /// Reads a whole section now.
     pub async fn read_section(&self, section: Section) -> Result<Vec<Change>, WriteError> {
         let resp = self
-            .bounded(self.client().get(
-                format!("{}{}", self.prefix, section.dir()),
-                Some(GetOptions::new().with_prefix()),
-            ))
+            .bounded(
+                self.client()
+                    .get(format!("{}{}", self.prefix, section.dir()), true),
+            )
             .await?;
         Ok(resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.change(kv.key(), Some(kv.value().to_vec()), kv.mod_revision()))
+            .kvs
+            .into_iter()
+            .filter_map(|kv| self.change(&kv.key, Some(kv.value), kv.mod_revision))
             .collect())
     }
 
@@ -275,7 +268,7 @@ impl EtcdRegistry {
 
     async fn bounded<T>(
         &self,
-        call: impl Future<Output = Result<T, etcd_client::Error>>,
+        call: impl Future<Output = Result<T, client::Error>>,
     ) -> Result<T, WriteError> {
         match tokio::time::timeout(self.write_timeout, call).await {
             Ok(Ok(v)) => Ok(v),
@@ -287,33 +280,36 @@ impl EtcdRegistry {
     /// Commits `writes` if every guarded entry still has the revision it was read at (0: must not
     /// exist). Returns the revision of the commit, after which the write is durable in etcd.
     pub async fn commit(&self, guards: &[Guarded], writes: Vec<Write>) -> Result<i64, WriteError> {
-        let compares: Vec<Compare> = guards
+        let compare = guards
             .iter()
             .map(|g| {
                 let key = self.path(g.section, &g.name);
                 if g.revision == 0 {
-                    Compare::create_revision(key, CompareOp::Equal, 0)
+                    client::create_revision_is(key, 0)
                 } else {
-                    Compare::mod_revision(key, CompareOp::Equal, g.revision)
+                    client::mod_revision_is(key, g.revision)
                 }
             })
             .collect();
-        let ops: Vec<TxnOp> = writes
+        let success = writes
             .into_iter()
             .map(|w| match w {
                 Write::Put(section, name, value) => {
-                    TxnOp::put(self.path(section, &name), value, None)
+                    client::put(self.path(section, &name), value, 0)
                 }
-                Write::Delete(section, name) => TxnOp::delete(self.path(section, &name), None),
+                Write::Delete(section, name) => client::delete(self.path(section, &name)),
             })
             .collect();
-        let resp = self
-            .bounded(self.client().txn(Txn::new().when(compares).and_then(ops)))
-            .await?;
-        if !resp.succeeded() {
+        let txn = TxnRequest {
+            compare,
+            success,
+            failure: Vec::new(),
+        };
+        let resp = self.bounded(self.client().txn(txn)).await?;
+        if !resp.succeeded {
             return Err(WriteError::Conflict);
         }
-        Ok(resp.header().map_or(0, |h| h.revision()))
+        Ok(resp.header.map_or(0, |h| h.revision))
     }
 
     /// Puts `value` unless the entry exists; returns what the entry holds after the call.
@@ -324,19 +320,16 @@ impl EtcdRegistry {
         value: Vec<u8>,
     ) -> Result<Vec<u8>, WriteError> {
         let key = self.path(section, name);
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(vec![TxnOp::put(key.clone(), value.clone(), None)])
-            .or_else(vec![TxnOp::get(key, None)]);
+        let txn = TxnRequest {
+            compare: vec![client::create_revision_is(key.clone(), 0)],
+            success: vec![client::put(key.clone(), value.clone(), 0)],
+            failure: vec![client::get(key)],
+        };
         let resp = self.bounded(self.client().txn(txn)).await?;
-        if resp.succeeded() {
+        if resp.succeeded {
             return Ok(value);
         }
-        get_values(resp.op_responses())
+        get_values(resp.responses)
             .into_iter()
             .next()
             .ok_or(WriteError::Conflict)
@@ -350,23 +343,14 @@ impl EtcdRegistry {
         ttl: Duration,
     ) -> Result<Option<LeaseLock>, WriteError> {
         let secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(60);
-        let lease = self
-            .bounded(self.client().lease_grant(secs, None))
-            .await?
-            .id();
+        let lease = self.bounded(self.client().lease_grant(secs)).await?;
         let key = format!("{}locks/{name}", self.prefix);
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(vec![TxnOp::put(
-                key,
-                b"held".to_vec(),
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        let taken = self.bounded(self.client().txn(txn)).await?.succeeded();
+        let txn = TxnRequest {
+            compare: vec![client::create_revision_is(key.clone(), 0)],
+            success: vec![client::put(key, b"held".to_vec(), lease)],
+            failure: Vec::new(),
+        };
+        let taken = self.bounded(self.client().txn(txn)).await?.succeeded;
         if taken {
             Ok(Some(LeaseLock { lease }))
         } else {
@@ -439,15 +423,7 @@ impl EtcdRegistry {
         let start = self.applied_revision() + 1;
         let mut stream = tokio::time::timeout(
             self.write_timeout,
-            self.client().watch(
-                self.prefix.clone(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(start)
-                        .with_progress_notify(),
-                ),
-            ),
+            self.client().watch_prefix(self.prefix.clone(), start),
         )
         .await
         .context("timed out opening the registry watch")??;
@@ -469,24 +445,24 @@ impl EtcdRegistry {
                     let Some(resp) = msg.context("registry watch failed")? else {
                         bail!("etcd closed the registry watch");
                     };
-                    if resp.compact_revision() > 0 {
-                        tracing::warn!(from = start, compacted = resp.compact_revision(), "registry revision compacted: reloading");
+                    if resp.compact_revision > 0 {
+                        tracing::warn!(from = start, compacted = resp.compact_revision, "registry revision compacted: reloading");
                         return self.reload(followers).await;
                     }
-                    if resp.canceled() {
-                        bail!("etcd canceled the registry watch: {}", resp.cancel_reason());
+                    if resp.canceled {
+                        bail!("etcd canceled the registry watch: {}", resp.cancel_reason);
                     }
-                    let revision = resp.header().map_or(0, |h| h.revision());
+                    let revision = resp.header.as_ref().map_or(0, |h| h.revision);
                     let changes: Vec<Change> = resp
-                        .events()
+                        .events
                         .iter()
                         .filter_map(|ev| {
-                            let kv = ev.kv()?;
-                            let value = match ev.event_type() {
-                                EventType::Put => Some(kv.value().to_vec()),
+                            let kv = ev.kv.as_ref()?;
+                            let value = match ev.r#type() {
+                                EventType::Put => Some(kv.value.clone()),
                                 EventType::Delete => None,
                             };
-                            self.change(kv.key(), value, kv.mod_revision())
+                            self.change(&kv.key, value, kv.mod_revision)
                         })
                         .collect();
                     if !changes.is_empty() {
@@ -494,11 +470,11 @@ impl EtcdRegistry {
                             f.apply(&changes);
                         }
                     }
-                    if resp.events().is_empty() {
+                    if resp.events.is_empty() {
                         // A progress notification: everything up to `revision` was delivered.
                         awaiting = false;
                         self.synced(revision);
-                    } else if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
+                    } else if let Some(last) = resp.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision).max() {
                         self.applied.fetch_max(last, Ordering::Relaxed);
                     }
                 }
@@ -536,22 +512,6 @@ pub struct Guarded {
 pub enum Write {
     Put(Section, String, Vec<u8>),
     Delete(Section, String),
-}
-
-fn get_values(responses: Vec<TxnOpResponse>) -> Vec<Vec<u8>> {
-    responses
-        .into_iter()
-        .filter_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(
-                g.kvs()
-                    .iter()
-                    .map(|kv| kv.value().to_vec())
-                    .collect::<Vec<_>>(),
-            ),
-            _ => None,
-        })
-        .flatten()
-        .collect()
 }
 
 fn material_name(key_id: &str, version: u32) -> String {

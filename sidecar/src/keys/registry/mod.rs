@@ -7,6 +7,7 @@
 //! transactions guarded by the revision it read. Crypto only ever reads the in-memory index, so it
 //! never waits on etcd; key administration does, and fails fast when etcd cannot commit.
 
+mod client;
 pub mod etcd;
 mod follow;
 pub mod transfer;
