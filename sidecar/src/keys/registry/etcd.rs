@@ -470,7 +470,11 @@ impl EtcdRegistry {
                             f.apply(&changes);
                         }
                     }
-                    if resp.events.is_empty() {
+                    if resp.created {
+                        // The answer to the create request: its header revision is etcd's current
+                        // one, not how far this watch has delivered (events from `start` may still
+                        // be on their way), so it confirms nothing.
+                    } else if resp.events.is_empty() {
                         // A progress notification: everything up to `revision` was delivered.
                         awaiting = false;
                         self.synced(revision);
