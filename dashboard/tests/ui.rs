@@ -82,8 +82,10 @@ fn overview_shows_slo_tiles_and_breaker() {
     h.get_by_label("SLO 99.90 %");
     h.get_by_label("Requests per second by outcome class");
     // fixture: 1 DependencyTimeoutException per 2500 calls -> availability 99.960 % (its
-    // ThrottlingExceptions are over principal and key quotas: correct answers)
-    h.get_by_label("99.960 %");
+    // ThrottlingExceptions are over principal and key quotas: correct answers), on the tile and on
+    // the one "By front-end" row (the fixture's series have no frontend label: AWS JSON)
+    assert_eq!(h.get_all_by_label("99.960 %").count(), 2);
+    h.get_by_label("aws_json");
     h.get_by_label("ThrottlingException");
     no_nan(&h);
 }
@@ -178,4 +180,40 @@ fn window_selector_changes_the_window() {
     h.get_by_role_and_label(Role::Button, "5 min").click();
     h.run();
     h.get_by_label("Availability (5 min)");
+}
+
+#[test]
+fn overview_has_a_row_per_front_end() {
+    let mut model = Model::new(ModelConfig::default());
+    let src = "http://127.0.0.1:7301";
+    // 10 minutes of one sidecar serving both protocols: KMS v2 answers 3 of 1 200 calls with a
+    // server fault (99.750 %, below the 99.9 % SLO), AWS JSON 600 calls without fault
+    let text = |i: u64| {
+        format!(
+            "# TYPE kms_sidecar_requests_total counter\n\
+kms_sidecar_requests_total{{frontend=\"aws_json\",operation=\"Decrypt\",outcome=\"ok\"}} {}\n\
+kms_sidecar_requests_total{{frontend=\"kmsv2\",operation=\"Decrypt\",outcome=\"ok\"}} {}\n\
+kms_sidecar_requests_total{{frontend=\"kmsv2\",operation=\"Decrypt\",outcome=\"KMSInternalException\"}} {}\n",
+            600 * i,
+            1197 * i,
+            3 * i
+        )
+    };
+    for (t, i) in [(NOW - 600.0, 0), (NOW, 1)] {
+        let samples = kms_dashboard::model::prom::parse(&text(i)).unwrap();
+        model.ingest(src, t, &samples);
+        model.record_attempt(src, t, Ok(()));
+    }
+    let h = harness(model);
+    h.get_by_label("By front-end (1 h)");
+    let y = h.get_by_label("kmsv2").rect().center().y;
+    let same_row = |label: &str| {
+        h.get_all_by_label(label)
+            .any(|n| (n.rect().center().y - y).abs() < 2.0)
+    };
+    assert!(same_row("2.0/s"), "1 200 calls in 600 s");
+    assert!(same_row("99.750 %"));
+    let aws = h.get_by_label("aws_json").rect().center().y;
+    assert!(aws < y, "rows by name");
+    no_nan(&h);
 }

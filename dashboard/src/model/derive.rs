@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::frontend::{FrontendRow, frontend_rows};
 use super::query::Line;
 use super::rows::{hit_ratio_lines, limit_rows, rotation_metrics};
 use super::sli::{self, Health};
@@ -61,6 +62,8 @@ pub struct Derived {
     pub audit_write_errors: Option<f64>,
     pub requests_by_class: Vec<Line>,
     pub outcomes: BTreeMap<String, f64>,
+    /// One row per front-end with requests in the window.
+    pub frontends: Vec<FrontendRow>,
     // Latency
     pub op_latency: Vec<OpLatency>,
     pub p95_by_op: Vec<Line>,
@@ -440,6 +443,7 @@ impl Derived {
             audit_write_errors: model.total(&m("audit_write_errors_total"), &[], from, now),
             requests_by_class: class_lines.into_values().collect(),
             outcomes,
+            frontends: frontend_rows(model, from, now, covered, slo),
             op_latency,
             p95_by_op: model.quantile_lines(&dur, &[], &["operation"], &[0.95], from, now, step),
             latency_by_cache: model.quantile_lines(

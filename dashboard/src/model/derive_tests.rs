@@ -145,3 +145,99 @@ kms_sidecar_key_rotation_overdue{{key=\"k1\",alias=\"alias/a\"}} 1\n",
             .all(|p| (p[1] - 1.0 / 3.0).abs() < 1e-9)
     );
 }
+
+/// An older sidecar without the `frontend` label (all AWS JSON) and a newer one serving both the
+/// AWS JSON API and KMS v2, `i` = 0 at the start and 1 after ten minutes.
+fn fleet(i: u64) -> (String, String) {
+    let old = format!(
+        "# TYPE kms_sidecar_requests_total counter\n\
+kms_sidecar_requests_total{{operation=\"Decrypt\",outcome=\"ok\"}} {ok}\n\
+# TYPE kms_sidecar_request_duration_seconds histogram\n\
+kms_sidecar_request_duration_seconds_bucket{{operation=\"Decrypt\",cache=\"hit\",le=\"0.001\"}} {a}\n\
+kms_sidecar_request_duration_seconds_bucket{{operation=\"Decrypt\",cache=\"hit\",le=\"0.01\"}} {ok}\n\
+kms_sidecar_request_duration_seconds_bucket{{operation=\"Decrypt\",cache=\"hit\",le=\"0.1\"}} {ok}\n\
+kms_sidecar_request_duration_seconds_bucket{{operation=\"Decrypt\",cache=\"hit\",le=\"+Inf\"}} {ok}\n",
+        ok = 1000 * i,
+        a = 500 * i,
+    );
+    let row = |fe: &str, outcome: &str, n: u64| {
+        format!(
+            "kms_sidecar_requests_total{{frontend=\"{fe}\",operation=\"Decrypt\",outcome=\"{outcome}\"}} {}\n",
+            n * i
+        )
+    };
+    let hist = |fe: &str, b: [u64; 4]| {
+        ["0.001", "0.01", "0.1", "+Inf"]
+            .iter()
+            .zip(b)
+            .map(|(le, n)| {
+                format!(
+                    "kms_sidecar_request_duration_seconds_bucket{{frontend=\"{fe}\",operation=\"Decrypt\",cache=\"miss\",le=\"{le}\"}} {}\n",
+                    n * i
+                )
+            })
+            .collect::<String>()
+    };
+    let new = [
+        "# TYPE kms_sidecar_requests_total counter\n".to_string(),
+        row("aws_json", "ok", 1990),
+        row("aws_json", "ThrottlingException", 6),
+        row("aws_json", "AccessDeniedException", 4),
+        row("kmsv2", "ok", 2990),
+        row("kmsv2", "KMSInternalException", 6),
+        row("kmsv2", "ThrottlingException", 4),
+        "# TYPE kms_sidecar_request_duration_seconds histogram\n".to_string(),
+        hist("aws_json", [1500, 1940, 2000, 2000]),
+        hist("kmsv2", [0, 2970, 3000, 3000]),
+        format!(
+            "# TYPE kms_sidecar_throttled_total counter\n\
+kms_sidecar_throttled_total{{principal=\"a\",scope=\"global\"}} {g}\n\
+kms_sidecar_throttled_total{{principal=\"a\",scope=\"principal\"}} {g}\n\
+# TYPE kms_sidecar_unauthorized_total counter\n\
+kms_sidecar_unauthorized_total{{frontend=\"aws_json\",principal=\"eve\",operation=\"Decrypt\",key=\"k1\",reason=\"policy_denied\"}} {d}\n\
+kms_sidecar_unauthorized_total{{frontend=\"kmsv2\",principal=\"unknown\",operation=\"Decrypt\",key=\"none\",reason=\"unknown_client\"}} {i}\n\
+kms_sidecar_unauthorized_total{{frontend=\"admin\",principal=\"unknown\",operation=\"Status\",key=\"none\",reason=\"bad_signature\"}} {a}\n",
+            g = 5 * i,
+            d = 4 * i,
+            a = 2 * i,
+        ),
+    ]
+    .concat();
+    (old, new)
+}
+
+#[test]
+fn figures_per_front_end_with_unlabelled_series_as_aws_json() {
+    let mut m = Model::new(ModelConfig::default());
+    for (t, i) in [(0.0, 0), (600.0, 1)] {
+        let (old, new) = fleet(i);
+        m.ingest("old", t, &parse(&old).unwrap());
+        m.ingest("new", t, &parse(&new).unwrap());
+    }
+    let d = Derived::compute(&m, settings(600.0, 0.999), 600.0);
+    // the admin API's denials are no front-end's traffic: two rows, by name
+    let names: Vec<&str> = d.frontends.iter().map(|r| r.frontend.as_str()).collect();
+    assert_eq!(names, ["aws_json", "kmsv2"]);
+    let (aws, v2) = (&d.frontends[0], &d.frontends[1]);
+    // 1 000 unlabelled + 2 000 labelled AWS JSON calls, 3 000 KMS v2 calls in 600 s
+    assert_eq!((aws.requests, v2.requests), (3000.0, 3000.0));
+    assert_eq!((aws.request_rate, v2.request_rate), (5.0, 5.0));
+    assert_eq!((aws.throttled, v2.throttled), (6.0, 4.0));
+    assert_eq!((aws.denied, v2.denied), (4.0, 1.0));
+    // 5 shared-limit refusals among 10 ThrottlingExceptions: 3 to AWS JSON, 2 to KMS v2, whose 6
+    // server faults make 8 bad events; AccessDeniedException is a correct answer
+    assert!((aws.bad - 3.0).abs() < 1e-9 && (v2.bad - 8.0).abs() < 1e-9);
+    assert!((aws.availability.unwrap() - 0.999).abs() < 1e-12);
+    assert!((v2.availability.unwrap() - 2992.0 / 3000.0).abs() < 1e-12);
+    assert_eq!((aws.health, v2.health), (Health::Good, Health::Bad));
+    // the rows add up to the fleet's SLI
+    assert_eq!(d.requests, Some(6000.0));
+    assert!((d.bad_requests.unwrap() - (aws.bad + v2.bad)).abs() < 1e-9);
+    // AWS JSON's histogram is both sidecars' buckets summed: 2 000 / 2 940 / 3 000 / 3 000, so
+    // rank 2 970 lies halfway into (0.01, 0.1]; KMS v2's is the 0.01 bound itself
+    assert!((aws.p99.unwrap() - 0.055).abs() < 1e-12, "{:?}", aws.p99);
+    assert!((v2.p99.unwrap() - 0.01).abs() < 1e-12, "{:?}", v2.p99);
+    // a window before any traffic has no rows at all
+    let d = Derived::compute(&m, settings(300.0, 0.999), 0.0);
+    assert!(d.frontends.is_empty());
+}

@@ -3,6 +3,7 @@
 //! per-view numbers derived from them. Time is always passed in; nothing here reads a clock.
 
 pub mod derive;
+pub mod frontend;
 pub mod history;
 pub mod prom;
 pub mod quantile;

@@ -1,5 +1,6 @@
 //! Overview: is the sidecar fleet meeting its SLO, and is anything on fire (breakers, denials,
-//! overdue keys)? Red/amber/green on every tile.
+//! overdue keys)? Red/amber/green on every tile, and the same SLI split by front-end (AWS JSON, KMS
+//! v2, XKS) so one protocol's trouble is not hidden in the fleet's average.
 
 use egui::Ui;
 
@@ -107,6 +108,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
         &d.requests_by_class,
         Unit::PerSecond,
     );
+    by_frontend(ui, d);
     section(ui, &format!("Outcomes in the last {w}"));
     if d.outcomes.values().all(|n| *n <= 0.0) {
         super::no_data(ui, "no requests counted in this window");
@@ -129,6 +131,48 @@ pub fn show(ui: &mut Ui, d: &Derived) {
                 } else {
                     "no"
                 });
+                ui.end_row();
+            }
+        },
+    );
+}
+
+/// One row per front-end with traffic: availability green or red against the SLO, throttled and
+/// denied calls amber when there are any (as the Overview's tiles colour them).
+fn by_frontend(ui: &mut Ui, d: &Derived) {
+    let w = fmt::window(d.settings.window_secs);
+    section(ui, &format!("By front-end ({w})"));
+    if d.frontends.is_empty() {
+        super::no_data(ui, "no requests counted in this window");
+        return;
+    }
+    let amber_if_any = |ui: &mut Ui, n: f64| {
+        let text = fmt::count(Some(n));
+        if n > 0.0 {
+            ui.colored_label(super::color(Health::Warn), text);
+        } else {
+            ui.label(text);
+        }
+    };
+    table(
+        ui,
+        "by_frontend",
+        &[
+            "front-end",
+            "requests/s",
+            "availability",
+            "p99",
+            "throttled",
+            "denied",
+        ],
+        |ui| {
+            for r in &d.frontends {
+                ui.label(&r.frontend);
+                ui.label(fmt::rate(Some(r.request_rate)));
+                ui.colored_label(super::color(r.health), fmt::pct(r.availability, 3));
+                ui.label(fmt::secs(r.p99));
+                amber_if_any(ui, r.throttled);
+                amber_if_any(ui, r.denied);
                 ui.end_row();
             }
         },
