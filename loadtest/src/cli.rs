@@ -145,6 +145,11 @@ pub struct RunArgs {
     /// Load the in-process baseline responder instead of a sidecar (no credentials needed).
     #[arg(long)]
     pub against_baseline: bool,
+    /// Send Kubernetes KMS v2 gRPC (Encrypt of a 32-byte DEK, Decrypt of setup ciphertexts) to the
+    /// sidecar's plugin Unix socket instead of AWS JSON; --mix may only hold encrypt and decrypt,
+    /// no credentials are needed (the socket is the authentication).
+    #[arg(long, conflicts_with = "against_baseline")]
+    pub kmsv2_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -334,8 +339,10 @@ pub async fn execute(cli: Cli) -> Result<Outcome, LoadError> {
                 rate: a.rate,
                 duration: secs("--duration-secs", a.duration_secs)?,
                 against_baseline: a.against_baseline,
+                kmsv2_socket: a.kmsv2_socket,
             };
-            let (common, json) = a.common.into_common(a.against_baseline)?;
+            let no_creds = a.against_baseline || cfg.kmsv2_socket.is_some();
+            let (common, json) = a.common.into_common(no_creds)?;
             (run(&common, &cfg).await?, json)
         }
         Command::Probe(a) => {

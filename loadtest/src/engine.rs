@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::LoadError;
 use crate::http::Conn;
 use crate::kms::{Workload, classify};
+use crate::kmsv2;
 use crate::mix::Op;
 use crate::progress::Progress;
 use crate::schedule::Schedule;
@@ -142,11 +143,35 @@ impl RunResult {
     }
 }
 
+/// What a run sends: signed AWS JSON over HTTP/1.1, or KMS v2 gRPC on a Unix socket.
+enum Driver {
+    AwsJson {
+        workload: Arc<Workload>,
+        signer: Signer,
+    },
+    KmsV2(Arc<kmsv2::Workload>),
+}
+
+/// A worker's own connection, of the driver's kind.
+enum Channel {
+    Http(Conn),
+    KmsV2(kmsv2::Client),
+}
+
+impl Channel {
+    fn opened(&self) -> u64 {
+        match self {
+            Self::Http(conn) => conn.opened(),
+            // tonic reconnects on its own; one channel was opened before the clock started.
+            Self::KmsV2(_) => 1,
+        }
+    }
+}
+
 struct Ctx {
     spec: RunSpec,
     limits: Limits,
-    workload: Arc<Workload>,
-    signer: Signer,
+    driver: Driver,
     start: Instant,
     next: AtomicU64,
     sent: AtomicU64,
@@ -163,7 +188,30 @@ fn transport_error(e: &LoadError) -> &'static str {
     }
 }
 
-async fn worker(ctx: Arc<Ctx>, idx: usize, mut conn: Conn) -> u64 {
+/// Sends request `i` on the worker's connection: its operation, outcome and signing cost.
+async fn send_one(ctx: &Ctx, chan: &mut Channel, i: u64) -> (Op, Result<(), String>, Duration) {
+    match (&ctx.driver, chan) {
+        (Driver::AwsJson { workload, signer }, Channel::Http(conn)) => {
+            let (op, body, cred) = workload.pick(i);
+            match signer.request(cred, op.target(), body.clone(), SystemTime::now()) {
+                Ok((req, signing)) => match conn.send(req, ctx.limits.timeout).await {
+                    Ok((status, bytes)) => (op, classify(op, status, &bytes), signing),
+                    Err(e) => (op, Err(transport_error(&e).to_string()), signing),
+                },
+                Err(_) => (op, Err("SigningError".to_string()), Duration::ZERO),
+            }
+        }
+        (Driver::KmsV2(workload), Channel::KmsV2(client)) => {
+            let (op, call) = workload.pick(i);
+            let outcome = kmsv2::send(client, call, ctx.limits.timeout).await;
+            (op, outcome, Duration::ZERO)
+        }
+        // `execute` and `execute_kmsv2` pair drivers with channels of their own kind.
+        (_, _) => (Op::Encrypt, Err("ClientError".to_string()), Duration::ZERO),
+    }
+}
+
+async fn worker(ctx: Arc<Ctx>, idx: usize, mut chan: Channel) -> u64 {
     let count = ctx.spec.schedule.count();
     let warm_end = ctx.start + ctx.spec.warmup;
     let run_end = warm_end + ctx.spec.duration;
@@ -191,18 +239,7 @@ async fn worker(ctx: Arc<Ctx>, idx: usize, mut conn: Conn) -> u64 {
             break;
         }
         ctx.sent.fetch_add(1, Ordering::Relaxed);
-        let (op, body, cred) = ctx.workload.pick(i);
-        let (outcome, signing) =
-            match ctx
-                .signer
-                .request(cred, op.target(), body.clone(), SystemTime::now())
-            {
-                Ok((req, signing)) => match conn.send(req, ctx.limits.timeout).await {
-                    Ok((status, bytes)) => (classify(op, status, &bytes), signing),
-                    Err(e) => (Err(transport_error(&e).to_string()), signing),
-                },
-                Err(_) => (Err("SigningError".to_string()), Duration::ZERO),
-            };
+        let (op, outcome, signing) = send_one(&ctx, &mut chan, i).await;
         let done = Instant::now();
         let mut stats = ctx.stats[idx]
             .lock()
@@ -223,7 +260,7 @@ async fn worker(ctx: Arc<Ctx>, idx: usize, mut conn: Conn) -> u64 {
             });
         }
     }
-    conn.opened()
+    chan.opened()
 }
 
 /// Merges every worker's records (used for live progress and the final result).
@@ -235,7 +272,7 @@ fn merged(ctx: &Ctx, ops: &[Op]) -> Result<Stats, LoadError> {
     Ok(total)
 }
 
-/// Runs `spec` against `target` and summarises it.
+/// Runs `spec` against `target` (AWS JSON) and summarises it.
 pub async fn execute(
     spec: &RunSpec,
     limits: &Limits,
@@ -243,37 +280,76 @@ pub async fn execute(
     workload: &Arc<Workload>,
     progress: &Progress,
 ) -> Result<RunResult, LoadError> {
+    check_connections(limits)?;
+    // Connect before the clock starts, so handshakes do not land on the first planned requests.
+    let mut chans = Vec::with_capacity(limits.connections);
+    for _ in 0..limits.connections {
+        let mut conn = Conn::new(target.addr);
+        conn.connect().await?;
+        chans.push(Channel::Http(conn));
+    }
+    let driver = Driver::AwsJson {
+        workload: workload.clone(),
+        signer: Signer::new(target, &workload.region)?,
+    };
+    let ops: Vec<Op> = workload.mix.weights().iter().map(|(op, _)| *op).collect();
+    drive(spec, limits, &target.url, ops, driver, chans, progress).await
+}
+
+/// Runs `spec` against a KMS v2 plugin socket (gRPC, one HTTP/2 connection per worker).
+pub async fn execute_kmsv2(
+    spec: &RunSpec,
+    limits: &Limits,
+    workload: &Arc<kmsv2::Workload>,
+    progress: &Progress,
+) -> Result<RunResult, LoadError> {
+    check_connections(limits)?;
+    let mut chans = Vec::with_capacity(limits.connections);
+    for _ in 0..limits.connections {
+        let client = kmsv2::connect(&workload.socket, limits.timeout).await?;
+        chans.push(Channel::KmsV2(client));
+    }
+    let ops: Vec<Op> = workload.mix.weights().iter().map(|(op, _)| *op).collect();
+    let label = format!("unix:{}", workload.socket.display());
+    let driver = Driver::KmsV2(workload.clone());
+    drive(spec, limits, &label, ops, driver, chans, progress).await
+}
+
+fn check_connections(limits: &Limits) -> Result<(), LoadError> {
     if limits.connections == 0 || limits.connections > 4096 {
         return Err(LoadError::Invalid(
             "--connections must be between 1 and 4096".into(),
         ));
     }
-    let ops: Vec<Op> = workload.mix.weights().iter().map(|(op, _)| *op).collect();
-    // Connect before the clock starts, so handshakes do not land on the first planned requests.
-    let mut conns = Vec::with_capacity(limits.connections);
-    for _ in 0..limits.connections {
-        let mut conn = Conn::new(target.addr);
-        conn.connect().await?;
-        conns.push(conn);
-    }
+    Ok(())
+}
+
+/// The run itself, whatever the target: workers, progress, and the summary.
+async fn drive(
+    spec: &RunSpec,
+    limits: &Limits,
+    target_url: &str,
+    ops: Vec<Op>,
+    driver: Driver,
+    chans: Vec<Channel>,
+    progress: &Progress,
+) -> Result<RunResult, LoadError> {
     let stats = (0..limits.connections)
         .map(|_| Stats::new(&ops).map(Mutex::new))
         .collect::<Result<Vec<_>, _>>()?;
-    let signer = Signer::new(target, &workload.region)?;
     let ctx = Arc::new(Ctx {
         spec: spec.clone(),
         limits: limits.clone(),
-        workload: workload.clone(),
-        signer,
+        driver,
         start: Instant::now(),
         next: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         stats,
     });
-    let workers: Vec<_> = conns
+    let workers: Vec<_> = chans
         .into_iter()
         .enumerate()
-        .map(|(idx, conn)| tokio::spawn(worker(ctx.clone(), idx, conn)))
+        .map(|(idx, chan)| tokio::spawn(worker(ctx.clone(), idx, chan)))
         .collect();
     let bar = progress.bar(&spec.label, spec.warmup + spec.duration);
     let ticker = bar.clone().map(|bar| {
@@ -336,7 +412,7 @@ pub async fn execute(
         .collect();
     Ok(RunResult {
         label: spec.label.clone(),
-        target: target.url.clone(),
+        target: target_url.to_string(),
         loop_kind: if open { "open" } else { "closed" }.into(),
         planned_rate: spec.schedule.rate(),
         connections: limits.connections,

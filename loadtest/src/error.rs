@@ -85,6 +85,18 @@ pub enum LoadError {
     Histogram(#[from] hdrhistogram::CreationError),
     #[error("baseline responder: {0}")]
     Responder(#[source] std::io::Error),
+    #[error("connecting to the KMS v2 socket {socket}: {source}")]
+    KmsV2Connect {
+        socket: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("KMS v2 setup: {op} answered {code}: {message}")]
+    KmsV2Setup {
+        op: &'static str,
+        code: String,
+        message: String,
+    },
 }
 
 /// KMS error types the AWS SDKs retry as throttling (`aws-runtime`'s `THROTTLING_ERRORS`).

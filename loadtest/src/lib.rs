@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod kms;
+pub mod kmsv2;
 pub mod mix;
 pub mod modes;
 pub mod progress;

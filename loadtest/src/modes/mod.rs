@@ -7,6 +7,7 @@ mod max;
 mod probe;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,9 +16,10 @@ pub use max::{MaxConfig, max};
 pub use probe::{ProbeConfig, fetch_configured_limit, probe};
 
 use crate::backoff::Backoff;
-use crate::engine::{Limits, RunResult, RunSpec, execute};
+use crate::engine::{Limits, RunResult, RunSpec, execute, execute_kmsv2};
 use crate::error::LoadError;
 use crate::kms::{Workload, WorkloadSpec};
+use crate::kmsv2;
 use crate::progress::Progress;
 use crate::report::{Machine, Parameters, Report, SCHEMA_VERSION, Step};
 use crate::responder::Responder;
@@ -53,6 +55,8 @@ pub struct RunConfig {
     pub duration: Duration,
     /// Drive the in-process baseline responder instead of a sidecar (no setup, no sidecar needed).
     pub against_baseline: bool,
+    /// Send KMS v2 gRPC (Encrypt/Decrypt) to the sidecar's plugin socket instead of AWS JSON.
+    pub kmsv2_socket: Option<PathBuf>,
 }
 
 /// A prepared target: where load goes and what it sends.
@@ -211,8 +215,61 @@ pub(crate) fn new_report(
     }
 }
 
+/// The open-loop (`rate` > 0) or closed-loop (0) spec of a `run`.
+fn run_spec(common: &Common, cfg: &RunConfig, label: String) -> Result<RunSpec, LoadError> {
+    // Rate 0: closed loop (every connection busy), the way oha or wrk measure raw throughput.
+    if cfg.rate == 0.0 {
+        Ok(RunSpec::closed(
+            label,
+            common.warmup,
+            cfg.duration,
+            &common.limits,
+        ))
+    } else {
+        RunSpec::open(label, cfg.rate, common.warmup, cfg.duration, &common.limits)
+    }
+}
+
+/// The `run` mode against the KMS v2 plugin socket: no keys to create (the sidecar's
+/// `--kmsv2-key-id` is used), no credentials (the socket is the authentication).
+async fn run_kmsv2(common: &Common, cfg: &RunConfig, socket: &Path) -> Result<Report, LoadError> {
+    let (workload, setup) =
+        kmsv2::Workload::prepare(socket, common.workload.mix.clone(), common.limits.timeout)
+            .await
+            .map_err(|e| LoadError::Setup {
+                source: Box::new(e),
+                cleanup: String::new(),
+            })?;
+    let target = format!("unix:{}", socket.display());
+    let mut report = new_report(
+        "run",
+        common,
+        &target,
+        false,
+        Some(cfg.rate),
+        Some(cfg.duration),
+    );
+    let p = &mut report.parameters;
+    p.principals = 0;
+    p.access_key_ids.clear();
+    p.keys = 1;
+    p.ciphertexts_per_key = setup.ciphertexts;
+    p.payload_bytes = kmsv2::DEK_BYTES;
+    p.encryption_context.clear();
+    report.setup = Some(setup);
+    let spec = run_spec(common, cfg, format!("kmsv2@{}/s", cfg.rate))?;
+    let result =
+        execute_kmsv2(&spec, &common.limits, &Arc::new(workload), &common.progress).await?;
+    report.runs.push(result);
+    report.finished_at_unix = now_unix();
+    Ok(report)
+}
+
 /// The `run` mode.
 pub async fn run(common: &Common, cfg: &RunConfig) -> Result<Report, LoadError> {
+    if let Some(socket) = &cfg.kmsv2_socket {
+        return run_kmsv2(common, cfg, socket).await;
+    }
     let prepared = prepare_target(common, cfg.against_baseline).await?;
     let mut report = new_report(
         "run",
@@ -228,12 +285,7 @@ pub async fn run(common: &Common, cfg: &RunConfig) -> Result<Report, LoadError> 
     } else {
         format!("run@{}/s", cfg.rate)
     };
-    // Rate 0: closed loop (every connection busy), the way oha or wrk measure raw throughput.
-    let spec = if cfg.rate == 0.0 {
-        RunSpec::closed(label, common.warmup, cfg.duration, &common.limits)
-    } else {
-        RunSpec::open(label, cfg.rate, common.warmup, cfg.duration, &common.limits)?
-    };
+    let spec = run_spec(common, cfg, label)?;
     let result = execute(
         &spec,
         &common.limits,

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# KMS v2 vs AWS JSON on the same sidecar, for BENCHMARKS.md ("KMS v2 vs AWS JSON"): Encrypt of a
+# 32-byte plaintext and Decrypt of 16 setup ciphertexts, on the same key, each front-end in turn:
+# closed-loop throughput (8 connections) and then p99 open-loop at half that rate. All traffic is
+# on 127.0.0.1 and a Unix socket; every run is bounded (1 s warm-up + SECS s). Needs curl >= 7.75
+# (--aws-sigv4) to create the key. BUILD=debug uses the debug binaries (label the numbers so).
+# Output: $OUT/*.json and $OUT/summary.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD=${BUILD:-release}
+SECS=${SECS:-5}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+OUT=${OUT:-$TARGET_DIR/bench-kmsv2}
+mkdir -p "$OUT"
+if [ "$BUILD" = release ]; then
+  cargo build --release -q -p kms-sidecar -p kms-loadtest
+else
+  cargo build -q -p kms-sidecar -p kms-loadtest
+fi
+SIDECAR=$TARGET_DIR/$BUILD/kms-sidecar
+LT=$TARGET_DIR/$BUILD/kms-loadtest
+
+DATA=$(mktemp -d)
+SOCK=$DATA/kms.sock
+LOG="$OUT/sidecar.log"
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$DATA"
+}
+trap cleanup EXIT
+
+start() { # extra sidecar arguments
+  "$SIDECAR" --data-dir "$DATA" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-level warn "$@" >"$LOG" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do grep -q '^kms-sidecar: listening:' "$LOG" && break; sleep 0.1; done
+  KMS=$(sed -n 's/^kms-sidecar: listening: kms=\([^ ]*\).*/\1/p' "$LOG")
+  [ -n "$KMS" ] || { echo "sidecar did not start:"; cat "$LOG"; exit 1; }
+}
+kms() { # target body
+  curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:kms" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+    -H "X-Amz-Target: TrentService.$1" -H 'Content-Type: application/x-amz-json-1.1' -d "$2" "$KMS/"
+}
+
+start
+# The first start prints the credential it issued; it may come after the listening line.
+for _ in $(seq 50); do grep -q '^  AWS_SECRET_ACCESS_KEY=' "$LOG" && break; sleep 0.1; done
+export AWS_ACCESS_KEY_ID=$(sed -n 's/^  AWS_ACCESS_KEY_ID=\([^ ]*\)$/\1/p' "$LOG")
+export AWS_SECRET_ACCESS_KEY=$(sed -n 's/^  AWS_SECRET_ACCESS_KEY=\([^ ]*\)$/\1/p' "$LOG")
+[ -n "$AWS_ACCESS_KEY_ID" ] || { echo "no credentials printed:"; cat "$LOG"; exit 1; }
+# The key the plugin uses: the creator may do everything, `kubernetes` (the plugin's principal)
+# Encrypt, Decrypt and DescribeKey; both front-ends then load the same key.
+POLICY=$(jq -c -n '{Version: "2012-10-17", Statement: [
+  {Sid: "creator", Effect: "Allow", Principal: {AWS: "arn:aws:iam::111122223333:user/default"}, Action: "kms:*", Resource: "*"},
+  {Sid: "kube-apiserver", Effect: "Allow", Principal: {AWS: "arn:aws:iam::111122223333:user/kubernetes"},
+   Action: ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], Resource: "*"}]}')
+KEY=$(kms CreateKey "$(jq -c -n --arg p "$POLICY" '{Policy: $p}')" | jq -r .KeyMetadata.KeyId)
+kms CreateAlias "$(jq -c -n --arg k "$KEY" '{AliasName: "alias/bench-kmsv2", TargetKeyId: $k}')" >/dev/null
+kill "$pid"; wait "$pid" || true; pid=
+start --kmsv2-socket "$SOCK" --kmsv2-key-id alias/bench-kmsv2
+echo "==> $BUILD sidecar kms=$KMS kmsv2=$SOCK key=$KEY"
+
+COMMON=(--no-progress --connections 8 --warmup-secs 1 --duration-secs "$SECS")
+target_args() { # frontend op -> ARGS
+  if [ "$1" = kmsv2 ]; then
+    ARGS=(--kmsv2-socket "$SOCK" --mix "$2")
+  else
+    ARGS=(--target "$KMS" --key-id "$KEY" --payload-bytes 32 --ciphertexts-per-key 16 --context '' --mix "$2")
+  fi
+}
+for op in encrypt decrypt; do
+  for fe in awsjson kmsv2; do
+    target_args $fe $op
+    "$LT" run "${COMMON[@]}" "${ARGS[@]}" --rate 0 --json "$OUT/$fe-$op-closed.json" >/dev/null
+    rate=$(jq '.runs[0].ok_rate / 2 | floor' "$OUT/$fe-$op-closed.json")
+    "$LT" run "${COMMON[@]}" "${ARGS[@]}" --rate "$rate" --json "$OUT/$fe-$op-open.json" >/dev/null
+    echo "==> $fe $op: closed $(jq '.runs[0].ok_rate|floor' "$OUT/$fe-$op-closed.json") req/s, p99 at $rate/s: $(jq '.runs[0].latency_ms.p99' "$OUT/$fe-$op-open.json") ms"
+  done
+done
+
+{
+  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); build: $BUILD; machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+  echo "| front-end | op | closed loop, 8 conns (ok req/s) | open-loop rate (req/s) | p50 (ms) | p99 (ms) | p99.9 (ms) | service p99 (ms) | errors (closed / open) | late starts |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for op in encrypt decrypt; do
+    for fe in awsjson kmsv2; do
+      c=$OUT/$fe-$op-closed.json o=$OUT/$fe-$op-open.json
+      echo "| $fe | $op | $(jq '.runs[0].ok_rate|floor' "$c") | $(jq '.runs[0].planned_rate' "$o") | $(jq '.runs[0].latency_ms.p50' "$o") | $(jq '.runs[0].latency_ms.p99' "$o") | $(jq '.runs[0].latency_ms.p999' "$o") | $(jq '.runs[0].service_time_ms.p99' "$o") | $(jq '.runs[0].errors' "$c") / $(jq '.runs[0].errors' "$o") | $(jq '.runs[0].late_starts' "$o") |"
+    done
+  done
+} | tee "$OUT/summary.md"
