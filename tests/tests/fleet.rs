@@ -2,7 +2,8 @@
 //! directory imported into etcd, changes propagating within a second, one winner of an alias race,
 //! fleet-wide revocation, and etcd losing a member and then its quorum; and a fleet that
 //! authenticates to etcd with a user and password; and the sidecar rotating a key killed with
-//! SIGKILL mid-rotation, another taking over without losing or duplicating a version.
+//! SIGKILL mid-rotation, another taking over without losing or duplicating a version; and a fleet
+//! on the PKCS#11 backend sharing one (SoftHSM) token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -13,7 +14,7 @@ use aws_sdk_kms::primitives::Blob;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use kms_sidecar_e2e::etcd::{self, EtcdCluster};
-use kms_sidecar_e2e::{Creds, Sidecar, Start, binary, http_get, sdk_client};
+use kms_sidecar_e2e::{Creds, Sidecar, SoftHsm, Start, binary, http_get, sdk_client};
 
 const ROOT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -735,5 +736,122 @@ async fn a_sidecar_killed_mid_rotation_is_taken_over() {
     assert!(
         mid_rotation > 0,
         "no kill landed before the holder published its rotation in 5 rounds"
+    );
+}
+
+/// Two sidecars on the PKCS#11 backend share one token (one SoftHSM token directory, as two pods
+/// would share one HSM) and the etcd registry: a key created on one encrypts there and decrypts on
+/// the other, and a version made by a rotation on one is usable on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pkcs11_fleet_shares_one_token() {
+    if !etcd::available() {
+        println!("SKIPPED: etcd is not installed (scripts/test.sh installs etcd-server)");
+        return;
+    }
+    let Some(token) = SoftHsm::new("pkcs11_fleet") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(1);
+    let mut args = fleet_args(&cluster);
+    args.extend(token.start().args);
+    let mut env = env();
+    env.extend(token.start().env);
+
+    // The fleet's client credential comes from a data directory imported into etcd.
+    let seed_dir = tmp.path().join("seed");
+    let seed = Sidecar::start_with(
+        &seed_dir,
+        Start {
+            env: self::env(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let creds = seed.creds.clone();
+    seed.stop();
+    let mut import = fleet_args(&cluster);
+    import.extend([
+        "registry".into(),
+        "import".into(),
+        "--from".into(),
+        seed_dir.display().to_string(),
+    ]);
+    cli(&tmp.path().join("cli"), &import);
+
+    let start = |n: usize| {
+        Sidecar::start_with(
+            &tmp.path().join(format!("p{n}")),
+            Start {
+                args: args.clone(),
+                env: env.clone(),
+                creds: Some(creds.clone()),
+            },
+        )
+        .unwrap()
+    };
+    let (one, two) = (start(1), start(2));
+    let (a, b) = (one.sdk(), two.sdk());
+    let key = a
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let ct1 = a
+        .encrypt()
+        .key_id(&key)
+        .plaintext(Blob::new(b"made on one".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap();
+    within(
+        Duration::from_secs(2),
+        "key created on 1 decrypts on 2",
+        || decrypts(&b, ct1.as_ref(), b"made on one"),
+    )
+    .await;
+
+    // A rotation on the second: its new version (a new token object) is used on the first.
+    b.rotate_key_on_demand().key_id(&key).send().await.unwrap();
+    let ct2 = b
+        .encrypt()
+        .key_id(&key)
+        .plaintext(Blob::new(b"version 2 on two".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap();
+    within(
+        Duration::from_secs(2),
+        "rotated version made on 2 decrypts on 1",
+        || decrypts(&a, ct2.as_ref(), b"version 2 on two"),
+    )
+    .await;
+    let ct3 = a
+        .encrypt()
+        .key_id(&key)
+        .plaintext(Blob::new(b"version 2 on one".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap();
+    assert!(decrypts(&b, ct3.as_ref(), b"version 2 on one").await);
+    assert!(decrypts(&b, ct1.as_ref(), b"made on one").await);
+    assert_eq!(
+        a.list_key_rotations()
+            .key_id(&key)
+            .send()
+            .await
+            .unwrap()
+            .rotations()
+            .len(),
+        1
     );
 }
