@@ -498,9 +498,14 @@ impl EtcdRegistry {
 }
 
 /// Who holds a lock, stored as its value: an operator (or a test) reading `locks/...` sees which
-/// sidecar is rotating a key (`HOSTNAME` is the pod's name in Kubernetes).
+/// sidecar is rotating a key (`HOSTNAME` is the pod's name in Kubernetes; else the kernel's name).
 fn holder() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown-host".into());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
     format!("{host} pid {}", std::process::id())
 }
 
