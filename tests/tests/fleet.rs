@@ -1,7 +1,9 @@
 //! A fleet of sidecar processes sharing one key registry in a real 3-member etcd cluster: a data
 //! directory imported into etcd, changes propagating within a second, one winner of an alias race,
 //! fleet-wide revocation, and etcd losing a member and then its quorum; and a fleet that
-//! authenticates to etcd with a user and password.
+//! authenticates to etcd with a user and password; and the sidecar rotating a key killed with
+//! SIGKILL mid-rotation, another taking over without losing or duplicating a version; and a fleet
+//! on the PKCS#11 backend sharing one (SoftHSM) token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -9,8 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kms::primitives::Blob;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use kms_sidecar_e2e::etcd::{self, EtcdCluster};
-use kms_sidecar_e2e::{Creds, Sidecar, Start, binary, http_get, sdk_client};
+use kms_sidecar_e2e::{Creds, Sidecar, SoftHsm, Start, binary, http_get, sdk_client};
 
 const ROOT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -489,4 +493,365 @@ async fn a_fleet_authenticates_to_etcd() {
         },
     )
     .await;
+}
+
+const PREFIX: &str = "/fleet-test/";
+
+/// The value of etcd key `PREFIX + name`, if any, read through etcd's HTTP gateway.
+fn etcd_get(cluster: &EtcdCluster, name: &str) -> Option<Vec<u8>> {
+    let body = serde_json::json!({ "key": B64.encode(format!("{PREFIX}{name}")) }).to_string();
+    let out: serde_json::Value =
+        serde_json::from_str(&cluster.gateway("kv/range", &body, None)).unwrap();
+    out["kvs"][0]["value"]
+        .as_str()
+        .map(|v| B64.decode(v).unwrap())
+}
+
+/// How many versions key `id`'s record in etcd has.
+fn versions_in_etcd(cluster: &EtcdCluster, id: &str) -> usize {
+    let rec: serde_json::Value =
+        serde_json::from_slice(&etcd_get(cluster, &format!("keys/{id}")).unwrap()).unwrap();
+    rec["versions"].as_array().unwrap().len()
+}
+
+/// Makes key `id`'s automatic rotation due now, as the passing of its period would: the record's
+/// `next_rotation` moves into the past (written straight into etcd; every sidecar's watch sees it).
+fn make_rotation_due(cluster: &EtcdCluster, id: &str) {
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&etcd_get(cluster, &format!("keys/{id}")).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    rec["next_rotation"] = serde_json::json!(now - 1.0);
+    let body = serde_json::json!({
+        "key": B64.encode(format!("{PREFIX}keys/{id}")),
+        "value": B64.encode(serde_json::to_vec(&rec).unwrap()),
+    })
+    .to_string();
+    cluster.gateway("kv/put", &body, None);
+}
+
+/// Automatic rotation in a fleet is elected per key and period by a lease-held lock. The sidecar
+/// holding it is killed with SIGKILL as soon as the lock shows up in etcd (its value names the
+/// holder's pid): another sidecar takes over once the lease expires (or finds the rotation
+/// already published), and the key ends with exactly one new version per period, every version's
+/// ciphertexts decrypting on every sidecar. Repeated (restarting the killed sidecar) until a kill
+/// landed before the holder published its record, i.e. really mid-rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sidecar_killed_mid_rotation_is_taken_over() {
+    if !etcd::available() {
+        println!("SKIPPED: etcd is not installed (scripts/test.sh installs etcd-server)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(3);
+    let args = fleet_args(&cluster);
+
+    // The fleet's client credential comes from a data directory imported into etcd.
+    let seed_dir = tmp.path().join("seed");
+    let seed = Sidecar::start_with(
+        &seed_dir,
+        Start {
+            env: env(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let creds: Creds = seed.creds.clone();
+    seed.stop();
+    let mut import = args.clone();
+    import.extend([
+        "registry".into(),
+        "import".into(),
+        "--from".into(),
+        seed_dir.display().to_string(),
+    ]);
+    cli(&tmp.path().join("cli"), &import);
+
+    let start = |n: usize| {
+        Sidecar::start_with(
+            &tmp.path().join(format!("r{n}")),
+            Start {
+                args: args.clone(),
+                env: env(),
+                creds: Some(creds.clone()),
+            },
+        )
+        .unwrap()
+    };
+    let mut fleet: Vec<Sidecar> = (0..3).map(start).collect();
+    let key = fleet[0]
+        .sdk()
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    fleet[0]
+        .sdk()
+        .enable_key_rotation()
+        .key_id(&key)
+        .rotation_period_in_days(90)
+        .send()
+        .await
+        .unwrap();
+    let mut cts = vec![(
+        fleet[0]
+            .sdk()
+            .encrypt()
+            .key_id(&key)
+            .plaintext(Blob::new(b"version 1".to_vec()))
+            .send()
+            .await
+            .unwrap()
+            .ciphertext_blob
+            .unwrap(),
+        b"version 1".to_vec(),
+    )];
+    for s in &fleet {
+        within(Duration::from_secs(2), "key visible everywhere", || async {
+            s.sdk().describe_key().key_id(&key).send().await.is_ok()
+        })
+        .await;
+    }
+
+    let lock = format!("locks/rotation/{key}");
+    let mut versions = 1;
+    let mut mid_rotation = 0;
+    for round in 1..=5 {
+        // The previous round's lock (a killed holder's lease) is gone first.
+        within(
+            Duration::from_secs(15),
+            "rotation lock released",
+            || async { etcd_get(&cluster, &lock).is_none() },
+        )
+        .await;
+        // Catch the elected sidecar taking the lock (etcd's watch pushes the put as it commits)
+        // and kill it at once, before it has written its material and record.
+        let holder = {
+            let mut watch = Command::new("curl")
+                .args(["-sSN", "-m", "15", "-X", "POST", "-d"])
+                .arg(
+                    serde_json::json!({"create_request": {"key": B64.encode(format!("{PREFIX}{lock}"))}})
+                        .to_string(),
+                )
+                .arg(format!("{}/v3/watch", cluster.endpoints().split(',').next().unwrap()))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut lines =
+                std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+            // The watch's creation reply first: only then is the rotation made due.
+            lines.next().unwrap().unwrap();
+            make_rotation_due(&cluster, &key);
+            let holder = lines
+                .find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(&l.ok()?).ok()?;
+                    let value = v["result"]["events"][0]["kv"]["value"].as_str()?;
+                    Some(String::from_utf8(B64.decode(value).unwrap()).unwrap())
+                })
+                .unwrap_or_else(|| panic!("round {round}: no sidecar took the rotation lock"));
+            let pid = holder.rsplit(' ').next().unwrap();
+            Command::new("kill").args(["-KILL", pid]).status().unwrap();
+            let _ = watch.kill();
+            let _ = watch.wait();
+            holder
+        };
+        let pid: u32 = holder
+            .rsplit(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("lock value names no pid: {holder}"));
+        let victim = fleet
+            .iter()
+            .position(|s| s.pid() == pid)
+            .unwrap_or_else(|| panic!("lock held by {holder}, not a fleet member"));
+        let published = versions_in_etcd(&cluster, &key) > versions;
+        if !published {
+            mid_rotation += 1;
+        }
+        let material = etcd_get(&cluster, &format!("material/{key}/{}", versions + 1)).is_some();
+        println!(
+            "round {round}: killed sidecar {victim} ({holder}) {} it published the rotation \
+             (new version's material {} written)",
+            if published { "after" } else { "before" },
+            if material { "already" } else { "not yet" }
+        );
+
+        // Another sidecar rotates once the dead holder's lease expires: exactly one new version.
+        versions += 1;
+        let took = within(
+            Duration::from_secs(30),
+            "rotation taken over by a surviving sidecar",
+            || async { versions_in_etcd(&cluster, &key) >= versions },
+        )
+        .await;
+        println!("round {round}: version {versions} in etcd {took:?} after the kill");
+        // A few maintenance intervals later still exactly one (no duplicate from the takeover).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(versions_in_etcd(&cluster, &key), versions, "round {round}");
+        assert!(
+            etcd_get(&cluster, &format!("material/{key}/{}", versions + 1)).is_none(),
+            "round {round}: material made for a version that was never published"
+        );
+
+        // The killed sidecar comes back; every sidecar lists the same rotations and decrypts
+        // every version's ciphertext.
+        fleet[victim] = start(victim);
+        let plain = format!("version {versions}").into_bytes();
+        let ct = fleet[victim]
+            .sdk()
+            .encrypt()
+            .key_id(&key)
+            .plaintext(Blob::new(plain.clone()))
+            .send()
+            .await
+            .unwrap()
+            .ciphertext_blob
+            .unwrap();
+        cts.push((ct, plain));
+        for s in &fleet {
+            let c = s.sdk();
+            let listed = c
+                .list_key_rotations()
+                .key_id(&key)
+                .send()
+                .await
+                .unwrap()
+                .rotations()
+                .len();
+            assert_eq!(listed + 1, versions, "round {round}: ListKeyRotations");
+            for (ct, plain) in &cts {
+                assert!(decrypts(&c, ct.as_ref(), plain).await, "round {round}");
+            }
+        }
+        if mid_rotation > 0 && round >= 2 {
+            break;
+        }
+    }
+    println!("{mid_rotation} kill(s) landed mid-rotation");
+    assert!(
+        mid_rotation > 0,
+        "no kill landed before the holder published its rotation in 5 rounds"
+    );
+}
+
+/// Two sidecars on the PKCS#11 backend share one token (one SoftHSM token directory, as two pods
+/// would share one HSM) and the etcd registry: a key created on one encrypts there and decrypts on
+/// the other, and a version made by a rotation on one is usable on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pkcs11_fleet_shares_one_token() {
+    if !etcd::available() {
+        println!("SKIPPED: etcd is not installed (scripts/test.sh installs etcd-server)");
+        return;
+    }
+    let Some(token) = SoftHsm::new("pkcs11_fleet") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(1);
+    let mut args = fleet_args(&cluster);
+    args.extend(token.start().args);
+    let mut env = env();
+    env.extend(token.start().env);
+
+    // The fleet's client credential comes from a data directory imported into etcd.
+    let seed_dir = tmp.path().join("seed");
+    let seed = Sidecar::start_with(
+        &seed_dir,
+        Start {
+            env: self::env(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let creds = seed.creds.clone();
+    seed.stop();
+    let mut import = fleet_args(&cluster);
+    import.extend([
+        "registry".into(),
+        "import".into(),
+        "--from".into(),
+        seed_dir.display().to_string(),
+    ]);
+    cli(&tmp.path().join("cli"), &import);
+
+    let start = |n: usize| {
+        Sidecar::start_with(
+            &tmp.path().join(format!("p{n}")),
+            Start {
+                args: args.clone(),
+                env: env.clone(),
+                creds: Some(creds.clone()),
+            },
+        )
+        .unwrap()
+    };
+    let (one, two) = (start(1), start(2));
+    let (a, b) = (one.sdk(), two.sdk());
+    let key = a
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let ct1 = a
+        .encrypt()
+        .key_id(&key)
+        .plaintext(Blob::new(b"made on one".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap();
+    within(
+        Duration::from_secs(2),
+        "key created on 1 decrypts on 2",
+        || decrypts(&b, ct1.as_ref(), b"made on one"),
+    )
+    .await;
+
+    // A rotation on the second: its new version (a new token object) is used on the first.
+    b.rotate_key_on_demand().key_id(&key).send().await.unwrap();
+    let ct2 = b
+        .encrypt()
+        .key_id(&key)
+        .plaintext(Blob::new(b"version 2 on two".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap();
+    within(
+        Duration::from_secs(2),
+        "rotated version made on 2 decrypts on 1",
+        || decrypts(&a, ct2.as_ref(), b"version 2 on two"),
+    )
+    .await;
+    let ct3 = a
+        .encrypt()
+        .key_id(&key)
+        .plaintext(Blob::new(b"version 2 on one".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap();
+    assert!(decrypts(&b, ct3.as_ref(), b"version 2 on one").await);
+    assert!(decrypts(&b, ct1.as_ref(), b"made on one").await);
+    assert_eq!(
+        a.list_key_rotations()
+            .key_id(&key)
+            .send()
+            .await
+            .unwrap()
+            .rotations()
+            .len(),
+        1
+    );
 }

@@ -347,7 +347,7 @@ impl EtcdRegistry {
         let key = format!("{}locks/{name}", self.prefix);
         let txn = TxnRequest {
             compare: vec![client::create_revision_is(key.clone(), 0)],
-            success: vec![client::put(key, b"held".to_vec(), lease)],
+            success: vec![client::put(key, holder().into_bytes(), lease)],
             failure: Vec::new(),
         };
         let taken = self.bounded(self.client().txn(txn)).await?.succeeded;
@@ -495,6 +495,18 @@ impl EtcdRegistry {
         self.synced(revision);
         Ok(())
     }
+}
+
+/// Who holds a lock, stored as its value: an operator (or a test) reading `locks/...` sees which
+/// sidecar is rotating a key (`HOSTNAME` is the pod's name in Kubernetes; else the kernel's name).
+fn holder() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{host} pid {}", std::process::id())
 }
 
 /// A fleet-wide lock held through an etcd lease.
