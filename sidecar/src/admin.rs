@@ -376,6 +376,9 @@ pub async fn handle(app: Arc<Admin>, req: Request<Incoming>) -> Response<Body> {
             app.core.kms().cache().refresh_gauges(&index);
             app.core.kms().pool().refresh_gauges();
             app.core.kms().reuse().refresh_gauges();
+            if let Some(proxy) = app.core.proxy() {
+                proxy.data_keys().refresh_gauges();
+            }
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

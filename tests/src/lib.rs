@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 pub mod etcd;
+pub mod proxy;
 
 /// Region the fixture signs for (the sidecar's default).
 pub const REGION: &str = "us-east-1";

@@ -10,11 +10,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kms::primitives::Blob;
+use kms_sidecar_e2e::proxy::{self, Moto, env_keys, free_port, moto, upstream_key};
 use kms_sidecar_e2e::{
     Creds, Sidecar, Start, cli, error_code, printed_creds, sdk_client, sum_series,
 };
@@ -24,69 +23,6 @@ const POLICY: &str = r#"{"rules":[
   {"principals":["default"],"actions":["CreateKey","ListKeys","ListAliases","GenerateRandom"]},
   {"principals":["other"],"actions":["Encrypt"],"keys":["*"]}
 ]}"#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A moto_server process; its request log is the upstream's request count.
-struct Moto {
-    child: Child,
-    url: String,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Moto {
-    fn start(port: u16, log: Arc<Mutex<Vec<String>>>) -> Option<Self> {
-        let mut child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .ok()?;
-        let stderr = child.stderr.take()?;
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            log,
-        })
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// The upstream under test.
 enum Upstream {
@@ -105,10 +41,7 @@ impl Upstream {
     fn creds(&self) -> Creds {
         match self {
             Upstream::Sidecar(_, _, _, c) => c.clone(),
-            Upstream::Moto(_) => Creds {
-                access_key_id: "AKIAMOTOTEST".into(),
-                secret: "moto-secret".into(),
-            },
+            Upstream::Moto(m) => m.creds(),
         }
     }
 
@@ -124,15 +57,7 @@ impl Upstream {
                 sum_series(&s.metrics().await, "kms_sidecar_requests_total{")
             }
             Upstream::Sidecar(..) => f64::NAN,
-            Upstream::Moto(m) => {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                m.log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|l| l.contains("\"POST / HTTP"))
-                    .count() as f64
-            }
+            Upstream::Moto(m) => m.requests().await as f64,
         }
     }
 
@@ -177,71 +102,9 @@ fn start_sidecar(dir: &Path, port: u16, creds: Option<Creds>) -> Sidecar {
 
 /// Starts a proxy in front of `upstream`, with `env` giving its upstream identity.
 fn start_proxy(dir: &Path, upstream: &str, env: Vec<(String, String)>) -> Sidecar {
-    let policy = dir.join("proxy-policy.json");
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(&policy, POLICY).unwrap();
-    let mut env = env;
-    env.extend(
-        [
-            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-            (
-                "AWS_CONFIG_FILE",
-                dir.join("no-config").display().to_string(),
-            ),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                dir.join("no-credentials").display().to_string(),
-            ),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
-    );
-    Sidecar::start_with(
-        dir,
-        Start {
-            args: [
-                "--mode",
-                "proxy",
-                "--upstream-endpoint",
-                upstream,
-                "--upstream-region",
-                "us-east-1",
-                "--proxy-policy-file",
-                &policy.display().to_string(),
-                // One poll, at start: later polls would reach the upstream during the request
-                // counts below.
-                "--proxy-poll-interval-secs",
-                "3600",
-                "--backend-timeout-ms",
-                "2000",
-            ]
-            .map(String::from)
-            .to_vec(),
-            env,
-            creds: None,
-        },
-    )
-    .unwrap_or_else(|o| panic!("proxy did not start:\n{o}"))
-}
-
-fn env_keys(c: &Creds) -> Vec<(String, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID".into(), c.access_key_id.clone()),
-        ("AWS_SECRET_ACCESS_KEY".into(), c.secret.clone()),
-    ]
-}
-
-/// Creates a key and `alias/app-<suffix>` at the upstream directly: (key ARN, alias).
-async fn upstream_key(up: &aws_sdk_kms::Client, suffix: &str) -> (String, String) {
-    let meta = up.create_key().send().await.unwrap().key_metadata.unwrap();
-    let arn = meta.arn.unwrap();
-    let alias = format!("alias/app-{suffix}");
-    up.create_alias()
-        .alias_name(&alias)
-        .target_key_id(&meta.key_id)
-        .send()
-        .await
-        .unwrap();
-    (arn, alias)
+    // Without the data-key pool: its background refills would reach the upstream while the
+    // scenario counts requests (the pool has its own test, proxy_caches.rs).
+    proxy::start_proxy(dir, upstream, env, POLICY, &["--data-key-pool-size", "0"])
 }
 
 async fn encrypt(kms: &aws_sdk_kms::Client, key: &str, text: &[u8]) -> Blob {
@@ -441,20 +304,6 @@ async fn proxy_in_front_of_another_sidecar() {
         env,
     )
     .await;
-}
-
-fn moto() -> Option<Moto> {
-    let found = Command::new("moto_server")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("SKIP: moto_server not installed (scripts/test.sh installs it with pip)");
-        return None;
-    }
-    Moto::start(free_port(), Arc::new(Mutex::new(Vec::new())))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

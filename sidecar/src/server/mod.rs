@@ -36,7 +36,7 @@ use crate::cache::pool::DataKeyPool;
 use crate::cache::reuse::DataKeyReuse;
 use crate::config::proxy::ProxyConfig;
 use crate::config::{BackendConfig, Config};
-use crate::core::proxy::{Proxy, ProxyMetrics};
+use crate::core::proxy::{DataKeys, Proxy, ProxyMetrics};
 use crate::core::{Core, Kms, Metrics, RateLimiting};
 use crate::datadir::{DataDir, DirLock};
 use crate::frontend::aws_json::AwsJson;
@@ -470,13 +470,26 @@ async fn start_proxy(
         ProxyMetrics::register(&metrics.registry).context("registering the proxy metrics")?,
     );
     tracing::info!(endpoint = ?settings.upstream.endpoint, region = %settings.upstream.region, "proxy mode: forwarding to the upstream KMS");
-    Ok(Arc::new(Proxy::new(
+    // The data-key pool and reuse take the same settings as in local mode, per upstream key.
+    let data_keys = DataKeys::new(
+        DataKeyPool::new(
+            config.pool(),
+            metrics.cache.for_cache("proxy_data_key_pool"),
+        ),
+        DataKeyReuse::new(
+            config.reuse().clone(),
+            metrics.cache.for_cache("proxy_data_key_reuse"),
+        ),
+        config.cache().ttl,
+    );
+    Ok(Proxy::new(
         client,
         limits,
         DecryptCache::new(config.cache(), metrics.cache.for_cache("proxy_decrypt")),
         settings.policy()?,
         proxy_metrics,
-    )))
+        data_keys,
+    ))
 }
 
 /// Checks the KMS v2 plugin's key (it must exist: a typo would otherwise surface only when the API

@@ -9,19 +9,21 @@
 //!    before the upstream;
 //! 2. for Decrypt, asks the decrypt cache (keyed by ciphertext, context and algorithm); a hit is
 //!    authorized again against the key the cached answer came from;
-//! 3. otherwise forwards the call (`forward.rs`) under the outbound limits of `limits/resilient.rs`
+//! 3. for GenerateDataKey, asks the data-key reuse and pool (`data_keys.rs`), per upstream key;
+//! 4. otherwise forwards the call (`forward.rs`) under the outbound limits of `limits/resilient.rs`
 //!    (retries with backoff and budget, outbound budget, circuit breaker; an upstream throttle backs
 //!    off and never opens the circuit);
-//! 4. maps upstream refusals to the same KMS error types (`backend/remote.rs`).
+//! 5. maps upstream refusals to the same KMS error types (`backend/remote.rs`).
 //!
 //! There is no local key registry: the alias-to-key map that local policies need to match alias
 //! patterns against the ARN an upstream Decrypt answers with is polled in the background
 //! (`poll.rs`), never on the request path.
 
+mod data_keys;
 mod forward;
 mod poll;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -38,6 +40,7 @@ use crate::kms::{EncryptionContext, ErrorKind, KmsError, Operation};
 use crate::limits::State;
 use crate::limits::resilient::Resilience;
 
+pub use self::data_keys::DataKeys;
 pub use self::poll::{Directory, ProxyMetrics};
 
 /// Operations the proxy does not forward: tags and key policies are administered at the upstream.
@@ -61,6 +64,10 @@ pub struct Proxy {
     /// Aliases and keys of the upstream, polled in the background.
     directory: ArcSwap<Directory>,
     metrics: Arc<ProxyMetrics>,
+    /// The data-key pool and opt-in reuse, per upstream key (`data_keys.rs`).
+    data_keys: DataKeys,
+    /// Itself, for the pool's background refills.
+    me: Weak<Proxy>,
 }
 
 /// The error a caller sees for an upstream failure: the upstream's own KMS error type for a refusal,
@@ -87,15 +94,18 @@ impl Proxy {
         cache: DecryptCache,
         policy: ProxyPolicy,
         metrics: Arc<ProxyMetrics>,
-    ) -> Self {
-        Self {
+        data_keys: DataKeys,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             client,
             limits,
             cache,
             policy: ArcSwap::from_pointee(policy),
             directory: ArcSwap::from_pointee(Directory::default()),
             metrics,
-        }
+            data_keys,
+            me: me.clone(),
+        })
     }
 
     /// Replaces the local policy (SIGHUP reload).
@@ -105,6 +115,10 @@ impl Proxy {
 
     pub fn cache(&self) -> &DecryptCache {
         &self.cache
+    }
+
+    pub fn data_keys(&self) -> &DataKeys {
+        &self.data_keys
     }
 
     /// The upstream's circuit breaker state.
@@ -274,9 +288,8 @@ impl Proxy {
                 let context = r.encryption_context.clone().unwrap_or_default();
                 self.check_named(caller, obs, op, &key_id, Some(&context))?;
                 let out = self
-                    .generate_data_key(&r, &key_id, &context, with_plaintext)
-                    .await
-                    .map_err(upstream_error)?;
+                    .data_key(&r, &key_id, &context, with_plaintext, caller, obs)
+                    .await?;
                 obs.key_id = Some(out.key_id.clone());
                 obs.context = Some(context);
                 if with_plaintext {
@@ -336,6 +349,7 @@ impl Proxy {
                 // A key whose state changed may not decrypt any more: its cached plaintexts go.
                 if let Some(arn) = self.directory.load().resolve(&named) {
                     self.cache.invalidate_key(&arn);
+                    self.data_keys.invalidate_key(&arn);
                     obs.key_id = Some(arn);
                 }
                 answer.ok_or_else(|| {
