@@ -1,6 +1,7 @@
 //! Work beside the requests: the client-credential reload (once a second, which also rebuilds
 //! the rate limiters for new principals and charges the per-key cost), key maintenance (rotation,
-//! deletion) on its interval, and the SIGHUP reload of inbound rate limits ([`Reloader`]).
+//! deletion) on its interval, and the SIGHUP reload of inbound rate limits and proxy mode's local
+//! policy ([`Reloader`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +33,9 @@ pub(super) fn build_rate_limits(
     Ok(limits)
 }
 
-/// Applies a reloaded configuration to a running sidecar (SIGHUP). Only the inbound rate limits
-/// change without a restart; they are validated first, and a bad file keeps the running limits.
+/// Applies a reloaded configuration to a running sidecar (SIGHUP). Only the inbound rate limits and
+/// proxy mode's local policy change without a restart; they are validated first, and a bad file
+/// keeps the running settings.
 #[derive(Clone)]
 pub struct Reloader {
     pub(super) core: Arc<Core>,
@@ -56,8 +58,18 @@ impl Reloader {
         };
         let spec = config.inbound_rate_spec();
         let limits = build_rate_limits(&spec, core.admins(), &self.clients, core.metrics())?;
+        // Proxy mode's local policy is read again too; everything is validated before anything
+        // changes, so a bad policy file keeps the running policy and the running limits.
+        let policy = match (core.proxy(), config.proxy()) {
+            (Some(proxy), Some(settings)) => Some((proxy, settings.policy()?)),
+            _ => None,
+        };
         rate.spec.store(Arc::new(spec));
         rate.limits.store(Arc::new(limits));
+        if let Some((proxy, policy)) = policy {
+            proxy.set_policy(policy);
+            tracing::info!("proxy policy reloaded");
+        }
         tracing::info!(
             "rate limits reloaded; other settings (outbound budget, breaker, cache, listeners) need a restart"
         );
