@@ -65,19 +65,25 @@ fn otlp_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
         .build())
 }
 
-/// The AWS SDK (upstream backend) logs whole HTTP requests at TRACE, bodies included, and an Encrypt
-/// body carries the plaintext: its runtime is capped at DEBUG whatever the filter asks for.
-const SDK_CAP: &str = "aws_smithy_runtime=debug";
+/// The AWS SDK (upstream backend, proxy mode) logs whole HTTP requests at TRACE, bodies included,
+/// and an Encrypt body carries the plaintext: its runtime is capped at DEBUG whatever the filter
+/// asks for. The cap only lowers: at the default `info` the SDK's DEBUG lines (which print the
+/// upstream access key id and resolved endpoints) stay out of the log.
+const SDK_RUNTIME: &str = "aws_smithy_runtime";
 
-/// The log filter: `RUST_LOG`, else `level`, else `info`; with [`SDK_CAP`] on top.
-fn log_filter(level: &str) -> EnvFilter {
+/// The log filter: `RUST_LOG`, else `level`, else `info`; and the SDK runtime at most at DEBUG.
+fn log_filter<S>(level: &str) -> impl tracing_subscriber::layer::Filter<S> + use<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt as _;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    match SDK_CAP.parse() {
-        Ok(cap) => filter.add_directive(cap),
-        Err(_) => filter,
-    }
+    let cap = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target(SDK_RUNTIME, LevelFilter::DEBUG);
+    filter.and(cap)
 }
 
 /// Whether text logs carry ANSI colours: only on a terminal, since in a file, a pipe or a container
@@ -213,6 +219,27 @@ mod tests {
             assert!(text.contains("beginning attempt"), "{text}");
             assert!(text.contains("own trace"), "{text}");
         }
+    }
+
+    #[test]
+    fn the_cap_never_raises_the_sdk_above_the_filter() {
+        if std::env::var_os("RUST_LOG").is_some() {
+            return;
+        }
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Sink(buf.clone());
+        let subscriber = Registry::default().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || sink.clone())
+                .with_filter(log_filter("info")),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "aws_smithy_runtime::client::orchestrator::endpoints", access_key_id = "ASIAEXAMPLE", "resolving endpoint");
+            tracing::info!(target: "kms_sidecar::server", "serving");
+        });
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("ASIAEXAMPLE"), "{text}");
+        assert!(text.contains("serving"), "{text}");
     }
 
     #[test]
