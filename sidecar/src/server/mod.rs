@@ -36,6 +36,7 @@ use crate::cache::pool::DataKeyPool;
 use crate::cache::reuse::DataKeyReuse;
 use crate::config::proxy::ProxyConfig;
 use crate::config::{BackendConfig, Config};
+use crate::core::ops::CacheFollower;
 use crate::core::proxy::{DataKeys, Proxy, ProxyMetrics};
 use crate::core::{Core, Kms, Metrics, RateLimiting};
 use crate::datadir::{DataDir, DirLock};
@@ -262,6 +263,10 @@ impl Sidecar {
             config.reuse().clone(),
             metrics.cache.for_cache("data_key_reuse"),
         ));
+        if shared.is_some() {
+            // After the key store: changes made elsewhere in the fleet reach this sidecar's caches.
+            followers.push(Arc::new(CacheFollower::new(kms.clone())));
+        }
         let proxy = match config.proxy() {
             Some(settings) => Some(start_proxy(&config, settings, &metrics).await?),
             None => None,

@@ -6,10 +6,13 @@
 
 mod aliases;
 mod data;
+mod follow;
 mod lifecycle;
 mod policies;
 mod status;
 mod tags;
+
+pub use self::follow::CacheFollower;
 
 use std::sync::Arc;
 
