@@ -507,6 +507,23 @@ pub fn new_record(
     ))
 }
 
+/// A registry client record with a new secret (same access key id, principal and tags): what to
+/// show once, and the record to write in place of the old one.
+pub fn rotated_record(dir: &DataDir, record: &[u8]) -> anyhow::Result<(Issued, Vec<u8>)> {
+    let mut record: Record = serde_json::from_slice(record).context("client record is corrupt")?;
+    let secret = Zeroizing::new(B64.encode(&*crypto::random_bytes(30)?));
+    record.sealed_secret =
+        B64.encode(dir.seal(&purpose(&record.access_key_id), secret.as_bytes())?);
+    Ok((
+        Issued {
+            access_key_id: record.access_key_id.clone(),
+            name: record.name.clone(),
+            secret: SecretString::from(secret.to_string()),
+        },
+        serde_json::to_vec(&record)?,
+    ))
+}
+
 /// The principal name in a registry client record.
 pub fn record_name(record: &[u8]) -> anyhow::Result<String> {
     Ok(serde_json::from_slice::<Record>(record)

@@ -93,8 +93,16 @@ pub(super) fn manage_clients(config: &Config, command: ClientsCommand) -> anyhow
                     println!("{id:<22} {name}");
                 }
             }
-            ClientsCommand::RotateSecret { .. } => {
-                bail!("rotate-secret is not supported with the etcd registry yet: add a new client and revoke the old one");
+            ClientsCommand::RotateSecret { access_key_id } => {
+                let issued =
+                    transfer::rotate_client_secret(&registry, &dir, &access_key_id).await?;
+                print_credentials(
+                    &issued,
+                    &config.arn_scope().region,
+                    &Endpoint::configured(config),
+                    config.admin_principals(),
+                    "New secret in the fleet's registry (shown once); every sidecar of the fleet rejects the old one within a second:",
+                );
             }
         }
         Ok(())

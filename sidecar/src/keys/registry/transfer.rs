@@ -210,6 +210,47 @@ pub async fn revoke_client(registry: &EtcdRegistry, access_key_id: &str) -> anyh
     Ok(())
 }
 
+/// Issues a new secret for a credential in the registry (same access key id and principal), as a
+/// write guarded by the revision read: if the credential changed meanwhile (revoked, or rotated
+/// by someone else), this rotation fails and nothing is lost. Every sidecar of the fleet accepts
+/// only the new secret within a second.
+pub async fn rotate_client_secret(
+    registry: &EtcdRegistry,
+    dir: &DataDir,
+    access_key_id: &str,
+) -> anyhow::Result<Issued> {
+    let current = registry.read(Section::Clients, &[access_key_id]).await?;
+    let Some((found, record)) = current
+        .first()
+        .and_then(|c| c.value.as_deref().map(|v| (c, v)))
+    else {
+        bail!("no client with access key id {access_key_id}");
+    };
+    let (issued, record) = clients::rotated_record(dir, record)?;
+    let guard = Guarded {
+        section: Section::Clients,
+        name: access_key_id.to_string(),
+        revision: found.revision,
+    };
+    match registry
+        .commit(
+            &[guard],
+            vec![Write::Put(
+                Section::Clients,
+                access_key_id.to_string(),
+                record,
+            )],
+        )
+        .await
+    {
+        Ok(_) => Ok(issued),
+        Err(super::etcd::WriteError::Conflict) => bail!(
+            "the credential {access_key_id} changed while its secret was being rotated (revoked or rotated elsewhere); nothing was written"
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Issued credentials in the registry: (access key id, principal name).
 pub async fn list_clients(registry: &EtcdRegistry) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
