@@ -26,11 +26,15 @@ pub const REGION: &str = "us-east-1";
 
 /// The sidecar binary the tests spawn (`src/bin/kms-sidecar-e2e-server.rs`, the same entry point as
 /// `kms-sidecar`). Cargo builds it before this package's integration tests; other packages that use
-/// this fixture get it built here on first use.
+/// this fixture get it built here on first use. `KMS_SIDECAR_E2E_BINARY` names another binary
+/// (benchmarks run a release `kms-sidecar` this way).
 pub fn binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(bin) = std::env::var_os("KMS_SIDECAR_E2E_BINARY") {
+                return PathBuf::from(bin);
+            }
             let exe = std::env::current_exe().expect("current exe");
             // target/<profile>/deps/<test> -> target/<profile>
             let profile_dir = exe
