@@ -85,9 +85,19 @@ fn start_upstream(dir: &Path) -> Sidecar {
     Sidecar::start(&dir.join("upstream"))
 }
 
-/// The proxy's first alias poll runs at start; the local policy matches `alias/app-*` against it.
-async fn wait_for_poll() {
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+/// The proxy's first alias poll runs at start (one ListAliases at the upstream); the local policy
+/// matches `alias/app-*` against it, and the data-key caches need it to know the key's ARN.
+async fn wait_for_poll(upstream: &Sidecar) {
+    let started = Instant::now();
+    while served(upstream, "ListAliases").await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the proxy never polled the upstream's aliases"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The poll stores what it read right after the answer.
+    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +123,7 @@ async fn pool_and_reuse_per_upstream_key_spare_the_upstream() {
             "3",
         ],
     );
-    wait_for_poll().await;
+    wait_for_poll(&upstream).await;
     let kms = proxy.sdk();
 
     // Pool: the first call goes upstream and starts a refill of 4; the next two are pooled keys,
@@ -249,7 +259,7 @@ async fn sighup_reloads_the_proxy_policy_and_refuses_a_bad_file() {
         POLICY,
         &[],
     );
-    wait_for_poll().await;
+    wait_for_poll(&upstream).await;
     let kms = proxy.sdk();
     let blob = kms
         .encrypt()
