@@ -58,6 +58,10 @@ impl Reloader {
         let limits = build_rate_limits(&spec, core.admins(), &self.clients, core.metrics())?;
         rate.spec.store(Arc::new(spec));
         rate.limits.store(Arc::new(limits));
+        core.metrics().history.events().record(
+            crate::observe::history::EventKind::Reload,
+            "configuration reloaded: rate limits",
+        );
         tracing::info!(
             "rate limits reloaded; other settings (outbound budget, breaker, cache, listeners) need a restart"
         );
