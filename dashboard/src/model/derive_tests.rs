@@ -39,21 +39,29 @@ fn availability_budget_and_burn_over_windows() {
     assert_eq!(d.requests, Some(10_000.0));
     assert_eq!(d.bad_requests, Some(10.0));
     assert!((d.availability.unwrap() - 0.999).abs() < 1e-12);
-    // error ratio 0.001 against an allowed 0.01: budget 90 % left, burn 0.1
-    assert!((d.budget_left.unwrap() - 0.9).abs() < 1e-9);
-    for b in d.burn {
-        assert!((b.unwrap() - 0.1).abs() < 1e-9, "{b:?}");
-    }
+    // error ratio 0.001 against an allowed 0.01: burn 0.1; 10 minutes of it spend
+    // 0.1 * 600 s / 30 days of the period's budget
+    assert!((d.budget_spent.unwrap() - 0.1 * 600.0 / (30.0 * 86_400.0)).abs() < 1e-15);
+    assert!((d.burn[0].unwrap() - 0.1).abs() < 1e-9, "{:?}", d.burn);
+    // 10 minutes of data: the 1 h and 6 h burn rates are not computed over less
+    assert_eq!((d.burn[1], d.burn[2]), (None, None));
+    assert_eq!(d.burn_short, [false, true, true]);
+    assert_eq!(d.burn_text(1), "n/a (10 min of data)");
+    assert!(!d.short);
     assert_eq!(d.slo_health, Health::Good);
     assert!((d.request_rate.unwrap() - 10_000.0 / 600.0).abs() < 1e-9);
     assert_eq!(d.outcomes["InvalidCiphertextException"], 10.0);
     // a 1 h window over 10 minutes of data: the rate is per second of data, not of window
     let d = Derived::compute(&m, settings(3600.0, 0.99), 600.0);
     assert!((d.request_rate.unwrap() - 10_000.0 / 600.0).abs() < 1e-9);
-    // at 99.9 % the same traffic spends exactly the budget: red
+    // ... and every windowed figure of a 1 h window says it has only 10 minutes
+    assert!(d.short);
+    assert_eq!(d.windowed("99 %".into()), "n/a (10 min of data)");
+    assert_eq!(d.budget_spent, None);
     let d = Derived::compute(&m, settings(600.0, 0.999), 600.0);
-    assert!(d.budget_left.unwrap().abs() < 1e-9);
-    assert_eq!(d.slo_health, Health::Bad);
+    // at 99.9 % the same traffic burns exactly 1: the budget lasts the period, not yet amber
+    assert!((d.burn[0].unwrap() - 1.0).abs() < 1e-9);
+    assert_eq!(d.slo_health, Health::Good);
 }
 
 #[test]
@@ -68,8 +76,10 @@ fn burn_rate_windows_see_different_traffic() {
     assert!((d.burn[0].unwrap() - 100.0).abs() < 1e-6);
     // 1 h: 300 / 39 000
     assert!((d.burn[1].unwrap() - 300.0 / 39_000.0 / 0.001).abs() < 1e-6);
-    assert_eq!(d.burn[1], d.burn[2]);
-    assert_eq!(d.slo_health, Health::Bad);
+    assert_eq!(d.burn[2], None, "an hour of data has no 6 h burn rate");
+    assert_eq!(d.burn_text(2), "n/a (60 min of data)");
+    // a 5 m burn of 100 with a 1 h burn under 14.4 does not page (the rules need both): amber
+    assert_eq!(d.slo_health, Health::Warn);
 }
 
 #[test]

@@ -89,6 +89,10 @@ pub struct Model {
     pub status: BTreeMap<String, Endpoint<Status>>,
     /// `/v1/audit?outcome=denied` of each source.
     pub denied: BTreeMap<String, Endpoint<Vec<AuditRecord>>>,
+    /// Each source's event log (from `/v1/history`), oldest first.
+    pub events: BTreeMap<String, Vec<super::backfill::Event>>,
+    /// `/v1/history` of each source: whether it was read (a 404 is an older sidecar).
+    pub history: BTreeMap<String, Endpoint<usize>>,
     /// Typical seconds between two points of one source (the plot resolution floor).
     pub interval_secs: f64,
     /// Bumped on every change, so derived data can be cached.
@@ -178,6 +182,11 @@ impl Model {
         self.series
             .entry(id.clone())
             .or_insert_with(|| History::new(n, age))
+    }
+
+    /// Time of the last scrape of `source` that was ingested.
+    pub fn last_ingest(&self, source: &str) -> Option<f64> {
+        self.last_ingest.get(source).copied()
     }
 
     /// Records a scrape attempt of `source` at `t`.

@@ -15,7 +15,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
         tile(
             ui,
             &format!("Throttled calls ({w})"),
-            &fmt::count(d.throttled),
+            &d.windowed(fmt::count(d.throttled)),
             "ThrottlingException answers",
             match d.throttled {
                 None => Health::Unknown,
@@ -26,6 +26,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     });
     plot(
         ui,
+        d,
         "thr_scope",
         "Throttled per second by scope",
         &d.throttled_by_scope,
@@ -33,6 +34,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     );
     plot(
         ui,
+        d,
         "thr_principal",
         "Throttled per second by principal",
         &d.throttled_by_principal,

@@ -16,7 +16,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
         tile(
             ui,
             &format!("Denied calls ({w})"),
-            &fmt::count(d.unauthorized),
+            &d.windowed(fmt::count(d.unauthorized)),
             "bad signature, unknown key id, policy",
             match d.unauthorized {
                 None => Health::Unknown,
@@ -27,6 +27,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     });
     plot(
         ui,
+        d,
         "unauth_reason",
         "Denials per second by reason",
         &d.denials_by_reason,
