@@ -251,3 +251,57 @@ fn figures_per_front_end_with_unlabelled_series_as_aws_json() {
     let d = Derived::compute(&m, settings(300.0, 0.999), 0.0);
     assert!(d.frontends.is_empty());
 }
+
+#[test]
+fn headroom_per_scope_and_principal_from_the_first_frame() {
+    // The issue's incident: 450 calls/s from `batch` against a 400/s default principal limit.
+    // It gets 400/s through and 50/s refused; `alice` has a limit of her own and is not refused.
+    let mut m = Model::new(ModelConfig::default());
+    let text = |secs: f64| {
+        let ok = 400.0 * secs;
+        let refused = 50.0 * secs;
+        format!(
+            "kms_sidecar_requests_total{{operation=\"Encrypt\",outcome=\"ok\"}} {ok}\n\
+kms_sidecar_requests_total{{operation=\"Encrypt\",outcome=\"ThrottlingException\"}} {refused}\n\
+kms_sidecar_throttled_total{{principal=\"batch\",scope=\"principal\"}} {refused}\n\
+kms_sidecar_throttled_total{{principal=\"alice\",scope=\"principal\"}} 0\n"
+        )
+    };
+    for i in 0..=12 {
+        let t = f64::from(i) * 10.0;
+        m.ingest("s", t, &parse(&text(t)).unwrap());
+    }
+    let limit = |scope: &str, name: &str, rate: f64| status::Limit {
+        scope: scope.into(),
+        name: name.into(),
+        rate_per_second: rate,
+        burst: rate,
+    };
+    m.status.insert(
+        "s".into(),
+        Endpoint::Ok(status::Status {
+            limits: vec![
+                limit("global", "global", 1000.0),
+                limit("principal", "default", 400.0),
+                limit("principal", "alice", 100.0),
+            ],
+            ..Default::default()
+        }),
+    );
+    let d = Derived::compute(&m, settings(120.0, 0.999), 120.0);
+    let row = |name: &str| d.limits.iter().find(|r| r.name == name).unwrap().clone();
+    let global = row("global");
+    assert_eq!((global.observed, global.bound), (Some(450.0), Bound::Exact));
+    assert!((global.headroom.unwrap() - 0.55).abs() < 1e-12);
+    let default = row("default");
+    assert_eq!(default.bound, Bound::AtLeast);
+    assert_eq!(default.principal.as_deref(), Some("batch"));
+    assert_eq!(default.observed, Some(450.0));
+    assert!(
+        (default.headroom.unwrap() + 0.125).abs() < 1e-12,
+        "{default:?}"
+    );
+    // alice is not refused: her rate is at most all calls
+    let alice = row("alice");
+    assert_eq!((alice.observed, alice.bound), (Some(450.0), Bound::AtMost));
+}
