@@ -4,6 +4,7 @@
 
 pub mod backfill;
 pub mod derive;
+pub mod fleet;
 pub mod frontend;
 pub mod history;
 pub mod palette;

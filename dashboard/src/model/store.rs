@@ -95,6 +95,10 @@ pub struct Model {
     pub history: BTreeMap<String, Endpoint<usize>>,
     /// Typical seconds between two points of one source (the plot resolution floor).
     pub interval_secs: f64,
+    /// Each source's own series, for the fleet view and for scoping every view to one sidecar
+    /// (kept by models made with [`Model::new`]; the per-source models keep none themselves).
+    pub per_source: BTreeMap<String, Model>,
+    track_sources: bool,
     /// Bumped on every change, so derived data can be cached.
     pub version: u64,
 }
@@ -105,14 +109,65 @@ impl Model {
         Self {
             cfg,
             interval_secs: 5.0,
+            track_sources: true,
             ..Self::default()
         }
+    }
+
+    /// The model of one source alone, with its admin documents and events: what every view shows
+    /// when the fleet view scopes them to that sidecar. `None` for an unknown source.
+    pub fn scoped(&self, source: &str) -> Option<Model> {
+        let mut m = self.per_source.get(source)?.clone();
+        let pick = |k: &String| k == source;
+        m.sources = self
+            .sources
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.status = self
+            .status
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.denied = self
+            .denied
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.events = self
+            .events
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.history = self
+            .history
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.version = self.version;
+        Some(m)
     }
 
     /// Adds one scrape of `source` taken at `t`. Series new to a source that was scraped
     /// before count from zero; on a source's first scrape, existing totals are history and
     /// only later increases count.
     pub fn ingest(&mut self, source: &str, t: f64, samples: &[Sample]) {
+        if self.track_sources {
+            let cfg = self.cfg.clone();
+            self.per_source
+                .entry(source.to_string())
+                .or_insert_with(|| Model {
+                    cfg,
+                    interval_secs: 5.0,
+                    ..Model::default()
+                })
+                .ingest(source, t, samples);
+        }
         let prev = self.last_ingest.get(source).copied();
         if let Some(p) = prev
             && t > p

@@ -2,6 +2,7 @@
 //! and draws it: no fetching, no arithmetic beyond formatting.
 
 pub mod cache_backend;
+pub mod fleet;
 pub mod fmt;
 pub mod latency;
 pub mod overview;
