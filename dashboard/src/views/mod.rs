@@ -191,12 +191,18 @@ pub fn plot(ui: &mut Ui, d: &Derived, id: &str, title: &str, lines: &[Line], uni
         return;
     }
     let window = d.settings.window_secs;
+    // y from 0 to just above the highest point (a flat zero line gets 0..1, never negative rates)
+    let top = lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p[1]))
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, f64::max);
+    let top = if top > 0.0 { top * 1.1 } else { 1.0 };
     Plot::new(id)
         .height(170.0)
         .legend(Legend::default())
-        .include_x(-window)
-        .include_x(0.0)
-        .include_y(0.0)
+        .default_x_bounds(-window, 0.0)
+        .default_y_bounds(0.0, top)
         .allow_scroll(false)
         .x_axis_formatter(|m, _| x_label(m.value))
         .x_grid_spacer(egui_plot::uniform_grid_spacer(|input| {
@@ -223,13 +229,17 @@ pub fn plot(ui: &mut Ui, d: &Derived, id: &str, title: &str, lines: &[Line], uni
             egui_plot::HoverPosition::Elsewhere { .. } => None,
         })
         .show(ui, |p| {
+            let mut neutral = 0;
             for l in lines {
-                let mut line =
-                    egui_plot::Line::new(l.name.clone(), PlotPoints::from(l.points.clone()));
-                if let Some(c) = palette::of(crate::model::palette::meaning(&l.name)) {
-                    line = line.color(c);
+                let meaning = crate::model::palette::meaning(&l.name);
+                let color = palette::line(&l.name, neutral);
+                if meaning == crate::model::palette::Meaning::Neutral {
+                    neutral += 1;
                 }
-                p.line(line);
+                p.line(
+                    egui_plot::Line::new(l.name.clone(), PlotPoints::from(l.points.clone()))
+                        .color(color),
+                );
             }
             for e in &d.events {
                 let c = palette::of(crate::model::palette::event_meaning(&e.kind, &e.detail))

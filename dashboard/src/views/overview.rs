@@ -19,6 +19,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
             &d.windowed(fmt::pct(d.availability, 3)),
             &format!("SLO {}", fmt::pct(Some(d.settings.slo), 2)),
             match d.availability {
+                _ if d.short => Health::Unknown,
                 None => Health::Unknown,
                 Some(a) if a >= d.settings.slo => Health::Good,
                 Some(_) => d.slo_health.at_least_warn(),
@@ -29,7 +30,11 @@ pub fn show(ui: &mut Ui, d: &Derived) {
             &format!("Error budget spent ({w})"),
             &d.windowed(fmt::pct(d.budget_spent, 2)),
             "of the 30-day SLO period's budget",
-            d.slo_health,
+            if d.short {
+                Health::Unknown
+            } else {
+                d.slo_health
+            },
         );
         for (i, name) in ["5m", "1h", "6h"].iter().enumerate() {
             tile(
@@ -37,7 +42,12 @@ pub fn show(ui: &mut Ui, d: &Derived) {
                 &format!("Burn rate ({name})"),
                 &d.burn_text(i),
                 "as the alert rules; 1 = lasts 30 days",
-                d.slo_health,
+                match d.burn[i] {
+                    None => Health::Unknown,
+                    Some(b) if b >= 14.4 => Health::Bad,
+                    Some(b) if b > 1.0 => Health::Warn,
+                    Some(_) => Health::Good,
+                },
             );
         }
         tile(
@@ -45,7 +55,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
             &format!("Request rate ({w})"),
             &d.windowed(fmt::rate(d.request_rate)),
             &d.windowed(format!("{} calls", fmt::count(d.requests))),
-            if d.requests.is_some() {
+            if d.requests.is_some() && !d.short {
                 Health::Good
             } else {
                 Health::Unknown
@@ -56,7 +66,11 @@ pub fn show(ui: &mut Ui, d: &Derived) {
             &format!("p95 latency ({w})"),
             &d.windowed(fmt::secs(d.p95)),
             &format!("target {}", fmt::secs(Some(d.settings.p95_target_secs))),
-            d.p95_health,
+            if d.short {
+                Health::Unknown
+            } else {
+                d.p95_health
+            },
         );
         tile(
             ui,
@@ -71,6 +85,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
             &d.windowed(fmt::count(d.unauthorized)),
             "denied calls",
             match d.unauthorized {
+                _ if d.short => Health::Unknown,
                 None => Health::Unknown,
                 Some(0.0) => Health::Good,
                 Some(_) => Health::Warn,

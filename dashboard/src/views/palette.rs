@@ -13,6 +13,22 @@ pub const GREY: Color32 = Color32::from_gray(0x90);
 /// Markers without a state meaning (rotations, reloads, starts).
 pub const BLUE: Color32 = Color32::from_rgb(0x58, 0xa6, 0xff);
 
+/// Lines without a state meaning (operations, scopes, principals, caches), in turn: none of them
+/// green, amber, red or grey, so a neutral line never reads as a verdict.
+pub const NEUTRAL: [Color32; 6] = [
+    BLUE,
+    Color32::from_rgb(0xbc, 0x8c, 0xff),
+    Color32::from_rgb(0x39, 0xc5, 0xcf),
+    Color32::from_rgb(0xff, 0x7b, 0xc8),
+    Color32::from_rgb(0xd2, 0xa8, 0x6e),
+    Color32::from_rgb(0xe6, 0xed, 0xf3),
+];
+
+/// The colour of a line named `name`, the `i`-th neutral one when it has no meaning.
+pub fn line(name: &str, i: usize) -> Color32 {
+    of(crate::model::palette::meaning(name)).unwrap_or(NEUTRAL[i % NEUTRAL.len()])
+}
+
 /// The colour of a meaning; `None` leaves the plot's own colour sequence.
 pub fn of(m: Meaning) -> Option<Color32> {
     match m {

@@ -19,6 +19,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
             &d.windowed(fmt::count(d.unauthorized)),
             "bad signature, unknown key id, policy",
             match d.unauthorized {
+                _ if d.short => Health::Unknown,
                 None => Health::Unknown,
                 Some(0.0) => Health::Good,
                 Some(_) => Health::Warn,
