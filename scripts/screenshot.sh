@@ -103,9 +103,10 @@ traffic() {
   local name=$1 url_var="${1}_KMS" i=0
   local E=(--endpoint-url "${!url_var}")
   while :; do
+    # calls fail while faults are injected: keep going
     blob=$(as "$name" aws kms encrypt "${E[@]}" --key-id alias/orders --plaintext fileb://<(printf 'hello %s' "$i") \
-      --query CiphertextBlob --output text)
-    as "$name" aws kms decrypt "${E[@]}" --ciphertext-blob fileb://<(printf '%s' "$blob" | base64 -d) >/dev/null
+      --query CiphertextBlob --output text 2>/dev/null) || { i=$((i + 1)); continue; }
+    as "$name" aws kms decrypt "${E[@]}" --ciphertext-blob fileb://<(printf '%s' "$blob" | base64 -d) >/dev/null 2>&1 || true
     if (( i % 3 == 0 )); then
       as "$name" aws kms decrypt "${E[@]}" --ciphertext-blob fileb://<(head -c 64 /dev/urandom) >/dev/null 2>&1 || true
       AWS_ACCESS_KEY_ID=AKSCNOTAREALKEY000 AWS_SECRET_ACCESS_KEY=x aws kms list-keys "${E[@]}" >/dev/null 2>&1 || true
