@@ -3,12 +3,13 @@
 # README. The dashboard is started only *after* the incident, so the pictures show what it learns
 # from the sidecars' /v1/history and from Prometheus, as an SRE opening it on call would see it.
 #
-# Timeline (about 6 minutes): two sidecars (A and B) on free ports with throwaway data directories,
+# Timeline (about 9 minutes): two sidecars (A and B) on free ports with throwaway data directories,
 # a Prometheus scraping both every 2 s, light background traffic through the AWS CLI on both (a
 # garbage ciphertext, a bad credential, a principal the key policy denies, a key that must rotate
 # but does not); after BEFORE_SECS, principal "batch" sends RATE calls/s to A for INCIDENT_SECS
 # (kms-loadtest) against its LIMIT calls/s, with half the backend calls failing (fault injection)
-# for FAULT_SECS in the middle; then AFTER_SECS of calm. Then one screenshot per view of A
+# for FAULT_SECS in the middle; then AFTER_SECS of calm (the 5 min window then holds both calm
+# and incident, and the data covers the whole window). Then one screenshot per view of A
 # (5 min window), a fleet view of A and B, the unreachable-source banner, and the fleet read
 # through Prometheus. Needs: xvfb-run, aws, python3, prometheus (optional: no prometheus.png).
 set -euo pipefail
@@ -16,10 +17,10 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/img}
 RATE=${RATE:-450}
 LIMIT=${LIMIT:-400}
-BEFORE_SECS=${BEFORE_SECS:-100}
+BEFORE_SECS=${BEFORE_SECS:-200}
 INCIDENT_SECS=${INCIDENT_SECS:-120}
 FAULT_SECS=${FAULT_SECS:-20}
-AFTER_SECS=${AFTER_SECS:-90}
+AFTER_SECS=${AFTER_SECS:-20}
 mkdir -p "$OUT"
 
 # NO_BUILD=1 reuses the binaries already in $BIN (default target/release).
@@ -144,15 +145,19 @@ shot() { # shot FILE ARGS...: one dashboard window, saved once it has 3 good scr
     "$BIN/kms-dashboard" "$@" --refresh-secs 1 --window-minutes 5 \
     --size 1280x1040 --screenshot "$OUT/$file" --screenshot-scrapes 3
 }
-for view in overview latency throttling unauthorized rotation cache-backend; do
+# the views that show the incident's time series first: it leaves the 5 min window after 3 min
+for view in overview throttling; do
   shot "$view.png" --sidecar "$A_ADMIN" --view "$view"
 done
 shot fleet.png --sidecar "$A_ADMIN" --sidecar "$B_ADMIN"
-# The unreachable-source banner: a port nobody listens on.
-shot unreachable.png --sidecar "$A_ADMIN" --sidecar "http://127.0.0.1:$(free_port)"
 if [[ -n "${PROM_PORT:-}" ]]; then
   shot prometheus.png --prometheus "http://127.0.0.1:$PROM_PORT"
 fi
+for view in cache-backend latency unauthorized rotation; do
+  shot "$view.png" --sidecar "$A_ADMIN" --view "$view"
+done
+# The unreachable-source banner: a port nobody listens on.
+shot unreachable.png --sidecar "$A_ADMIN" --sidecar "http://127.0.0.1:$(free_port)"
 grep -E '^(sent|ok|throttled|errors)|ThrottlingException|Throttl' "$work/loadtest.out" | head -5 >&2 || true
 curl -s "$A_ADMIN/metrics" | grep -E '^kms_sidecar_(throttled_total|circuit_transitions_total)' >&2 || true
 ls -l "$OUT"

@@ -181,7 +181,8 @@ pub fn x_label(x: f64) -> String {
     if x > 0.5 { String::new() } else { fmt::rel(x) }
 }
 
-/// A time-series plot over the whole window (x from -window to now, so a chart never pretends
+/// A time-series plot over the whole window (x from -window to now and a sliver beyond, so the
+/// "now" label fits, so a chart never pretends
 /// its data spans more than it does), lines in their semantic colours, and the window's events
 /// as vertical markers; "no data yet" instead of an empty frame.
 pub fn plot(ui: &mut Ui, d: &Derived, id: &str, title: &str, lines: &[Line], unit: Unit) {
@@ -201,7 +202,7 @@ pub fn plot(ui: &mut Ui, d: &Derived, id: &str, title: &str, lines: &[Line], uni
     Plot::new(id)
         .height(170.0)
         .legend(Legend::default())
-        .default_x_bounds(-window, 0.0)
+        .default_x_bounds(-window, window * 0.015)
         .default_y_bounds(0.0, top)
         .allow_scroll(false)
         .x_axis_formatter(|m, _| x_label(m.value))
