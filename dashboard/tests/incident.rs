@@ -3,6 +3,7 @@
 //! *afterwards*. Its history (`/v1/history`, as JSON) is the only thing the dashboard knows of the
 //! incident; every view must show it from the first frame, with the sidecar's exact counts.
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use egui::Role;
 use egui_kittest::Harness;

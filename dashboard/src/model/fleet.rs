@@ -89,9 +89,10 @@ pub fn rows(model: &Model, window: f64, slo: f64, now: f64) -> Vec<FleetRow> {
                         .find_map(|(id, _)| id.labels.get("version").cloned())
                 });
             let reachable = model.sources.get(source).is_none_or(|h| h.error.is_none());
-            let health = if !reachable || breaker == Some(Circuit::Open) {
-                Health::Bad
-            } else if availability.is_some_and(|a| a < slo) {
+            let health = if !reachable
+                || breaker == Some(Circuit::Open)
+                || availability.is_some_and(|a| a < slo)
+            {
                 Health::Bad
             } else if breaker == Some(Circuit::HalfOpen)
                 || overdue_keys.is_some_and(|n| n > 0)
