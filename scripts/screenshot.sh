@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
-# Screenshots of every dashboard view against a real sidecar, for docs/img/ and the README.
-# Starts a sidecar (release build) on free ports with a throwaway data directory, drives traffic
-# with the AWS CLI (encrypt/decrypt, a garbage ciphertext, a bad credential, a principal a key policy
-# denies, a principal over its rate limit, a key that must rotate but does not), then runs the
-# dashboard under xvfb-run once per view with --screenshot. Needs: xvfb-run, aws, python3.
+# Screenshots of every dashboard view after a replayed incident (issue 16), for docs/img/ and the
+# README. The dashboard is started only *after* the incident, so the pictures show what it learns
+# from the sidecars' /v1/history and from Prometheus, as an SRE opening it on call would see it.
+#
+# Timeline (about 9 minutes): two sidecars (A and B) on free ports with throwaway data directories,
+# a Prometheus scraping both every 2 s, light background traffic through the AWS CLI on both (a
+# garbage ciphertext, a bad credential, a principal the key policy denies, a key that must rotate
+# but does not); after BEFORE_SECS, principal "batch" sends RATE calls/s to A for INCIDENT_SECS
+# (kms-loadtest) against its LIMIT calls/s, with half the backend calls failing (fault injection)
+# for FAULT_SECS in the middle; then AFTER_SECS of calm (the 5 min window then holds both calm
+# and incident, and the data covers the whole window). Then one screenshot per view of A
+# (5 min window), a fleet view of A and B, the unreachable-source banner, and the fleet read
+# through Prometheus. Needs: xvfb-run, aws, python3, prometheus (optional: no prometheus.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/img}
+RATE=${RATE:-450}
+LIMIT=${LIMIT:-400}
+BEFORE_SECS=${BEFORE_SECS:-200}
+INCIDENT_SECS=${INCIDENT_SECS:-120}
+FAULT_SECS=${FAULT_SECS:-20}
+AFTER_SECS=${AFTER_SECS:-20}
 mkdir -p "$OUT"
 
-# NO_BUILD=1 reuses the binaries already in target/release.
+# NO_BUILD=1 reuses the binaries already in $BIN (default target/release).
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 if [[ -z "${NO_BUILD:-}" ]]; then
-  cargo build --release -p kms-sidecar -p kms-dashboard
+  cargo build --release -p kms-sidecar -p kms-dashboard -p kms-loadtest
 fi
-BIN=target/release
 
 work=$(mktemp -d)
 pids=()
@@ -25,76 +39,125 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-KMS_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
-# "batch" may make 2 calls/s; keys without rotation count as overdue (--rotation-required).
-printf '[rate_limit_principals]\nbatch = 2.0\n' >"$work/sidecar.toml"
-"$BIN/kms-sidecar" --data-dir "$work/data" --listen "127.0.0.1:$KMS_PORT" \
-  --admin-listen "127.0.0.1:$ADMIN_PORT" --config "$work/sidecar.toml" --rotation-required true \
-  >"$work/sidecar.out" 2>"$work/sidecar.err" &
-pids+=($!)
-for _ in $(seq 100); do grep -q '^kms-sidecar: listening' "$work/sidecar.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^kms-sidecar: listening' "$work/sidecar.out" || { cat "$work/sidecar.err"; exit 1; }
 
-export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION=us-east-1 AWS_PAGER="" AWS_MAX_ATTEMPTS=1
-AWS_ACCESS_KEY_ID=$(sed -n 's/^  AWS_ACCESS_KEY_ID=//p' "$work/sidecar.out" | head -1)
-AWS_SECRET_ACCESS_KEY=$(sed -n 's/^  AWS_SECRET_ACCESS_KEY=//p' "$work/sidecar.out" | head -1)
-E=(--endpoint-url "http://127.0.0.1:$KMS_PORT")
-KEY=$(aws kms create-key "${E[@]}" --query KeyMetadata.KeyId --output text)
-aws kms create-alias "${E[@]}" --alias-name alias/orders --target-key-id "$KEY"
-aws kms enable-key-rotation "${E[@]}" --key-id alias/orders
-# a key left without rotation: non-compliant under --rotation-required
-LEGACY=$(aws kms create-key "${E[@]}" --description legacy --query KeyMetadata.KeyId --output text)
-aws kms create-alias "${E[@]}" --alias-name alias/legacy --target-key-id "$LEGACY"
-# two more principals: mallory (not in the key policy) and batch (over its 2 calls/s)
-"$BIN/kms-sidecar" --data-dir "$work/data" clients add mallory >"$work/mallory.out"
-"$BIN/kms-sidecar" --data-dir "$work/data" clients add batch >"$work/batch.out"
-as() { # as PRINCIPAL aws ...
-  local f="$work/$1.out"
-  shift
-  AWS_ACCESS_KEY_ID=$(sed -n 's/^  AWS_ACCESS_KEY_ID=//p' "$f" | head -1) \
-    AWS_SECRET_ACCESS_KEY=$(sed -n 's/^  AWS_SECRET_ACCESS_KEY=//p' "$f" | head -1) "$@"
+# start_sidecar NAME: a sidecar with fault injection; "batch" may make $LIMIT calls/s; keys
+# without rotation count as overdue (--rotation-required).
+start_sidecar() {
+  local name=$1 kms admin
+  kms=$(free_port)
+  admin=$(free_port)
+  printf '[rate_limit_principals]\nbatch = %s\n' "$LIMIT" >"$work/$name.toml"
+  "$BIN/kms-sidecar" --data-dir "$work/$name" --listen "127.0.0.1:$kms" \
+    --admin-listen "127.0.0.1:$admin" --config "$work/$name.toml" --rotation-required true \
+    --faults-enabled --breaker-cool-down-secs 5 \
+    >"$work/$name.out" 2>"$work/$name.err" &
+  pids+=($!)
+  for _ in $(seq 100); do grep -q '^kms-sidecar: listening' "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q '^kms-sidecar: listening' "$work/$name.out" || { cat "$work/$name.err"; exit 1; }
+  eval "${name}_KMS=http://127.0.0.1:$kms ${name}_ADMIN=http://127.0.0.1:$admin"
 }
-sleep 1.5 # the running sidecar loads new clients within a second
+start_sidecar A
+start_sidecar B
 
-# Background traffic for the whole run, so every scrape sees new calls.
+if command -v prometheus >/dev/null 2>&1; then
+  PROM_PORT=$(free_port)
+  cat >"$work/prometheus.yml" <<YAML
+global: { scrape_interval: 2s }
+scrape_configs:
+  - job_name: kms-sidecar
+    static_configs: [{ targets: ["${A_ADMIN#http://}", "${B_ADMIN#http://}"] }]
+YAML
+  prometheus --config.file "$work/prometheus.yml" --storage.tsdb.path "$work/prom" \
+    --web.listen-address "127.0.0.1:$PROM_PORT" >"$work/prom.log" 2>&1 &
+  pids+=($!)
+fi
+
+export AWS_DEFAULT_REGION=us-east-1 AWS_PAGER="" AWS_MAX_ATTEMPTS=1
+key_of() { sed -n "s/^  $2=//p" "$work/$1.out" | head -1; }
+# as NAME-FILE aws ...: the AWS CLI with the credentials printed in $work/NAME-FILE.out
+as() {
+  local f=$1
+  shift
+  AWS_ACCESS_KEY_ID=$(key_of "$f" AWS_ACCESS_KEY_ID) AWS_SECRET_ACCESS_KEY=$(key_of "$f" AWS_SECRET_ACCESS_KEY) "$@"
+}
+setup() { # setup NAME: keys, aliases and two more principals (mallory, batch)
+  local name=$1 url_var="${1}_KMS" key legacy
+  local E=(--endpoint-url "${!url_var}")
+  key=$(as "$name" aws kms create-key "${E[@]}" --query KeyMetadata.KeyId --output text)
+  as "$name" aws kms create-alias "${E[@]}" --alias-name alias/orders --target-key-id "$key"
+  as "$name" aws kms enable-key-rotation "${E[@]}" --key-id alias/orders
+  legacy=$(as "$name" aws kms create-key "${E[@]}" --description legacy --query KeyMetadata.KeyId --output text)
+  as "$name" aws kms create-alias "${E[@]}" --alias-name alias/legacy --target-key-id "$legacy"
+  "$BIN/kms-sidecar" --data-dir "$work/$name" clients add mallory >"$work/$name-mallory.out"
+  "$BIN/kms-sidecar" --data-dir "$work/$name" clients add batch >"$work/$name-batch.out"
+  # the batch job's key: its policy lets every principal of the sidecar use it
+  as "$name" aws kms create-key "${E[@]}" --description batch --query KeyMetadata.KeyId --output text \
+    --policy '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}]}' \
+    >"$work/$name-batch.key"
+}
+setup A
+setup B
+sleep 1.5 # the running sidecars load new clients within a second
+
+# Background traffic for the whole run: ok calls and the client errors the views show.
 traffic() {
-  local i=0
+  local name=$1 url_var="${1}_KMS" i=0
+  local E=(--endpoint-url "${!url_var}")
   while :; do
-    blob=$(aws kms encrypt "${E[@]}" --key-id alias/orders --plaintext fileb://<(printf 'hello %s' "$i") \
-      --query CiphertextBlob --output text)
-    aws kms decrypt "${E[@]}" --ciphertext-blob fileb://<(printf '%s' "$blob" | base64 -d) >/dev/null
-    aws kms generate-data-key "${E[@]}" --key-id alias/orders --key-spec AES_256 >/dev/null
+    # calls fail while faults are injected: keep going
+    blob=$(as "$name" aws kms encrypt "${E[@]}" --key-id alias/orders --plaintext fileb://<(printf 'hello %s' "$i") \
+      --query CiphertextBlob --output text 2>/dev/null) || { i=$((i + 1)); continue; }
+    as "$name" aws kms decrypt "${E[@]}" --ciphertext-blob fileb://<(printf '%s' "$blob" | base64 -d) >/dev/null 2>&1 || true
     if (( i % 3 == 0 )); then
-      # garbage ciphertext: InvalidCiphertextException (a client error)
-      aws kms decrypt "${E[@]}" --ciphertext-blob fileb://<(head -c 64 /dev/urandom) >/dev/null 2>&1 || true
-      # unknown access key: rejected as unauthenticated
-      AWS_ACCESS_KEY_ID=AKSCNOTAREALKEY000 aws kms list-keys "${E[@]}" >/dev/null 2>&1 || true
-      # a principal the key policy does not name: AccessDeniedException (policy_denied)
-      as mallory aws kms encrypt "${E[@]}" --key-id alias/orders --plaintext fileb://<(printf x) >/dev/null 2>&1 || true
-      # a burst over batch's 2 calls/s: ThrottlingException
-      for _ in 1 2 3 4 5; do
-        as batch aws kms generate-random "${E[@]}" --number-of-bytes 16 >/dev/null 2>&1 &
-      done
-      wait
+      as "$name" aws kms decrypt "${E[@]}" --ciphertext-blob fileb://<(head -c 64 /dev/urandom) >/dev/null 2>&1 || true
+      AWS_ACCESS_KEY_ID=AKSCNOTAREALKEY000 AWS_SECRET_ACCESS_KEY=x aws kms list-keys "${E[@]}" >/dev/null 2>&1 || true
+      as "$name-mallory" aws kms encrypt "${E[@]}" --key-id alias/orders --plaintext fileb://<(printf x) >/dev/null 2>&1 || true
     fi
     i=$((i + 1))
   done
 }
-traffic &
+traffic A &
 pids+=($!)
-sleep 5
+traffic B &
+pids+=($!)
 
-ADMIN="http://127.0.0.1:$ADMIN_PORT"
-for view in overview latency throttling unauthorized rotation cache-backend; do
-  xvfb-run -a -s "-screen 0 1400x1000x24" \
-    "$BIN/kms-dashboard" --sidecar "$ADMIN" --view "$view" --refresh-secs 1 --window-minutes 5 \
-    --size 1280x960 --screenshot "$OUT/$view.png" --screenshot-scrapes 15
+echo "screenshot.sh: calm for ${BEFORE_SECS}s" >&2
+sleep "$BEFORE_SECS"
+echo "screenshot.sh: incident: batch at ${RATE}/s against ${LIMIT}/s for ${INCIDENT_SECS}s" >&2
+as A-batch "$BIN/kms-loadtest" run --target "$A_KMS" --admin-url "$A_ADMIN" \
+  --access-key-id "$(key_of A-batch AWS_ACCESS_KEY_ID)" --secret-access-key "$(key_of A-batch AWS_SECRET_ACCESS_KEY)" \
+  --rate "$RATE" --duration-secs "$INCIDENT_SECS" --warmup-secs 0 --mix encrypt=50,decrypt=50 --key-id "$(cat "$work/A-batch.key")" \
+  --connections 16 --no-progress --setup-max-attempts 3 >"$work/loadtest.out" 2>&1 &
+load=$!
+sleep $(( (INCIDENT_SECS - FAULT_SECS) / 2 ))
+echo "screenshot.sh: half the backend calls fail for ${FAULT_SECS}s" >&2
+curl -sf -X PUT "$A_ADMIN/v1/faults" -d '{"error_rate": 0.5}' >/dev/null
+sleep "$FAULT_SECS"
+curl -sf -X DELETE "$A_ADMIN/v1/faults" >/dev/null
+wait "$load" || { echo "kms-loadtest failed:" >&2; tail -20 "$work/loadtest.out" >&2; }
+echo "screenshot.sh: calm for ${AFTER_SECS}s" >&2
+sleep "$AFTER_SECS"
+
+shot() { # shot FILE ARGS...: one dashboard window, saved once it has 3 good scrapes
+  local file=$1
+  shift
+  xvfb-run -a -s "-screen 0 1400x1100x24" \
+    "$BIN/kms-dashboard" "$@" --refresh-secs 1 --window-minutes 5 \
+    --size 1280x1040 --screenshot "$OUT/$file" --screenshot-scrapes 3
+}
+# the views that show the incident's time series first: it leaves the 5 min window after 3 min
+for view in overview throttling; do
+  shot "$view.png" --sidecar "$A_ADMIN" --view "$view"
 done
-
+shot fleet.png --sidecar "$A_ADMIN" --sidecar "$B_ADMIN"
+if [[ -n "${PROM_PORT:-}" ]]; then
+  shot prometheus.png --prometheus "http://127.0.0.1:$PROM_PORT"
+fi
+for view in cache-backend latency unauthorized rotation; do
+  shot "$view.png" --sidecar "$A_ADMIN" --view "$view"
+done
 # The unreachable-source banner: a port nobody listens on.
-DEAD=$(free_port)
-xvfb-run -a -s "-screen 0 1400x1000x24" \
-  "$BIN/kms-dashboard" --sidecar "$ADMIN" --sidecar "http://127.0.0.1:$DEAD" --refresh-secs 1 \
-  --window-minutes 5 --size 1280x960 --screenshot "$OUT/unreachable.png" --screenshot-scrapes 3
+shot unreachable.png --sidecar "$A_ADMIN" --sidecar "http://127.0.0.1:$(free_port)"
+grep -E '^(sent|ok|throttled|errors)|ThrottlingException|Throttl' "$work/loadtest.out" | head -5 >&2 || true
+curl -s "$A_ADMIN/metrics" | grep -E '^kms_sidecar_(throttled_total|circuit_transitions_total)' >&2 || true
 ls -l "$OUT"

@@ -50,7 +50,11 @@ pub struct DashboardApp {
     settings: Settings,
     refresh_secs: f64,
     description: String,
-    cached: Option<(u64, Settings, f64, Derived)>,
+    cached: Option<(u64, Settings, f64, Option<String>, Derived)>,
+    /// One row per sidecar when there are several (the fleet table).
+    fleet: Vec<crate::model::fleet::FleetRow>,
+    /// The sidecar every view is scoped to (clicked in the fleet table); `None`: the whole fleet.
+    pub scope: Option<String>,
     sources: Vec<(String, SourceHealth)>,
     /// Set when the window should save a screenshot and close.
     pub screenshot: Option<ScreenshotPlan>,
@@ -75,6 +79,8 @@ impl DashboardApp {
             refresh_secs,
             description,
             cached: None,
+            fleet: Vec::new(),
+            scope: None,
             sources: Vec::new(),
             screenshot: None,
             last_derive_secs: 0.0,
@@ -85,16 +91,29 @@ impl DashboardApp {
     fn derived(&mut self, now: f64) -> Derived {
         let model = self.shared.model();
         let fresh = match &self.cached {
-            Some((v, s, t, _)) => {
-                *v == model.version && *s == self.settings && now >= *t && now - *t < 1.0
+            Some((v, s, t, scope, _)) => {
+                *v == model.version
+                    && *s == self.settings
+                    && now >= *t
+                    && now - *t < 1.0
+                    && *scope == self.scope
             }
             None => false,
         };
         if !fresh {
             let started = std::time::Instant::now();
-            let d = Derived::compute(&model, self.settings, now);
+            let scoped = self.scope.as_deref().and_then(|s| model.scoped(s));
+            if scoped.is_none() {
+                self.scope = None;
+            }
+            let d = Derived::compute(scoped.as_ref().unwrap_or(&model), self.settings, now);
+            self.fleet = if model.per_source.len() > 1 {
+                crate::model::fleet::rows(&model, self.settings.window_secs, self.settings.slo, now)
+            } else {
+                Vec::new()
+            };
             self.last_derive_secs = started.elapsed().as_secs_f64();
-            self.cached = Some((model.version, self.settings, now, d));
+            self.cached = Some((model.version, self.settings, now, self.scope.clone(), d));
             self.sources = model
                 .sources
                 .iter()
@@ -103,7 +122,7 @@ impl DashboardApp {
         }
         drop(model);
         match &self.cached {
-            Some((_, _, _, d)) => d.clone(),
+            Some((_, _, _, _, d)) => d.clone(),
             None => Derived::compute(&crate::model::Model::default(), self.settings, now),
         }
     }
@@ -164,6 +183,20 @@ impl DashboardApp {
                         && !self.sources.is_empty()
                     {
                         ui.label(RichText::new("Waiting for the first scrape…").weak());
+                    }
+                    if !self.fleet.is_empty() {
+                        let window = self.settings.window_secs;
+                        match crate::views::fleet::show(
+                            ui,
+                            &self.fleet,
+                            self.scope.as_deref(),
+                            window,
+                        ) {
+                            Some(crate::views::fleet::Click::Scope(s)) => self.scope = Some(s),
+                            Some(crate::views::fleet::Click::Fleet) => self.scope = None,
+                            None => {}
+                        }
+                        ui.separator();
                     }
                     self.view.show(ui, &d);
                     ui.add_space(12.0);

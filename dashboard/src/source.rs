@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ureq::http::HeaderValue;
 use ureq::http::header::AUTHORIZATION;
 
+use crate::model::backfill::HistoryDoc;
 use crate::model::prom::{self, Kind, Labels, Sample};
 use crate::model::status::{AuditPage, AuditRecord, Status};
 use crate::model::{Endpoint, Model, ModelConfig};
@@ -193,6 +194,44 @@ pub fn apply_sidecar(model: &mut Model, source: &str, t: f64, scrape: SidecarScr
     }
 }
 
+/// Reads `/v1/history?since=T` of one sidecar: its samples and events after `T` (all of them with
+/// `T` = 0). A 404 is an older sidecar without one.
+pub fn fetch_history(agent: &ureq::Agent, base: &str, since: f64) -> Endpoint<HistoryDoc> {
+    let base = base.trim_end_matches('/');
+    endpoint(agent, &format!("{base}/v1/history?since={since}"), |b| {
+        serde_json::from_str::<HistoryDoc>(b).map_err(|e| e.to_string())
+    })
+}
+
+/// Merges a history answer into the model (before that round's scrape, so the scrape comes
+/// after it in time) and returns the time to ask from next round.
+pub fn apply_history(
+    model: &mut Model,
+    source: &str,
+    since: f64,
+    history: Endpoint<HistoryDoc>,
+) -> f64 {
+    let (state, next) = match history {
+        Endpoint::Ok(doc) => {
+            let added = model.backfill(source, &doc);
+            // a little overlap: a rotation is logged at its version's creation time, found up to
+            // one sample later; repeated samples and events are skipped by the merge
+            let next = doc.times.last().map_or(since, |t| (t - 30.0).max(since));
+            (Endpoint::Ok(added), next)
+        }
+        Endpoint::Failed(e) => (Endpoint::Failed(e), since),
+        other => (
+            match other {
+                Endpoint::NotServed => Endpoint::NotServed,
+                _ => Endpoint::Unknown,
+            },
+            since,
+        ),
+    };
+    model.history.insert(source.to_string(), state);
+    next
+}
+
 #[derive(serde::Deserialize)]
 struct PromResponse {
     status: String,
@@ -357,8 +396,17 @@ pub fn spawn(
                 let (url, shared, repaint) = (url.clone(), shared.clone(), repaint.clone());
                 let agent = agent_with_token(Duration::from_secs(3), admin_token);
                 std::thread::spawn(move || {
+                    // history first (the hours before the dashboard opened), then newer
+                    // samples and events each round; a sidecar without /v1/history is not asked again
+                    let mut since = 0.0;
+                    let mut history = true;
                     while !shared.stop.load(Ordering::Relaxed) {
                         let started = Instant::now();
+                        if history {
+                            let answer = fetch_history(&agent, &url, since);
+                            history = !matches!(answer, Endpoint::NotServed);
+                            since = apply_history(&mut shared.model(), &url, since, answer);
+                        }
                         let scrape = scrape_sidecar(&agent, &url);
                         let t = unix_now();
                         apply_sidecar(&mut shared.model(), &url, t, scrape);

@@ -38,7 +38,7 @@ fn harness_at(model: Model, now: f64) -> Harness<'static, DashboardApp> {
 }
 
 fn fixture_model() -> Model {
-    fixture::model(12, 1800.0, 10.0)
+    fixture::model(12, 7200.0, 10.0)
 }
 
 fn open(h: &mut Harness<'static, DashboardApp>, view: View) {
@@ -75,8 +75,11 @@ fn overview_shows_slo_tiles_and_breaker() {
     let h = harness(fixture_model());
     h.get_by_role_and_label(Role::Label, "Overview");
     h.get_by_label("Availability (1 h)");
-    h.get_by_label("Error budget left");
-    h.get_by_label("Burn rate 5m / 1h / 6h");
+    h.get_by_label("Error budget spent (1 h)");
+    h.get_by_label("of the 30-day SLO period's budget");
+    h.get_by_label("Burn rate (5m)");
+    h.get_by_label("Burn rate (1h)");
+    h.get_by_label("Burn rate (6h)");
     h.get_by_label("Breaker: embedded");
     h.get_by_label("closed");
     h.get_by_label("SLO 99.90 %");

@@ -2,6 +2,8 @@
 //! `/v1/audit`, and `/v1/faults` when fault injection is enabled (schemas in `docs/admin-api.md`).
 //! It reads the sidecar's state and never returns key material; `/v1/faults` is its only write.
 
+mod history;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -297,11 +299,23 @@ async fn faults(app: &Admin, req: Request<Incoming>) -> (StatusCode, &'static st
                 Ok(spec) => spec,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
             };
+            let detail = serde_json::to_string(&spec).unwrap_or_default();
             if let Err(e) = faults.set(spec) {
                 return error(StatusCode::BAD_REQUEST, e.to_string());
             }
+            app.core
+                .metrics()
+                .history
+                .events()
+                .record(crate::observe::history::EventKind::FaultsOn, detail);
         }
-        Method::DELETE => faults.clear(),
+        Method::DELETE => {
+            faults.clear();
+            app.core.metrics().history.events().record(
+                crate::observe::history::EventKind::FaultsOff,
+                "fault injection cleared",
+            );
+        }
         _ => {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -444,6 +458,7 @@ pub async fn handle(app: Arc<Admin>, req: Request<Incoming>) -> Response<Body> {
                 ),
             }
         }
+        (&Method::GET, "/v1/history") => history::get(&app, req.uri().query()),
         (&Method::GET, "/v1/keys") => {
             let index = app.core.keys().snapshot();
             json(

@@ -18,6 +18,19 @@ fn m(name: &str) -> String {
     format!("{P}{name}")
 }
 
+/// The burn-rate windows shown, as in the alert rules' page conditions.
+pub const BURN_WINDOWS: [f64; 3] = [300.0, 3600.0, 6.0 * 3600.0];
+
+/// One event on the charts: `x` in seconds relative to now (negative).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventMarker {
+    pub x: f64,
+    pub time: f64,
+    pub kind: String,
+    pub detail: String,
+    pub source: String,
+}
+
 /// What the user chose.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Settings {
@@ -51,9 +64,19 @@ pub struct Derived {
     pub request_rate: Option<f64>,
     pub bad_requests: Option<f64>,
     pub availability: Option<f64>,
-    pub budget_left: Option<f64>,
-    /// Burn rates over 5 min, 1 h, 6 h.
+    /// Share of the 30-day error budget ([`sli::SLO_PERIOD_SECS`]) this window spent.
+    pub budget_spent: Option<f64>,
+    /// Burn rates over 5 min, 1 h, 6 h, as the alert rules' recording rules define them; `None`
+    /// when there is no traffic or when the data is shorter than that window ([`BURN_WINDOWS`]).
     pub burn: [Option<f64>; 3],
+    /// Seconds of data available (from the oldest point to now), `None` before any data.
+    pub data_secs: Option<f64>,
+    /// The selected window is longer than the data: windowed figures read "n/a".
+    pub short: bool,
+    /// The same for each of [`BURN_WINDOWS`].
+    pub burn_short: [bool; 3],
+    /// Events (breaker, rotation, faults, reload, start) in the window, oldest first.
+    pub events: Vec<EventMarker>,
     pub slo_health: Health,
     pub p95: Option<f64>,
     pub p95_health: Health,
@@ -125,17 +148,7 @@ fn ratio(part: f64, all: f64) -> Option<f64> {
     (all > 0.0).then(|| part / all)
 }
 
-fn class_of(outcome: &str) -> &'static str {
-    if outcome == "ok" {
-        "ok"
-    } else if sli::is_bad(outcome) {
-        "server error"
-    } else if outcome == "ThrottlingException" {
-        "throttled"
-    } else {
-        "client error"
-    }
-}
+use super::palette::outcome_class as class_of;
 
 impl Derived {
     /// Computes every view's numbers at `now`.
@@ -145,6 +158,11 @@ impl Derived {
         let step = model.interval_secs.max(w / 150.0);
         // rates divide by the time the data actually covers, not by a window it has not filled
         let covered = model.first_time().map_or(w, |t0| (now - t0).clamp(1.0, w));
+        let data_secs = model.first_time().map(|t0| (now - t0).max(0.0));
+        // A window is available when the data reaches back to its start (one scrape of slack,
+        // since the oldest point is a scrape, not the window's first second).
+        let slack = 2.0 * model.interval_secs.max(1.0);
+        let fits = |window: f64| data_secs.is_some_and(|d| d + slack >= window);
         let slo = settings.slo;
 
         // --- requests, availability, burn
@@ -171,12 +189,41 @@ impl Derived {
         let bad = bad_in(from);
         let requests = has_req.then_some(total);
         let availability = sli::availability(total, bad);
-        let budget_left = availability.and_then(|a| sli::budget_left(a, slo));
-        let burn = [300.0, 3600.0, 6.0 * 3600.0].map(|bw| {
+        let burn = BURN_WINDOWS.map(|bw| {
+            if !fits(bw) {
+                return None;
+            }
             let o = model.increase_by(&req, &[], &["outcome"], now - bw, now);
             let t: f64 = o.values().sum();
             sli::burn_rate(t, bad_in(now - bw), slo)
         });
+        let budget_spent = sli::burn_rate(total, bad, slo)
+            .filter(|_| fits(w))
+            .map(|b| sli::budget_spent(b, w));
+        let mut events: Vec<EventMarker> = model
+            .events_in(from, now)
+            .into_iter()
+            .map(|(source, e)| EventMarker {
+                x: e.time - now,
+                time: e.time,
+                kind: e.kind,
+                detail: e.detail,
+                source,
+            })
+            .collect();
+        if model.events.values().all(Vec::is_empty) {
+            // Prometheus keeps no event log: breaker transitions and rotations from counters
+            events = super::backfill::events_from_counters(model, from, now)
+                .into_iter()
+                .map(|e| EventMarker {
+                    x: e.time - now,
+                    time: e.time,
+                    kind: e.kind,
+                    detail: e.detail,
+                    source: String::new(),
+                })
+                .collect();
+        }
         let mut class_lines: BTreeMap<&str, Line> = BTreeMap::new();
         for l in model.rate_lines(&req, &[], &["outcome"], from, now, step) {
             let c = class_of(&l.name);
@@ -433,9 +480,13 @@ impl Derived {
             request_rate: requests.map(|r| r / covered),
             bad_requests: has_req.then_some(bad),
             availability,
-            budget_left,
+            budget_spent,
             burn,
-            slo_health: sli::slo_health(budget_left, burn),
+            data_secs,
+            short: data_secs.is_some() && !fits(w),
+            burn_short: BURN_WINDOWS.map(|bw| data_secs.is_some() && !fits(bw)),
+            events,
+            slo_health: sli::slo_health(budget_spent, burn),
             p95,
             p95_health,
             cache_hit_ratio,
@@ -505,6 +556,24 @@ impl Derived {
         }
     }
 
+    /// The text for a windowed figure: `text`, or "n/a (12 min of data)" when the window is
+    /// longer than the data.
+    pub fn windowed(&self, text: String) -> String {
+        match self.data_secs {
+            Some(d) if self.short => na(d),
+            _ => text,
+        }
+    }
+
+    /// Text for burn rate `i` of [`BURN_WINDOWS`].
+    pub fn burn_text(&self, i: usize) -> String {
+        match (self.burn.get(i).copied().flatten(), self.data_secs) {
+            (Some(b), _) => format!("{b:.2}"),
+            (None, Some(d)) if self.burn_short.get(i).copied().unwrap_or(false) => na(d),
+            _ => "no data yet".into(),
+        }
+    }
+
     /// Backends for the Overview breaker list.
     pub fn breakers(&self) -> impl Iterator<Item = (&str, Option<Circuit>)> {
         self.backends
@@ -513,6 +582,21 @@ impl Derived {
     }
 }
 
+/// "n/a (12 min of data)".
+pub fn na(data_secs: f64) -> String {
+    if data_secs < 90.0 {
+        format!("n/a ({data_secs:.0} s of data)")
+    } else if data_secs < 5400.0 {
+        format!("n/a ({:.0} min of data)", data_secs / 60.0)
+    } else {
+        format!("n/a ({:.1} h of data)", data_secs / 3600.0)
+    }
+}
+
 #[cfg(test)]
 #[path = "derive_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "burn_tests.rs"]
+mod burn_tests;

@@ -39,21 +39,29 @@ fn availability_budget_and_burn_over_windows() {
     assert_eq!(d.requests, Some(10_000.0));
     assert_eq!(d.bad_requests, Some(10.0));
     assert!((d.availability.unwrap() - 0.999).abs() < 1e-12);
-    // error ratio 0.001 against an allowed 0.01: budget 90 % left, burn 0.1
-    assert!((d.budget_left.unwrap() - 0.9).abs() < 1e-9);
-    for b in d.burn {
-        assert!((b.unwrap() - 0.1).abs() < 1e-9, "{b:?}");
-    }
+    // error ratio 0.001 against an allowed 0.01: burn 0.1; 10 minutes of it spend
+    // 0.1 * 600 s / 30 days of the period's budget
+    assert!((d.budget_spent.unwrap() - 0.1 * 600.0 / (30.0 * 86_400.0)).abs() < 1e-15);
+    assert!((d.burn[0].unwrap() - 0.1).abs() < 1e-9, "{:?}", d.burn);
+    // 10 minutes of data: the 1 h and 6 h burn rates are not computed over less
+    assert_eq!((d.burn[1], d.burn[2]), (None, None));
+    assert_eq!(d.burn_short, [false, true, true]);
+    assert_eq!(d.burn_text(1), "n/a (10 min of data)");
+    assert!(!d.short);
     assert_eq!(d.slo_health, Health::Good);
     assert!((d.request_rate.unwrap() - 10_000.0 / 600.0).abs() < 1e-9);
     assert_eq!(d.outcomes["InvalidCiphertextException"], 10.0);
     // a 1 h window over 10 minutes of data: the rate is per second of data, not of window
     let d = Derived::compute(&m, settings(3600.0, 0.99), 600.0);
     assert!((d.request_rate.unwrap() - 10_000.0 / 600.0).abs() < 1e-9);
-    // at 99.9 % the same traffic spends exactly the budget: red
+    // ... and every windowed figure of a 1 h window says it has only 10 minutes
+    assert!(d.short);
+    assert_eq!(d.windowed("99 %".into()), "n/a (10 min of data)");
+    assert_eq!(d.budget_spent, None);
     let d = Derived::compute(&m, settings(600.0, 0.999), 600.0);
-    assert!(d.budget_left.unwrap().abs() < 1e-9);
-    assert_eq!(d.slo_health, Health::Bad);
+    // at 99.9 % the same traffic burns exactly 1: the budget lasts the period, not yet amber
+    assert!((d.burn[0].unwrap() - 1.0).abs() < 1e-9);
+    assert_eq!(d.slo_health, Health::Good);
 }
 
 #[test]
@@ -68,8 +76,10 @@ fn burn_rate_windows_see_different_traffic() {
     assert!((d.burn[0].unwrap() - 100.0).abs() < 1e-6);
     // 1 h: 300 / 39 000
     assert!((d.burn[1].unwrap() - 300.0 / 39_000.0 / 0.001).abs() < 1e-6);
-    assert_eq!(d.burn[1], d.burn[2]);
-    assert_eq!(d.slo_health, Health::Bad);
+    assert_eq!(d.burn[2], None, "an hour of data has no 6 h burn rate");
+    assert_eq!(d.burn_text(2), "n/a (60 min of data)");
+    // a 5 m burn of 100 with a 1 h burn under 14.4 does not page (the rules need both): amber
+    assert_eq!(d.slo_health, Health::Warn);
 }
 
 #[test]
@@ -240,4 +250,58 @@ fn figures_per_front_end_with_unlabelled_series_as_aws_json() {
     // a window before any traffic has no rows at all
     let d = Derived::compute(&m, settings(300.0, 0.999), 0.0);
     assert!(d.frontends.is_empty());
+}
+
+#[test]
+fn headroom_per_scope_and_principal_from_the_first_frame() {
+    // The issue's incident: 450 calls/s from `batch` against a 400/s default principal limit.
+    // It gets 400/s through and 50/s refused; `alice` has a limit of her own and is not refused.
+    let mut m = Model::new(ModelConfig::default());
+    let text = |secs: f64| {
+        let ok = 400.0 * secs;
+        let refused = 50.0 * secs;
+        format!(
+            "kms_sidecar_requests_total{{operation=\"Encrypt\",outcome=\"ok\"}} {ok}\n\
+kms_sidecar_requests_total{{operation=\"Encrypt\",outcome=\"ThrottlingException\"}} {refused}\n\
+kms_sidecar_throttled_total{{principal=\"batch\",scope=\"principal\"}} {refused}\n\
+kms_sidecar_throttled_total{{principal=\"alice\",scope=\"principal\"}} 0\n"
+        )
+    };
+    for i in 0..=12 {
+        let t = f64::from(i) * 10.0;
+        m.ingest("s", t, &parse(&text(t)).unwrap());
+    }
+    let limit = |scope: &str, name: &str, rate: f64| status::Limit {
+        scope: scope.into(),
+        name: name.into(),
+        rate_per_second: rate,
+        burst: rate,
+    };
+    m.status.insert(
+        "s".into(),
+        Endpoint::Ok(status::Status {
+            limits: vec![
+                limit("global", "global", 1000.0),
+                limit("principal", "default", 400.0),
+                limit("principal", "alice", 100.0),
+            ],
+            ..Default::default()
+        }),
+    );
+    let d = Derived::compute(&m, settings(120.0, 0.999), 120.0);
+    let row = |name: &str| d.limits.iter().find(|r| r.name == name).unwrap().clone();
+    let global = row("global");
+    assert_eq!((global.observed, global.bound), (Some(450.0), Bound::Exact));
+    assert!((global.headroom.unwrap() - 0.55).abs() < 1e-12);
+    let default = row("default");
+    assert_eq!(default.bound, Bound::AtLeast);
+    assert_eq!(default.principal.as_deref(), Some("batch"));
+    assert_eq!(default.observed, Some(450.0));
+    assert!(
+        (default.headroom.unwrap() + 0.125).abs() < 1e-12,
+        "{default:?}"
+    );
+    // alice is not refused: her rate is at most all calls
+    let alice = row("alice");
+    assert_eq!((alice.observed, alice.bound), (Some(450.0), Bound::AtMost));
 }

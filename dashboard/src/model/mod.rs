@@ -2,9 +2,12 @@
 //! parsing scrapes, histories, rates, quantiles, SLI maths, rotation compliance, and the
 //! per-view numbers derived from them. Time is always passed in; nothing here reads a clock.
 
+pub mod backfill;
 pub mod derive;
+pub mod fleet;
 pub mod frontend;
 pub mod history;
+pub mod palette;
 pub mod prom;
 pub mod quantile;
 pub mod query;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::derive::LimitRow;
+use super::derive::{Bound, LimitRow};
 use super::query::Line;
 use super::status::{self, KeyRotationMetrics};
 use super::store::Model;
@@ -60,25 +60,25 @@ pub(crate) fn hit_ratio_lines(
 
 pub(crate) fn limit_rows(model: &Model, statuses: &[&status::Status], now: f64) -> Vec<LimitRow> {
     let recent = 60.0_f64.max(2.0 * model.interval_secs);
+    let per_sec = |inc: Option<f64>| inc.map(|i| i / recent);
+    let all_rate = per_sec(model.total(&m("requests_total"), &[], now - recent, now));
     let observed = |scope: &str, name: &str| -> Option<f64> {
-        let inc = match scope {
-            "global" => model.total(&m("requests_total"), &[], now - recent, now),
-            "key" => model.total(
+        match scope {
+            "global" => all_rate,
+            "key" => per_sec(model.total(
                 &m("key_operations_total"),
                 &[("key", name)],
                 now - recent,
                 now,
-            ),
-            "backend" => model.total(
+            )),
+            "backend" => per_sec(model.total(
                 &m("backend_requests_total"),
                 &[("backend", name)],
                 now - recent,
                 now,
-            ),
-            // no metric counts requests per principal
+            )),
             _ => None,
-        };
-        inc.map(|i| i / recent)
+        }
     };
     let mut rows: Vec<LimitRow> = Vec::new();
     let mut from_status: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
@@ -91,32 +91,66 @@ pub(crate) fn limit_rows(model: &Model, statuses: &[&status::Status], now: f64) 
             e.1 += l.burst;
         }
     }
+    let row = |scope: &str, name: &str, rate: f64, burst: Option<f64>| LimitRow {
+        scope: scope.to_string(),
+        name: name.to_string(),
+        rate_per_second: rate,
+        burst,
+        observed: None,
+        headroom: None,
+        bound: Bound::Exact,
+        principal: None,
+    };
     if from_status.is_empty() {
-        for (k, v) in model.gauge_by(&m("rate_limit_per_second"), &[], &["scope", "principal"]) {
+        for (k, v) in model.gauge_by(&m("rate_limit_per_second"), &[], &["scope", "name"]) {
             let (scope, name) = k.split_once(" / ").unwrap_or((&k, "-"));
-            rows.push(LimitRow {
-                scope: scope.to_string(),
-                name: name.to_string(),
-                rate_per_second: v,
-                burst: None,
-                observed: None,
-                headroom: None,
-            });
+            rows.push(row(scope, name, v, None));
         }
     } else {
         for ((scope, name), (rate, burst)) in from_status {
-            rows.push(LimitRow {
-                scope,
-                name,
-                rate_per_second: rate,
-                burst: Some(burst),
-                observed: None,
-                headroom: None,
-            });
+            rows.push(row(&scope, &name, rate, Some(burst)));
         }
     }
+    // Principals: refusals per principal over the last minute. A principal limit of its own is
+    // its name; `default` (and `other` in the gauge) is the limit of every other principal, so its
+    // row shows the most throttled of those.
+    let refused = model.increase_by(
+        &m("throttled_total"),
+        &[("scope", "principal")],
+        &["principal"],
+        now - recent,
+        now,
+    );
+    let named: Vec<String> = rows
+        .iter()
+        .filter(|r| r.scope == "principal")
+        .map(|r| r.name.clone())
+        .collect();
     for r in &mut rows {
         r.observed = observed(&r.scope, &r.name);
+        if r.scope == "principal" {
+            let own = if r.name == "default" || r.name == "other" {
+                refused
+                    .iter()
+                    .filter(|(p, _)| !named.contains(p) || *p == "other")
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(p, n)| (p.clone(), *n))
+            } else {
+                refused.get(&r.name).map(|n| (r.name.clone(), *n))
+            };
+            match own {
+                Some((p, n)) if n > 0.0 => {
+                    // it was held to its limit and asked for the refused calls on top
+                    r.observed = Some(r.rate_per_second + n / recent);
+                    r.bound = Bound::AtLeast;
+                    r.principal = Some(p);
+                }
+                _ => {
+                    r.observed = all_rate;
+                    r.bound = Bound::AtMost;
+                }
+            }
+        }
         r.headroom = r
             .observed
             .filter(|_| r.rate_per_second > 0.0)

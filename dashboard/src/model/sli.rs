@@ -37,10 +37,15 @@ pub fn burn_rate(total: f64, bad: f64, slo: f64) -> Option<f64> {
     (total > 0.0 && allowed > 0.0).then(|| (bad / total) / allowed)
 }
 
-/// Share of the window's error budget still unspent: 1 is untouched, 0 spent, below 0 overspent.
-pub fn budget_left(availability: f64, slo: f64) -> Option<f64> {
-    let allowed = 1.0 - slo;
-    (allowed > 0.0).then(|| 1.0 - (1.0 - availability) / allowed)
+/// The SLO period of the alert rules (`alerts/kms-sidecar.rules.yml`: burn-rate thresholds are
+/// shares of a 30-day budget).
+pub const SLO_PERIOD_SECS: f64 = 30.0 * 86_400.0;
+
+/// Share of the SLO period's error budget spent by a window that burned at `burn` for
+/// `window_secs` (the SRE workbook's arithmetic: 14.4 for an hour is 2 % of 30 days), assuming
+/// the window's traffic is typical of the period.
+pub fn budget_spent(burn: f64, window_secs: f64) -> f64 {
+    burn * window_secs / SLO_PERIOD_SECS
 }
 
 /// Traffic-light state used by every view.
@@ -66,14 +71,14 @@ impl Health {
     }
 }
 
-/// Page when the 1 h burn rate reaches 14.4 (2 % of a 30-day budget in an hour) or the budget is
-/// gone; warn at a 6 h burn of 6 or any window burning faster than 1.
-pub fn slo_health(budget_left: Option<f64>, burns: [Option<f64>; 3]) -> Health {
+/// Page when the 1 h burn rate reaches 14.4 (2 % of a 30-day budget in an hour) or the window
+/// spent the whole 30-day budget; warn at a 6 h burn of 6 or any window burning faster than 1.
+pub fn slo_health(budget_spent: Option<f64>, burns: [Option<f64>; 3]) -> Health {
     let [b5m, b1h, b6h] = burns;
-    if budget_left.is_none() && burns.iter().all(Option::is_none) {
+    if budget_spent.is_none() && burns.iter().all(Option::is_none) {
         return Health::Unknown;
     }
-    if budget_left.is_some_and(|l| l <= 0.0) || b1h.is_some_and(|b| b >= 14.4) {
+    if budget_spent.is_some_and(|l| l >= 1.0) || b1h.is_some_and(|b| b >= 14.4) {
         return Health::Bad;
     }
     if b6h.is_some_and(|b| b >= 6.0) || [b5m, b1h, b6h].iter().flatten().any(|b| *b > 1.0) {
@@ -91,12 +96,11 @@ mod tests {
         // 10 000 calls, 5 bad, SLO 99.9 %: availability 99.95 %, half the budget left, burn 0.5
         let a = availability(10_000.0, 5.0).unwrap();
         assert!((a - 0.9995).abs() < 1e-12);
-        assert!((budget_left(a, 0.999).unwrap() - 0.5).abs() < 1e-9);
         assert!((burn_rate(10_000.0, 5.0, 0.999).unwrap() - 0.5).abs() < 1e-9);
-        // 144 bad of 10 000 at 99.9 %: burn 14.4, budget overspent by 13.4 budgets
+        // 144 bad of 10 000 at 99.9 %: burn 14.4; an hour of it spends 2 % of 30 days' budget
         assert!((burn_rate(10_000.0, 144.0, 0.999).unwrap() - 14.4).abs() < 1e-9);
-        let a = availability(10_000.0, 144.0).unwrap();
-        assert!((budget_left(a, 0.999).unwrap() + 13.4).abs() < 1e-9);
+        assert!((budget_spent(14.4, 3600.0) - 0.02).abs() < 1e-12);
+        assert!((budget_spent(6.0, 6.0 * 3600.0) - 0.05).abs() < 1e-12);
         assert_eq!(availability(0.0, 0.0), None);
         assert_eq!(burn_rate(0.0, 0.0, 0.999), None);
         assert_eq!(burn_rate(10.0, 1.0, 1.0), None);
@@ -128,6 +132,6 @@ mod tests {
             slo_health(Some(0.5), [Some(20.0), Some(14.4), Some(1.0)]),
             Health::Bad
         );
-        assert_eq!(slo_health(Some(-0.1), [Some(0.1); 3]), Health::Bad);
+        assert_eq!(slo_health(Some(1.1), [Some(0.1); 3]), Health::Bad);
     }
 }

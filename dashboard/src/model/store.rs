@@ -89,8 +89,16 @@ pub struct Model {
     pub status: BTreeMap<String, Endpoint<Status>>,
     /// `/v1/audit?outcome=denied` of each source.
     pub denied: BTreeMap<String, Endpoint<Vec<AuditRecord>>>,
+    /// Each source's event log (from `/v1/history`), oldest first.
+    pub events: BTreeMap<String, Vec<super::backfill::Event>>,
+    /// `/v1/history` of each source: whether it was read (a 404 is an older sidecar).
+    pub history: BTreeMap<String, Endpoint<usize>>,
     /// Typical seconds between two points of one source (the plot resolution floor).
     pub interval_secs: f64,
+    /// Each source's own series, for the fleet view and for scoping every view to one sidecar
+    /// (kept by models made with [`Model::new`]; the per-source models keep none themselves).
+    pub per_source: BTreeMap<String, Model>,
+    track_sources: bool,
     /// Bumped on every change, so derived data can be cached.
     pub version: u64,
 }
@@ -101,14 +109,65 @@ impl Model {
         Self {
             cfg,
             interval_secs: 5.0,
+            track_sources: true,
             ..Self::default()
         }
+    }
+
+    /// The model of one source alone, with its admin documents and events: what every view shows
+    /// when the fleet view scopes them to that sidecar. `None` for an unknown source.
+    pub fn scoped(&self, source: &str) -> Option<Model> {
+        let mut m = self.per_source.get(source)?.clone();
+        let pick = |k: &String| k == source;
+        m.sources = self
+            .sources
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.status = self
+            .status
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.denied = self
+            .denied
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.events = self
+            .events
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.history = self
+            .history
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.version = self.version;
+        Some(m)
     }
 
     /// Adds one scrape of `source` taken at `t`. Series new to a source that was scraped
     /// before count from zero; on a source's first scrape, existing totals are history and
     /// only later increases count.
     pub fn ingest(&mut self, source: &str, t: f64, samples: &[Sample]) {
+        if self.track_sources {
+            let cfg = self.cfg.clone();
+            self.per_source
+                .entry(source.to_string())
+                .or_insert_with(|| Model {
+                    cfg,
+                    interval_secs: 5.0,
+                    ..Model::default()
+                })
+                .ingest(source, t, samples);
+        }
         let prev = self.last_ingest.get(source).copied();
         if let Some(p) = prev
             && t > p
@@ -178,6 +237,11 @@ impl Model {
         self.series
             .entry(id.clone())
             .or_insert_with(|| History::new(n, age))
+    }
+
+    /// Time of the last scrape of `source` that was ingested.
+    pub fn last_ingest(&self, source: &str) -> Option<f64> {
+        self.last_ingest.get(source).copied()
     }
 
     /// Records a scrape attempt of `source` at `t`.

@@ -82,6 +82,21 @@ pub struct LimitRow {
     pub observed: Option<f64>,
     /// `1 - observed / limit`.
     pub headroom: Option<f64>,
+    /// How `observed` relates to the true rate (principals have no request counter of their own).
+    pub bound: Bound,
+    /// The principal whose rate this row shows, for a limit shared by several (`default`).
+    pub principal: Option<String>,
+}
+
+/// Whether an observed rate is measured or a bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// Measured by a counter of exactly the limited calls.
+    Exact,
+    /// At least this much: a throttled principal asked for its limit plus what was refused.
+    AtLeast,
+    /// At most this much: an unthrottled principal's calls are a part of all calls.
+    AtMost,
 }
 
 /// Throttled calls of one (scope, principal).

@@ -31,6 +31,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     });
     plot(
         ui,
+        d,
         "cache_hit",
         "Cache hit ratio",
         &d.hit_ratio_lines,
@@ -38,6 +39,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     );
     plot(
         ui,
+        d,
         "cache_entries",
         "Cache entries (and stale entries)",
         &d.cache_entry_lines,
@@ -70,6 +72,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     }
     plot(
         ui,
+        d,
         "backend_rates",
         "Backend calls and retries per second",
         &d.backend_lines,

@@ -11,6 +11,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     ui.heading("Latency");
     plot(
         ui,
+        d,
         "latency_p95_op",
         "p95 per operation",
         &d.p95_by_op,
@@ -44,6 +45,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     }
     plot(
         ui,
+        d,
         "latency_cache",
         "Cache hit vs miss (p50, p95)",
         &d.latency_by_cache,
@@ -51,6 +53,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     );
     plot(
         ui,
+        d,
         "latency_backend",
         "Backend latency (p50, p95, p99)",
         &d.backend_latency,

@@ -2,9 +2,11 @@
 //! and draws it: no fetching, no arithmetic beyond formatting.
 
 pub mod cache_backend;
+pub mod fleet;
 pub mod fmt;
 pub mod latency;
 pub mod overview;
+pub mod palette;
 pub mod rotation;
 pub mod throttling;
 pub mod unauthorized;
@@ -82,16 +84,11 @@ impl View {
 
 /// Traffic-light colours, readable on the dark theme.
 pub fn color(h: Health) -> Color32 {
-    match h {
-        Health::Good => Color32::from_rgb(0x3f, 0xb9, 0x50),
-        Health::Warn => Color32::from_rgb(0xe3, 0xa0, 0x08),
-        Health::Bad => Color32::from_rgb(0xf0, 0x50, 0x4a),
-        Health::Unknown => Color32::from_gray(0x90),
-    }
+    palette::health(h)
 }
 
 /// Red for problems in tables.
-pub const ALERT: Color32 = Color32::from_rgb(0xf0, 0x50, 0x4a);
+pub const ALERT: Color32 = palette::RED;
 
 /// Outer width of a tile; fixed so a row of tiles wraps instead of widening the page.
 const TILE_W: f32 = 210.0;
@@ -169,20 +166,50 @@ fn nice_step(x: f64) -> f64 {
         .unwrap_or(10.0 * p)
 }
 
-/// A time-series plot over the window; "no data yet" instead of an empty frame.
-pub fn plot(ui: &mut Ui, id: &str, title: &str, lines: &[Line], unit: Unit) {
+/// A readable time step for the x axis: about `x` seconds, rounded to 1, 2, 5, 10, 15, 30 s,
+/// 1, 2, 5, 10, 15, 30 min, 1, 2, 3, 6, 12 h.
+fn time_step(x: f64) -> f64 {
+    const STEPS: [f64; 17] = [
+        1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+        10_800.0, 21_600.0, 43_200.0,
+    ];
+    STEPS.into_iter().find(|s| *s >= x).unwrap_or(86_400.0)
+}
+
+/// The x axis label at `x` seconds from now: relative time, nothing right of "now".
+pub fn x_label(x: f64) -> String {
+    if x > 0.5 { String::new() } else { fmt::rel(x) }
+}
+
+/// A time-series plot over the whole window (x from -window to now and a sliver beyond, so the
+/// "now" label fits, so a chart never pretends
+/// its data spans more than it does), lines in their semantic colours, and the window's events
+/// as vertical markers; "no data yet" instead of an empty frame.
+pub fn plot(ui: &mut Ui, d: &Derived, id: &str, title: &str, lines: &[Line], unit: Unit) {
     section(ui, title);
     if lines.iter().all(|l| l.points.is_empty()) {
         no_data(ui, "nothing to plot in this window");
         return;
     }
+    let window = d.settings.window_secs;
+    // y from 0 to just above the highest point (a flat zero line gets 0..1, never negative rates)
+    let top = lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p[1]))
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, f64::max);
+    let top = if top > 0.0 { top * 1.1 } else { 1.0 };
     Plot::new(id)
         .height(170.0)
         .legend(Legend::default())
-        .include_x(0.0)
-        .include_y(0.0)
+        .default_x_bounds(-window, window * 0.015)
+        .default_y_bounds(0.0, top)
         .allow_scroll(false)
-        .x_axis_formatter(|m, _| fmt::rel(m.value))
+        .x_axis_formatter(|m, _| x_label(m.value))
+        .x_grid_spacer(egui_plot::uniform_grid_spacer(|input| {
+            let s = time_step((input.bounds.1 - input.bounds.0).abs() / 5.0);
+            [s, s * 5.0, s * 10.0]
+        }))
         .y_axis_formatter(move |m, _| y_fmt(unit, m.value))
         // about four labelled lines whatever the scale (the default spacer labels only powers
         // of ten, so a 0..0.8 ratio or a 0.05/s rate showed no label but zero)
@@ -203,11 +230,26 @@ pub fn plot(ui: &mut Ui, id: &str, title: &str, lines: &[Line], unit: Unit) {
             egui_plot::HoverPosition::Elsewhere { .. } => None,
         })
         .show(ui, |p| {
+            let mut neutral = 0;
             for l in lines {
-                p.line(egui_plot::Line::new(
-                    l.name.clone(),
-                    PlotPoints::from(l.points.clone()),
-                ));
+                let meaning = crate::model::palette::meaning(&l.name);
+                let color = palette::line(&l.name, neutral);
+                if meaning == crate::model::palette::Meaning::Neutral {
+                    neutral += 1;
+                }
+                p.line(
+                    egui_plot::Line::new(l.name.clone(), PlotPoints::from(l.points.clone()))
+                        .color(color),
+                );
+            }
+            for e in &d.events {
+                let c = palette::of(crate::model::palette::event_meaning(&e.kind, &e.detail))
+                    .unwrap_or(palette::BLUE);
+                p.vline(
+                    egui_plot::VLine::new(format!("event: {}", e.kind.replace('_', " ")), e.x)
+                        .color(c)
+                        .style(egui_plot::LineStyle::dashed_dense()),
+                );
             }
         });
 }

@@ -16,9 +16,10 @@ pub fn show(ui: &mut Ui, d: &Derived) {
         tile(
             ui,
             &format!("Availability ({w})"),
-            &fmt::pct(d.availability, 3),
+            &d.windowed(fmt::pct(d.availability, 3)),
             &format!("SLO {}", fmt::pct(Some(d.settings.slo), 2)),
             match d.availability {
+                _ if d.short => Health::Unknown,
                 None => Health::Unknown,
                 Some(a) if a >= d.settings.slo => Health::Good,
                 Some(_) => d.slo_health.at_least_warn(),
@@ -26,25 +27,35 @@ pub fn show(ui: &mut Ui, d: &Derived) {
         );
         tile(
             ui,
-            "Error budget left",
-            &fmt::pct(d.budget_left, 1),
-            "of this window's budget",
-            d.slo_health,
+            &format!("Error budget spent ({w})"),
+            &d.windowed(fmt::pct(d.budget_spent, 2)),
+            "of the 30-day SLO period's budget",
+            if d.short {
+                Health::Unknown
+            } else {
+                d.slo_health
+            },
         );
-        let burn = |i: usize| fmt::num(d.burn[i], 2);
+        for (i, name) in ["5m", "1h", "6h"].iter().enumerate() {
+            tile(
+                ui,
+                &format!("Burn rate ({name})"),
+                &d.burn_text(i),
+                "as the alert rules; 1 = lasts 30 days",
+                match d.burn[i] {
+                    None => Health::Unknown,
+                    Some(b) if b >= 14.4 => Health::Bad,
+                    Some(b) if b > 1.0 => Health::Warn,
+                    Some(_) => Health::Good,
+                },
+            );
+        }
         tile(
             ui,
-            "Burn rate 5m / 1h / 6h",
-            &format!("{} / {} / {}", burn(0), burn(1), burn(2)),
-            "1 = budget lasts exactly",
-            d.slo_health,
-        );
-        tile(
-            ui,
-            "Request rate",
-            &fmt::rate(d.request_rate),
-            &format!("{} calls", fmt::count(d.requests)),
-            if d.requests.is_some() {
+            &format!("Request rate ({w})"),
+            &d.windowed(fmt::rate(d.request_rate)),
+            &d.windowed(format!("{} calls", fmt::count(d.requests))),
+            if d.requests.is_some() && !d.short {
                 Health::Good
             } else {
                 Health::Unknown
@@ -52,24 +63,29 @@ pub fn show(ui: &mut Ui, d: &Derived) {
         );
         tile(
             ui,
-            "p95 latency",
-            &fmt::secs(d.p95),
+            &format!("p95 latency ({w})"),
+            &d.windowed(fmt::secs(d.p95)),
             &format!("target {}", fmt::secs(Some(d.settings.p95_target_secs))),
-            d.p95_health,
+            if d.short {
+                Health::Unknown
+            } else {
+                d.p95_health
+            },
         );
         tile(
             ui,
-            "Cache hit ratio",
-            &fmt::pct(d.cache_hit_ratio, 1),
+            &format!("Cache hit ratio ({w})"),
+            &d.windowed(fmt::pct(d.cache_hit_ratio, 1)),
             "",
             Health::Unknown,
         );
         tile(
             ui,
             &format!("Unauthorized ({w})"),
-            &fmt::count(d.unauthorized),
+            &d.windowed(fmt::count(d.unauthorized)),
             "denied calls",
             match d.unauthorized {
+                _ if d.short => Health::Unknown,
                 None => Health::Unknown,
                 Some(0.0) => Health::Good,
                 Some(_) => Health::Warn,
@@ -103,12 +119,14 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     });
     plot(
         ui,
+        d,
         "overview_requests",
         "Requests per second by outcome class",
         &d.requests_by_class,
         Unit::PerSecond,
     );
     by_frontend(ui, d);
+    events(ui, d);
     section(ui, &format!("Outcomes in the last {w}"));
     if d.outcomes.values().all(|n| *n <= 0.0) {
         super::no_data(ui, "no requests counted in this window");
@@ -177,4 +195,28 @@ fn by_frontend(ui: &mut Ui, d: &Derived) {
             }
         },
     );
+}
+
+/// The window's events, newest first: what the dashed markers on the charts are.
+fn events(ui: &mut Ui, d: &Derived) {
+    let w = fmt::window(d.settings.window_secs);
+    section(ui, &format!("Events ({w}; dashed markers on the charts)"));
+    if d.events.is_empty() {
+        super::no_data(
+            ui,
+            "no breaker, rotation, fault, reload or start events in this window",
+        );
+        return;
+    }
+    table(ui, "events", &["when", "event", "what", "sidecar"], |ui| {
+        for e in d.events.iter().rev().take(20) {
+            ui.label(fmt::ago(d.now, e.time));
+            let c = super::palette::of(crate::model::palette::event_meaning(&e.kind, &e.detail))
+                .unwrap_or(super::palette::BLUE);
+            ui.colored_label(c, e.kind.replace('_', " "));
+            ui.label(&e.detail);
+            ui.label(&e.source);
+            ui.end_row();
+        }
+    });
 }

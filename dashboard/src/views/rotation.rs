@@ -13,7 +13,9 @@ use crate::model::sli::Health;
 pub fn show(ui: &mut Ui, d: &Derived) {
     ui.heading("Rotation compliance");
     let rows = &d.rotation_rows;
-    let non_compliant = rows.iter().filter(|r| !r.compliant()).count();
+    // keys pending deletion or disabled need no rotation: counted as compliance counts them
+    let counted = rows.iter().filter(|r| r.counts()).count();
+    let non_compliant = rows.iter().filter(|r| r.counts() && !r.compliant()).count();
     ui.horizontal_wrapped(|ui| {
         tile(
             ui,
@@ -41,13 +43,13 @@ pub fn show(ui: &mut Ui, d: &Derived) {
         tile(
             ui,
             "Non-compliant",
-            &if rows.is_empty() {
+            &if counted == 0 {
                 fmt::NO_DATA.to_string()
             } else {
-                format!("{non_compliant} of {}", rows.len())
+                format!("{non_compliant} of {counted}")
             },
-            "overdue or rotation off",
-            if rows.is_empty() {
+            "enabled keys overdue or not rotating",
+            if counted == 0 {
                 Health::Unknown
             } else if non_compliant == 0 {
                 Health::Good

@@ -3,8 +3,9 @@
 
 use egui::{RichText, Ui};
 
-use super::{ALERT, Unit, fmt, no_data, plot, section, table, tile};
+use super::{Unit, fmt, no_data, plot, section, table, tile};
 use crate::model::Derived;
+use crate::model::derive::Bound;
 use crate::model::sli::Health;
 
 /// Draws the Throttling view.
@@ -15,9 +16,10 @@ pub fn show(ui: &mut Ui, d: &Derived) {
         tile(
             ui,
             &format!("Throttled calls ({w})"),
-            &fmt::count(d.throttled),
+            &d.windowed(fmt::count(d.throttled)),
             "ThrottlingException answers",
             match d.throttled {
+                _ if d.short => Health::Unknown,
                 None => Health::Unknown,
                 Some(0.0) => Health::Good,
                 Some(_) => Health::Warn,
@@ -26,6 +28,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     });
     plot(
         ui,
+        d,
         "thr_scope",
         "Throttled per second by scope",
         &d.throttled_by_scope,
@@ -33,6 +36,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     );
     plot(
         ui,
+        d,
         "thr_principal",
         "Throttled per second by principal",
         &d.throttled_by_principal,
@@ -59,7 +63,8 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     }
     section(
         ui,
-        "Configured limits and headroom (observed over the last minute)",
+        "Configured limits and headroom (observed over the last minute; a principal's own rate \
+         is bounded: at least its limit plus its refusals, or at most all calls)",
     );
     if d.limits.is_empty() {
         no_data(
@@ -71,23 +76,60 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     table(
         ui,
         "limits",
-        &["scope", "name", "limit", "burst", "observed", "headroom"],
+        &[
+            "scope",
+            "name",
+            "limit",
+            "burst",
+            "observed",
+            "headroom",
+            "use of the limit",
+        ],
         |ui| {
             for l in &d.limits {
                 ui.label(&l.scope);
                 ui.label(&l.name);
                 ui.label(fmt::rate(Some(l.rate_per_second)));
                 ui.label(l.burst.map_or("—".into(), |b| fmt::count(Some(b))));
-                ui.label(
-                    l.observed
-                        .map_or("not measured".into(), |o| fmt::rate(Some(o))),
-                );
+                let (obs, head) = match l.bound {
+                    Bound::Exact => ("", ""),
+                    Bound::AtLeast => ("≥ ", "≤ "),
+                    Bound::AtMost => ("≤ ", "≥ "),
+                };
+                let who = l
+                    .principal
+                    .as_ref()
+                    .filter(|p| **p != l.name)
+                    .map_or(String::new(), |p| format!(" ({p})"));
+                ui.label(l.observed.map_or("not measured".into(), |o| {
+                    format!("{obs}{}{who}", fmt::rate(Some(o)))
+                }));
+                let health = match l.headroom {
+                    None => Health::Unknown,
+                    Some(h) if h < 0.0 => Health::Bad,
+                    Some(h) if h < 0.2 => Health::Warn,
+                    Some(_) => Health::Good,
+                };
                 match l.headroom {
-                    Some(h) if h < 0.1 => {
-                        ui.label(RichText::new(fmt::pct(Some(h), 0)).color(ALERT));
-                    }
                     Some(h) => {
-                        ui.label(fmt::pct(Some(h), 0));
+                        ui.label(
+                            RichText::new(format!("{head}{}", fmt::pct(Some(h), 0)))
+                                .color(super::color(health)),
+                        );
+                    }
+                    None => {
+                        ui.label("—");
+                    }
+                }
+                match l.observed.filter(|_| l.rate_per_second > 0.0) {
+                    Some(o) => {
+                        let used = (o / l.rate_per_second) as f32;
+                        ui.add(
+                            egui::ProgressBar::new(used.clamp(0.0, 1.0))
+                                .desired_width(140.0)
+                                .fill(super::color(health))
+                                .text(format!("{:.0} %", used * 100.0)),
+                        );
                     }
                     None => {
                         ui.label("—");

@@ -16,9 +16,10 @@ pub fn show(ui: &mut Ui, d: &Derived) {
         tile(
             ui,
             &format!("Denied calls ({w})"),
-            &fmt::count(d.unauthorized),
+            &d.windowed(fmt::count(d.unauthorized)),
             "bad signature, unknown key id, policy",
             match d.unauthorized {
+                _ if d.short => Health::Unknown,
                 None => Health::Unknown,
                 Some(0.0) => Health::Good,
                 Some(_) => Health::Warn,
@@ -27,6 +28,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     });
     plot(
         ui,
+        d,
         "unauth_reason",
         "Denials per second by reason",
         &d.denials_by_reason,

@@ -34,6 +34,8 @@ pub struct Metrics {
     /// `kms_sidecar_kmsv2_status_ok{key}`: 1 when the Kubernetes KMS v2 plugin's last Status was
     /// healthy, 0 when not; no series unless the plugin is enabled (`key` is the configured key).
     pub kmsv2_status_ok: IntGaugeVec,
+    /// The last hours of these series and the event log, for `/v1/history` (`observe::history`).
+    pub history: Arc<crate::observe::history::History>,
 }
 
 impl Metrics {
@@ -42,6 +44,7 @@ impl Metrics {
         settings: MetricsSettings,
     ) -> prometheus::Result<Self> {
         let registry = Registry::new();
+        let history = Arc::new(crate::observe::history::History::new());
         let build = IntGaugeVec::new(
             Opts::new(
                 "kms_sidecar_build_info",
@@ -72,7 +75,7 @@ impl Metrics {
             unauthorized: UnauthorizedMetrics::register(&registry)?,
             cache: CacheFamilies::register(&registry)?,
             rate: Arc::new(RateMetrics::register(&registry)?),
-            breaker: BreakerMetrics::register(&registry)?,
+            breaker: BreakerMetrics::register(&registry)?.with_events(history.events()),
             retry: RetryMetrics::register(&registry)?,
             faults: FaultMetrics::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
@@ -87,6 +90,7 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            history,
             registry,
         })
     }

@@ -178,6 +178,8 @@ enum Outcome {
 pub struct BreakerMetrics {
     state: IntGaugeVec,
     transitions: IntCounterVec,
+    /// Where transitions are logged for the dashboard's event markers, when set.
+    events: Option<crate::observe::history::Events>,
 }
 
 impl BreakerMetrics {
@@ -198,7 +200,17 @@ impl BreakerMetrics {
         )?;
         registry.register(Box::new(state.clone()))?;
         registry.register(Box::new(transitions.clone()))?;
-        Ok(Self { state, transitions })
+        Ok(Self {
+            state,
+            transitions,
+            events: None,
+        })
+    }
+
+    /// Logs every transition of breakers built from these metrics in `events` too.
+    pub fn with_events(mut self, events: crate::observe::history::Events) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// The metric family names this module exports.
@@ -218,6 +230,8 @@ pub struct Breaker {
     state_gauge: IntGauge,
     /// Indexed like [`State::ALL`].
     transitions: [IntCounter; 3],
+    /// The event log and this breaker's backend name.
+    events: Option<(crate::observe::history::Events, String)>,
 }
 
 impl Breaker {
@@ -254,6 +268,7 @@ impl Breaker {
             }),
             state_gauge,
             transitions,
+            events: metrics.events.clone().map(|e| (e, backend.to_string())),
         }
     }
 
@@ -326,6 +341,12 @@ impl Breaker {
         inner.window.clear(now);
         self.state_gauge.set(state.gauge());
         self.transitions[state as usize].inc();
+        if let Some((events, backend)) = &self.events {
+            events.record(
+                crate::observe::history::EventKind::Breaker,
+                format!("{backend} breaker {}", state.as_str()),
+            );
+        }
         match state {
             State::Open => tracing::warn!(state = state.as_str(), "circuit breaker opened"),
             _ => tracing::info!(state = state.as_str(), "circuit breaker state changed"),

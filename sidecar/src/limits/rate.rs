@@ -281,6 +281,25 @@ impl<C: Clock + Clone> RateLimits<C> {
             rows.push((Scope::Key, DEFAULT, r));
         }
         metrics.replace_inbound(&rows);
+        // Every (principal, scope) pair a configured limit can refuse is exported at 0 from the
+        // start, so "none throttled" and "no data" differ on /metrics and in PromQL.
+        let mut scopes = Vec::new();
+        if !self.spec.global.is_empty() {
+            scopes.push(Scope::Global);
+        }
+        if !self.spec.key_default.is_empty() || !self.spec.key_overrides.is_empty() {
+            scopes.push(Scope::Key);
+        }
+        let principals = self
+            .principals
+            .iter()
+            .map(|(n, l)| (n.as_ref(), l.is_some()));
+        for (name, limited) in principals.chain([(OTHER, self.other_principals.is_some())]) {
+            let own = limited.then_some(Scope::Principal);
+            for scope in scopes.iter().copied().chain(own) {
+                metrics.zero(name, scope);
+            }
+        }
     }
 }
 
@@ -332,6 +351,13 @@ impl RateMetrics {
         self.throttled
             .with_label_values(&[principal, scope.as_str()])
             .inc();
+    }
+
+    /// Exports the `throttled_total` series of `principal` and `scope` (at 0 until a refusal).
+    pub fn zero(&self, principal: &str, scope: Scope) {
+        let _ = self
+            .throttled
+            .with_label_values(&[principal, scope.as_str()]);
     }
 
     /// Sets the gauge of one limit that is not part of the inbound spec (the outbound budget).

@@ -4,6 +4,7 @@
 //! `core::metrics` gathers them all in one registry.
 
 pub mod audit;
+pub mod history;
 pub mod metrics;
 pub mod security;
 pub mod telemetry;

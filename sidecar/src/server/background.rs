@@ -70,6 +70,10 @@ impl Reloader {
             proxy.set_policy(policy);
             tracing::info!("proxy policy reloaded");
         }
+        core.metrics().history.events().record(
+            crate::observe::history::EventKind::Reload,
+            "configuration reloaded: rate limits",
+        );
         tracing::info!(
             "rate limits reloaded; other settings (outbound budget, breaker, cache, listeners) need a restart"
         );

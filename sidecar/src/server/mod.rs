@@ -410,6 +410,12 @@ impl Sidecar {
         let follow = self
             .fleet
             .map(|(registry, followers)| tokio::spawn(registry.follow(followers, stop_rx.clone())));
+        let history = tokio::spawn(crate::observe::history::run(
+            self.core.metrics().history.clone(),
+            self.core.metrics().registry.clone(),
+            self.core.keys().clone(),
+            stop_rx.clone(),
+        ));
         let background = tokio::spawn(background(
             self.core.clone(),
             self.clients.clone(),
@@ -422,7 +428,7 @@ impl Sidecar {
         if let Some(poll) = poll {
             poll.abort();
         }
-        let _ = tokio::join!(kms, admin, background);
+        let _ = tokio::join!(kms, admin, background, history);
         if let Some(kmsv2) = kmsv2 {
             let _ = kmsv2.await;
         }
