@@ -863,3 +863,54 @@ async fn health_under_outage_and_throttling(backend: BackendChoice) {
     );
 }
 on_every_backend!(health_under_outage_and_throttling);
+
+/// The spec's credential rotation without a restart: a new credential in the XKS file is accepted
+/// after SIGHUP, the one it replaced is refused, the other one keeps working.
+#[tokio::test]
+async fn credentials_rotate_on_sighup_without_a_restart() {
+    const NEW: (&str, &str) = (
+        "AKSCXKSROTATEDCREDENTIAL",
+        "cm90YXRlZCBzZWNyZXQgZm9yIHRoZSB4a3MgdGVzdCBvbmUu",
+    );
+    let p = start(&BackendChoice::Embedded, &[]).await;
+    let health = format!("{PATH_A}/health");
+    let config = p._dir.path().join("xks.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(A2.0, NEW.0).replace(A2.1, NEW.1)).unwrap();
+    let new = p
+        .send_as("POST", &health, &health_body(), Some(NEW), 0)
+        .await;
+    assert_eq!(new.status, 401, "not before the reload");
+    let pid = p.sidecar.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p
+        .send_as("POST", &health, &health_body(), Some(NEW), 0)
+        .await
+        .status
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new credential was never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let old = p
+        .send_as("POST", &health, &health_body(), Some(A2), 0)
+        .await;
+    assert_eq!(
+        (old.status, old.error()),
+        (401, "AuthenticationFailedException")
+    );
+    let kept = p
+        .send_as("POST", &health, &health_body(), Some(A1), 0)
+        .await;
+    assert_eq!(kept.status, 200);
+}

@@ -328,6 +328,7 @@ impl Sidecar {
         Reloader {
             core: self.core.clone(),
             clients: self.clients.clone(),
+            xks: self.xks.as_ref().map(|(x, _)| x.clone()),
         }
     }
 
@@ -538,13 +539,27 @@ async fn start_kmsv2(
     Ok((plugin, listener, file))
 }
 
-/// Binds the XKS proxy's listener and builds its front-end from the validated settings; a mapped
-/// key that does not exist (yet) is a warning, as calls naming it answer KeyNotFoundException.
+/// Binds the XKS proxy's listener and builds its front-end from the validated settings.
 async fn start_xks(
     core: &Arc<Core>,
     config: &Config,
     settings: &crate::config::xks::XksSettings,
 ) -> anyhow::Result<(Arc<Xks>, TcpListener)> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (XKS proxy API)", settings.listen))?;
+    let xks = Arc::new(Xks::new(core.clone(), xks_options(core, config, settings)));
+    tracing::info!(listen = %listener.local_addr()?, tls = config.tls().is_some(), prefixes = settings.prefixes.len(), keys = settings.keys.len(), "XKS proxy API ready");
+    Ok((xks, listener))
+}
+
+/// The XKS front-end's options from the validated settings (at start and on SIGHUP); a mapped key
+/// that does not exist (yet) is a warning, as calls naming it answer KeyNotFoundException.
+pub(super) fn xks_options(
+    core: &Core,
+    config: &Config,
+    settings: &crate::config::xks::XksSettings,
+) -> crate::frontend::xks::XksOptions {
     use crate::frontend::xks::{XksKey, XksOptions, XksPrefix, auth::PrefixAuth};
     let account = config.arn_scope().account;
     let prefixes = settings
@@ -586,22 +601,14 @@ async fn start_xks(
             )
         })
         .collect();
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (XKS proxy API)", settings.listen))?;
-    let xks = Arc::new(Xks::new(
-        core.clone(),
-        XksOptions {
-            region: settings.region.clone(),
-            max_skew: config.max_clock_skew(),
-            prefixes,
-            keys,
-            health_key_id: settings.health_key_id.clone(),
-            fleet_size: settings.fleet_size,
-        },
-    ));
-    tracing::info!(listen = %listener.local_addr()?, tls = config.tls().is_some(), prefixes = settings.prefixes.len(), keys = settings.keys.len(), "XKS proxy API ready");
-    Ok((xks, listener))
+    XksOptions {
+        region: settings.region.clone(),
+        max_skew: config.max_clock_skew(),
+        prefixes,
+        keys,
+        health_key_id: settings.health_key_id.clone(),
+        fleet_size: settings.fleet_size,
+    }
 }
 
 /// Every version that a key record names has its material on disk. A missing material file (lost,

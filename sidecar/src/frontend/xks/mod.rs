@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
+
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tracing::Instrument as _;
@@ -62,16 +64,15 @@ pub struct XksOptions {
     pub fleet_size: u32,
 }
 
-/// The XKS proxy front-end.
+/// The options in force, swapped whole on a reload.
 #[derive(Debug)]
-pub struct Xks {
-    core: Arc<Core>,
+struct Table {
     options: XksOptions,
     paths: Vec<String>,
 }
 
-impl Xks {
-    pub fn new(core: Arc<Core>, mut options: XksOptions) -> Self {
+impl Table {
+    fn new(mut options: XksOptions) -> Self {
         if options.health_key_id.is_none() {
             options.health_key_id = options.keys.values().next().map(|k| k.key_id.clone());
         }
@@ -80,11 +81,29 @@ impl Xks {
             .iter()
             .map(|p| p.uri_path.clone())
             .collect();
+        Self { options, paths }
+    }
+}
+
+/// The XKS proxy front-end.
+#[derive(Debug)]
+pub struct Xks {
+    core: Arc<Core>,
+    table: ArcSwap<Table>,
+}
+
+impl Xks {
+    pub fn new(core: Arc<Core>, options: XksOptions) -> Self {
         Self {
             core,
-            options,
-            paths,
+            table: ArcSwap::from_pointee(Table::new(options)),
         }
+    }
+
+    /// Swaps in new prefixes, credentials and keys (on SIGHUP): the spec's credential rotation
+    /// without a restart. Calls in flight finish with the table they started with.
+    pub fn reload(&self, options: XksOptions) {
+        self.table.store(Arc::new(Table::new(options)));
     }
 
     /// Serves one HTTP request: route, then the pipeline inside the request's span, then the one
@@ -101,14 +120,16 @@ impl Xks {
             .core
             .begin(Frontend::Xks, request_id, peer.to_string(), span);
         let span = x.span().clone();
-        let paths: Vec<&str> = self.paths.iter().map(String::as_str).collect();
+        let table = self.table.load_full();
+        let t = table.as_ref();
+        let paths: Vec<&str> = t.paths.iter().map(String::as_str).collect();
         let mut wrong_method = false;
         let result = match wire::route(&paths, parts.uri.path()) {
             Err(e) => Err(e),
             Ok(route) => {
                 x.op = Some(route.op);
                 if parts.method == Method::POST {
-                    self.process(&parts, body, &route, &mut x)
+                    self.process(t, &parts, body, &route, &mut x)
                         .instrument(span)
                         .await
                 } else {
@@ -118,7 +139,7 @@ impl Xks {
                 }
             }
         };
-        let result = result.and_then(|reply| self.encode(reply));
+        let result = result.and_then(|reply| self.encode(t, reply));
         let result = self.core.finish(&mut x, result);
         respond(&x, result, wrong_method)
     }
@@ -126,6 +147,7 @@ impl Xks {
     /// Steps 1 and 2, then the core.
     async fn process(
         &self,
+        t: &Table,
         parts: &http::request::Parts,
         body: Incoming,
         route: &Route<'_>,
@@ -146,15 +168,15 @@ impl Xks {
             headers: &parts.headers,
             body: &body,
         };
-        let prefix = self
+        let prefix = t
             .options
             .prefixes
             .get(route.prefix)
             .ok_or_else(|| KmsError::internal(std::io::Error::other("no such prefix")))?;
         let principal = auth::verify(
             &prefix.auth,
-            &self.options.region,
-            self.options.max_skew,
+            &t.options.region,
+            t.options.max_skew,
             &signed,
             SystemTime::now(),
         )
@@ -182,30 +204,26 @@ impl Xks {
                 .unwrap_or_default(),
             "xks call"
         );
-        let request = self.request(route, decoded)?;
+        let request = self.request(t, route, decoded)?;
         // 3.. The core: audit gate, rate limits, authorization, key state, caches, backend.
         self.core.call(x, &principal, request).await
     }
 
     /// The core request for a route; an external key id that is not configured is
     /// `KeyNotFoundException`.
-    fn request(&self, route: &Route<'_>, d: Decoded) -> Result<core::Request, KmsError> {
+    fn request(&self, t: &Table, route: &Route<'_>, d: Decoded) -> Result<core::Request, KmsError> {
         if route.op == Operation::XksGetHealthStatus {
             return Ok(core::Request::XksGetHealthStatus(XksHealthRequest {
-                probe_key_id: self.options.health_key_id.clone(),
+                probe_key_id: t.options.health_key_id.clone(),
                 metadata: d.metadata,
             }));
         }
-        let key = self
-            .options
-            .keys
-            .get(route.external_key_id)
-            .ok_or_else(|| {
-                KmsError::new(
-                    ErrorKind::NotFound,
-                    "the external key is not configured in this proxy",
-                )
-            })?;
+        let key = t.options.keys.get(route.external_key_id).ok_or_else(|| {
+            KmsError::new(
+                ErrorKind::NotFound,
+                "the external key is not configured in this proxy",
+            )
+        })?;
         let key_id = Some(key.key_id.clone());
         Ok(match route.op {
             Operation::XksEncrypt => core::Request::XksEncrypt(XksEncryptRequest {
@@ -235,10 +253,10 @@ impl Xks {
     }
 
     /// The reply's JSON, in a zeroizing buffer (a Decrypt reply holds plaintext).
-    fn encode(&self, reply: core::Response) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    fn encode(&self, t: &Table, reply: core::Response) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let json = match reply {
             core::Response::XksGetHealthStatus(h) => serde_json::to_vec(&serde_json::json!({
-                "xksProxyFleetSize": self.options.fleet_size,
+                "xksProxyFleetSize": t.options.fleet_size,
                 "xksProxyVendor": VENDOR,
                 "xksProxyModel": format!("kms-sidecar XKS proxy {}", env!("CARGO_PKG_VERSION")),
                 "ekmVendor": ekm_vendor(h.backend),
