@@ -14,6 +14,8 @@ command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 # the fleet tests run a real 3-member etcd cluster (the build itself needs no protoc: build.rs
 # compiles our .proto files in pure Rust)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# the XKS tests sign with curl --aws-sigv4 (curl >= 7.75) as a second, independent SigV4 client
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ((${#missing[@]})); then
   echo "==> installing test dependencies: ${missing[*]}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -150,6 +150,15 @@ pub struct RunArgs {
     /// no credentials are needed (the socket is the authentication).
     #[arg(long, conflicts_with = "against_baseline")]
     pub kmsv2_socket: Option<PathBuf>,
+    /// Send AWS KMS External Key Store proxy calls (Encrypt of a 32-byte data key with 64 bytes of
+    /// AAD, Decrypt of setup ciphertexts) for this external key id to --target, the sidecar's
+    /// --xks-listen address; sign with an XKS credential of --xks-uri-path (--access-key-id and
+    /// --secret-access-key); --mix may only hold encrypt and decrypt.
+    #[arg(long, conflicts_with_all = ["against_baseline", "kmsv2_socket"])]
+    pub xks_key_id: Option<String>,
+    /// The XKS URI path prefix (`XksProxyUriPath`) the external key is served under.
+    #[arg(long, default_value = "/kms/xks/v1")]
+    pub xks_uri_path: String,
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +349,10 @@ pub async fn execute(cli: Cli) -> Result<Outcome, LoadError> {
                 duration: secs("--duration-secs", a.duration_secs)?,
                 against_baseline: a.against_baseline,
                 kmsv2_socket: a.kmsv2_socket,
+                xks: a.xks_key_id.map(|external_key_id| crate::xks::XksTarget {
+                    uri_path: a.xks_uri_path,
+                    external_key_id,
+                }),
             };
             let no_creds = a.against_baseline || cfg.kmsv2_socket.is_some();
             let (common, json) = a.common.into_common(no_creds)?;

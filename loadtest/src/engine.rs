@@ -21,6 +21,7 @@ use crate::schedule::Schedule;
 use crate::sign::Signer;
 use crate::stats::{Percentiles, Sample, SigningCost, Stats};
 use crate::target::Target;
+use crate::xks;
 
 /// Settings shared by every run of an invocation.
 #[derive(Debug, Clone)]
@@ -150,6 +151,8 @@ enum Driver {
         signer: Signer,
     },
     KmsV2(Arc<kmsv2::Workload>),
+    /// The XKS proxy API: signed JSON over HTTP/1.1 to the XKS listener.
+    Xks(Arc<xks::Workload>),
 }
 
 /// A worker's own connection, of the driver's kind.
@@ -206,7 +209,17 @@ async fn send_one(ctx: &Ctx, chan: &mut Channel, i: u64) -> (Op, Result<(), Stri
             let outcome = kmsv2::send(client, call, ctx.limits.timeout).await;
             (op, outcome, Duration::ZERO)
         }
-        // `execute` and `execute_kmsv2` pair drivers with channels of their own kind.
+        (Driver::Xks(workload), Channel::Http(conn)) => {
+            let (op, body, expected) = workload.pick(i);
+            match workload.request(op, body.clone(), SystemTime::now()) {
+                Ok((req, signing)) => match conn.send(req, ctx.limits.timeout).await {
+                    Ok((status, bytes)) => (op, xks::classify(status, &bytes, expected), signing),
+                    Err(e) => (op, Err(transport_error(&e).to_string()), signing),
+                },
+                Err(_) => (op, Err("SigningError".to_string()), Duration::ZERO),
+            }
+        }
+        // `execute*` pair drivers with channels of their own kind.
         (_, _) => (Op::Encrypt, Err("ClientError".to_string()), Duration::ZERO),
     }
 }
@@ -313,6 +326,26 @@ pub async fn execute_kmsv2(
     let label = format!("unix:{}", workload.socket.display());
     let driver = Driver::KmsV2(workload.clone());
     drive(spec, limits, &label, ops, driver, chans, progress).await
+}
+
+/// Runs `spec` against an XKS proxy listener (signed JSON over HTTP/1.1).
+pub async fn execute_xks(
+    spec: &RunSpec,
+    limits: &Limits,
+    target: &Arc<Target>,
+    workload: &Arc<xks::Workload>,
+    progress: &Progress,
+) -> Result<RunResult, LoadError> {
+    check_connections(limits)?;
+    let mut chans = Vec::with_capacity(limits.connections);
+    for _ in 0..limits.connections {
+        let mut conn = Conn::new(target.addr);
+        conn.connect().await?;
+        chans.push(Channel::Http(conn));
+    }
+    let ops: Vec<Op> = workload.mix.weights().iter().map(|(op, _)| *op).collect();
+    let driver = Driver::Xks(workload.clone());
+    drive(spec, limits, &target.url, ops, driver, chans, progress).await
 }
 
 fn check_connections(limits: &Limits) -> Result<(), LoadError> {

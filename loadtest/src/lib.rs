@@ -26,6 +26,7 @@ pub mod setup;
 pub mod sign;
 pub mod stats;
 pub mod target;
+pub mod xks;
 
 pub use error::LoadError;
 pub use report::Report;

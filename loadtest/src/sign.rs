@@ -34,6 +34,11 @@ pub struct Credential {
 }
 
 impl Credential {
+    /// The signing identity (for targets that sign their own requests, like the XKS proxy API).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     pub fn new(access_key_id: String, secret: String) -> Self {
         let identity =
             Credentials::new(access_key_id.clone(), secret, None, None, "kms-loadtest").into();

@@ -181,6 +181,13 @@ fn serve(config: Config, options: Options) -> anyhow::Result<()> {
             .kmsv2_socket()
             .map(|p| format!(" kmsv2=unix://{}", p.display()))
             .unwrap_or_default();
+        let kmsv2 = match sidecar.xks_addr() {
+            Some(addr) => {
+                let scheme = if sidecar.tls().is_some() { "https" } else { "http" };
+                format!("{kmsv2} xks={scheme}://{addr}")
+            }
+            None => kmsv2,
+        };
         println!(
             "kms-sidecar: listening: kms={} admin=http://{} data_dir={}{kmsv2}",
             endpoint.url,

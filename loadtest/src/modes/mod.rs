@@ -16,7 +16,7 @@ pub use max::{MaxConfig, max};
 pub use probe::{ProbeConfig, fetch_configured_limit, probe};
 
 use crate::backoff::Backoff;
-use crate::engine::{Limits, RunResult, RunSpec, execute, execute_kmsv2};
+use crate::engine::{Limits, RunResult, RunSpec, execute, execute_kmsv2, execute_xks};
 use crate::error::LoadError;
 use crate::kms::{Workload, WorkloadSpec};
 use crate::kmsv2;
@@ -25,6 +25,7 @@ use crate::report::{Machine, Parameters, Report, SCHEMA_VERSION, Step};
 use crate::responder::Responder;
 use crate::setup::{CleanupReport, SetupReport, cleanup, prepare};
 use crate::target::{Target, resolve};
+use crate::xks;
 
 /// Settings every mode shares.
 #[derive(Debug, Clone)]
@@ -57,6 +58,8 @@ pub struct RunConfig {
     pub against_baseline: bool,
     /// Send KMS v2 gRPC (Encrypt/Decrypt) to the sidecar's plugin socket instead of AWS JSON.
     pub kmsv2_socket: Option<PathBuf>,
+    /// Send XKS proxy API calls (Encrypt/Decrypt) to the target, an XKS listener, instead of AWS JSON.
+    pub xks: Option<xks::XksTarget>,
 }
 
 /// A prepared target: where load goes and what it sends.
@@ -265,10 +268,68 @@ async fn run_kmsv2(common: &Common, cfg: &RunConfig, socket: &Path) -> Result<Re
     Ok(report)
 }
 
+/// The `run` mode against an XKS proxy listener: no keys to create (the external key id names a
+/// key the sidecar's XKS config maps), signed with the first credential (an XKS credential).
+async fn run_xks(
+    common: &Common,
+    cfg: &RunConfig,
+    x: &xks::XksTarget,
+) -> Result<Report, LoadError> {
+    let target = Arc::new(resolve(&common.target, common.allow_non_loopback).await?);
+    let cred = common
+        .workload
+        .creds
+        .first()
+        .cloned()
+        .ok_or(LoadError::NoCredentials)?;
+    let (workload, setup) = xks::Workload::prepare(
+        &target,
+        x,
+        cred,
+        &common.workload.region,
+        common.workload.mix.clone(),
+        common.limits.timeout,
+    )
+    .await
+    .map_err(|e| LoadError::Setup {
+        source: Box::new(e),
+        cleanup: String::new(),
+    })?;
+    let mut report = new_report(
+        "run",
+        common,
+        &format!("{}{}", target.url, x.uri_path),
+        false,
+        Some(cfg.rate),
+        Some(cfg.duration),
+    );
+    let p = &mut report.parameters;
+    p.keys = 1;
+    p.ciphertexts_per_key = setup.ciphertexts;
+    p.payload_bytes = xks::DEK_BYTES;
+    p.encryption_context.clear();
+    report.setup = Some(setup);
+    let spec = run_spec(common, cfg, format!("xks@{}/s", cfg.rate))?;
+    let result = execute_xks(
+        &spec,
+        &common.limits,
+        &target,
+        &Arc::new(workload),
+        &common.progress,
+    )
+    .await?;
+    report.runs.push(result);
+    report.finished_at_unix = now_unix();
+    Ok(report)
+}
+
 /// The `run` mode.
 pub async fn run(common: &Common, cfg: &RunConfig) -> Result<Report, LoadError> {
     if let Some(socket) = &cfg.kmsv2_socket {
         return run_kmsv2(common, cfg, socket).await;
+    }
+    if let Some(x) = &cfg.xks {
+        return run_xks(common, cfg, x).await;
     }
     let prepared = prepare_target(common, cfg.against_baseline).await?;
     let mut report = new_report(

@@ -55,7 +55,7 @@ pub struct AuthError {
     pub principal: Option<String>,
 }
 
-fn fail(
+pub(crate) fn fail(
     failure: AuthFailure,
     kind: ErrorKind,
     message: impl Into<std::borrow::Cow<'static, str>>,
@@ -67,7 +67,7 @@ fn fail(
     }
 }
 
-fn incomplete(message: &'static str) -> AuthError {
+pub(crate) fn incomplete(message: &'static str) -> AuthError {
     fail(
         AuthFailure::Incomplete,
         ErrorKind::IncompleteSignature,
@@ -87,16 +87,16 @@ pub struct SignedRequest<'a> {
 
 /// The `Authorization` header's three parts.
 #[derive(Debug, PartialEq, Eq)]
-struct AuthHeader<'a> {
-    access_key_id: &'a str,
-    date: &'a str,
-    region: &'a str,
-    service: &'a str,
-    signed_headers: &'a str,
-    signature: &'a str,
+pub(crate) struct AuthHeader<'a> {
+    pub(crate) access_key_id: &'a str,
+    pub(crate) date: &'a str,
+    pub(crate) region: &'a str,
+    pub(crate) service: &'a str,
+    pub(crate) signed_headers: &'a str,
+    pub(crate) signature: &'a str,
 }
 
-fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
+pub(crate) fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
     let rest = value
         .strip_prefix(ALGORITHM)
         .and_then(|r| r.strip_prefix(' '))
@@ -153,14 +153,14 @@ fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
 }
 
 /// Parses `YYYYMMDDTHHMMSSZ` into seconds since the epoch.
-fn parse_amz_date(s: &str) -> Option<i64> {
+pub(crate) fn parse_amz_date(s: &str) -> Option<i64> {
     let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
     time::PrimitiveDateTime::parse(s, format)
         .ok()
         .map(|t| t.assume_utc().unix_timestamp())
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so construction cannot fail.
     let mut mac = match HmacSha256::new_from_slice(key) {
         Ok(mac) => mac,
@@ -174,7 +174,7 @@ fn derive_signing_key(secret: &str, date: &str, region: &str) -> Zeroizing<[u8; 
     derive_signing_key_for(secret, date, region, SERVICE)
 }
 
-fn derive_signing_key_for(
+pub(crate) fn derive_signing_key_for(
     secret: &str,
     date: &str,
     region: &str,
@@ -226,7 +226,7 @@ fn percent_decode(s: &str) -> Vec<u8> {
 }
 
 /// Builds the canonical request for `names` (sorted, lowercase signed header names).
-fn canonical_request(
+pub(crate) fn canonical_request(
     req: &SignedRequest<'_>,
     names: &[&str],
     payload_hash: &str,
@@ -257,7 +257,7 @@ fn canonical_request(
     Ok(canonical)
 }
 
-fn string_to_sign(amz_date: &str, scope: &str, canonical: &str) -> String {
+pub(crate) fn string_to_sign(amz_date: &str, scope: &str, canonical: &str) -> String {
     format!(
         "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))

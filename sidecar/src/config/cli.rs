@@ -437,6 +437,16 @@ pub struct Options {
     #[arg(long, env = "KMS_SIDECAR_KMSV2_PRINCIPAL", global = true)]
     pub kmsv2_principal: Option<String>,
 
+    /// Serve the AWS KMS External Key Store (XKS) proxy API on this address (HTTPS with --tls)
+    /// [default: off]. Needs --xks-config.
+    #[arg(long, env = "KMS_SIDECAR_XKS_LISTEN", global = true)]
+    pub xks_listen: Option<std::net::SocketAddr>,
+
+    /// TOML file with the XKS URI path prefixes, their SigV4 credentials (secrets: never flags),
+    /// principals and the external key ids (see docs/xks.md).
+    #[arg(long, env = "KMS_SIDECAR_XKS_CONFIG", global = true)]
+    pub xks_config: Option<PathBuf>,
+
     // --- the key registry (keys/registry/): data directory, or etcd shared by a fleet ---
     /// Where keys, aliases, policies, sealed material and clients live: datadir (this sidecar's data
     /// directory) or etcd (shared by a fleet) [default: datadir].

@@ -116,6 +116,9 @@ impl Config {
         if let Some(k) = &self.kmsv2 {
             spec.principals.push(k.principal.clone());
         }
+        if let Some(x) = &self.xks {
+            spec.principals.extend(x.principals().map(str::to_owned));
+        }
         spec
     }
 }

@@ -38,6 +38,7 @@ pub use limits::Limits;
 mod cli;
 mod kmsv2;
 pub mod proxy;
+pub mod xks;
 
 pub use cli::{AuditCommand, Cli, ClientsCommand, Command, Options, RegistryCommand};
 
@@ -163,6 +164,8 @@ pub struct Config {
     proxy: Option<proxy::ProxyConfig>,
     /// The Kubernetes KMS v2 plugin (gRPC on a Unix socket), when `kmsv2_socket` is set.
     kmsv2: Option<KmsV2Settings>,
+    /// The AWS KMS External Key Store proxy API, when `xks_listen` is set (`config/xks.rs`).
+    xks: Option<xks::XksSettings>,
     /// Where the key registry lives (`keys/registry/`).
     registry: RegistrySettings,
     endpoints: service::Endpoints,
@@ -229,6 +232,16 @@ impl Config {
     /// Each area's builder validates its settings and returns them in their validated types.
     fn merge(cli: Options, file: Options, mut secrets: Secrets) -> anyhow::Result<Self> {
         let kmsv2 = kmsv2::build(&cli, &file)?;
+        let xks = xks::build(
+            &cli,
+            &file,
+            &Region::parse(
+                cli.region
+                    .as_deref()
+                    .or(file.region.as_deref())
+                    .unwrap_or("us-east-1"),
+            )?,
+        )?;
         let registry = registry_settings(&cli, &file)?;
         let limits = limits::limits(&cli, &file)?;
         let proxy = proxy::build(
@@ -302,6 +315,7 @@ impl Config {
             faults_enabled: cli.faults_enabled.or(file.faults_enabled).unwrap_or(false),
             proxy,
             kmsv2,
+            xks,
             registry,
             endpoints,
             caching,

@@ -16,6 +16,7 @@ mod observe;
 pub mod ops;
 pub mod proxy;
 pub mod request;
+pub mod xks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -33,6 +33,10 @@ pub struct Exchange {
     pub auth_failure: Option<(&'static str, Option<String>)>,
     /// What the operation learned (key, version, context, denial, cache outcome).
     pub obs: Observation,
+    /// For a call AWS KMS made on someone's behalf (XKS): the KMS request id and the principal
+    /// that called AWS KMS, for the log line and the audit record.
+    pub kms_request_id: Option<String>,
+    pub aws_principal_arn: Option<String>,
 }
 
 impl Exchange {
@@ -76,6 +80,8 @@ impl Core {
             principal: None,
             auth_failure: None,
             obs: Observation::default(),
+            kms_request_id: None,
+            aws_principal_arn: None,
         }
     }
 
@@ -160,6 +166,8 @@ impl Core {
             reason,
             cache,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
+            kms_request_id: x.kms_request_id.take(),
+            aws_principal_arn: x.aws_principal_arn.take(),
         });
         // Fail closed: a success whose audit record cannot be queued is not returned.
         match audited {

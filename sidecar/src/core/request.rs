@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::model::*;
+use super::xks::*;
 use crate::kms::{KmsError, Operation};
 
 /// A source of a typed request member set (a JSON body, for the AWS front-end). A wrong shape is
@@ -87,6 +88,10 @@ requests! {
     TagResource(TagResourceRequest) -> Empty;
     UntagResource(UntagResourceRequest) -> Empty;
     UpdateAlias(AliasRequest) -> Empty;
+    XksDecrypt(XksDecryptRequest) -> XksDecryptResponse;
+    XksEncrypt(XksEncryptRequest) -> XksEncryptResponse;
+    XksGetHealthStatus(XksHealthRequest) -> XksHealthResponse;
+    XksGetKeyMetadata(XksKeyMetadataRequest) -> XksKeyMetadataResponse;
 }
 
 fn key(k: &Option<String>) -> Subject<'_> {
@@ -127,6 +132,10 @@ impl Request {
             Status(r) => key(&r.key_id),
             TagResource(r) => key(&r.key_id),
             UntagResource(r) => key(&r.key_id),
+            XksDecrypt(r) => key(&r.key_id),
+            XksEncrypt(r) => key(&r.key_id),
+            XksGetKeyMetadata(r) => key(&r.key_id),
+            XksGetHealthStatus(_) => Subject::None,
         }
     }
 }

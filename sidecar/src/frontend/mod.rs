@@ -5,3 +5,4 @@
 pub mod aws_json;
 pub mod http;
 pub mod kmsv2;
+pub mod xks;

@@ -68,13 +68,25 @@ operations!(
     TagResource,
     UntagResource,
     UpdateAlias,
+    XksDecrypt,
+    XksEncrypt,
+    XksGetHealthStatus,
+    XksGetKeyMetadata,
 );
 
 impl Operation {
     /// Whether the AWS KMS API has this operation. `Status` is the Kubernetes KMS v2 plugin's
-    /// health call (the current key version and a backend round trip); AWS front-ends refuse it.
+    /// health call (the current key version and a backend round trip), and the `Xks*` operations
+    /// are the External Key Store proxy API's (`frontend/xks/`); AWS front-ends refuse them.
     pub const fn is_aws(self) -> bool {
-        !matches!(self, Operation::Status)
+        !matches!(
+            self,
+            Operation::Status
+                | Operation::XksDecrypt
+                | Operation::XksEncrypt
+                | Operation::XksGetHealthStatus
+                | Operation::XksGetKeyMetadata
+        )
     }
 
     /// Position in [`Operation::ALL`], for lock-free per-operation tables.

@@ -40,6 +40,8 @@ pub(super) fn build_rate_limits(
 pub struct Reloader {
     pub(super) core: Arc<Core>,
     pub(super) clients: Arc<ClientStore>,
+    /// The XKS proxy front-end, whose prefixes, credentials and keys a reload swaps.
+    pub(super) xks: Option<Arc<crate::frontend::xks::Xks>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -56,6 +58,19 @@ impl Reloader {
         let Some(rate) = core.rate() else {
             anyhow::bail!("this sidecar runs without rate limiting");
         };
+        // XKS credentials first: rotating them is what a reload is most often for.
+        match (&self.xks, config.xks()) {
+            (Some(xks), Some(settings)) => {
+                xks.reload(super::xks_options(core, config, settings));
+                tracing::info!(
+                    prefixes = settings.prefixes.len(),
+                    keys = settings.keys.len(),
+                    "XKS prefixes, credentials and keys reloaded"
+                );
+            }
+            (None, None) => {}
+            _ => tracing::warn!("turning the XKS proxy on or off needs a restart"),
+        }
         let spec = config.inbound_rate_spec();
         let limits = build_rate_limits(&spec, core.admins(), &self.clients, core.metrics())?;
         // Proxy mode's local policy is read again too; everything is validated before anything

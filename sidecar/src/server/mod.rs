@@ -42,6 +42,7 @@ use crate::core::{Core, Kms, Metrics, RateLimiting};
 use crate::datadir::{DataDir, DirLock};
 use crate::frontend::aws_json::AwsJson;
 use crate::frontend::kmsv2::KmsV2;
+use crate::frontend::xks::Xks;
 use crate::keys::registry::{
     ClientFollower, EtcdRegistry, Follower, MaterialFollower, RegistrySettings,
 };
@@ -72,6 +73,8 @@ pub struct Sidecar {
     tls: Option<Tls>,
     /// The Kubernetes KMS v2 plugin, its listening socket and the socket file (removed at exit).
     kmsv2: Option<(Arc<KmsV2>, tokio::net::UnixListener, unix::SocketFile)>,
+    /// The XKS proxy front-end and its listener (`--xks-listen`).
+    xks: Option<(Arc<Xks>, TcpListener)>,
     /// The fleet's registry and what follows it (the etcd registry only).
     fleet: Option<Fleet>,
     _lock: DirLock,
@@ -294,8 +297,13 @@ impl Sidecar {
             Some(settings) => Some(start_kmsv2(&core, settings).await?),
             None => None,
         };
+        let xks = match config.xks() {
+            Some(settings) => Some(start_xks(&core, &config, settings).await?),
+            None => None,
+        };
         Ok(Self {
             kmsv2,
+            xks,
             core,
             aws_json,
             admin,
@@ -325,6 +333,7 @@ impl Sidecar {
         Reloader {
             core: self.core.clone(),
             clients: self.clients.clone(),
+            xks: self.xks.as_ref().map(|(x, _)| x.clone()),
         }
     }
 
@@ -342,6 +351,11 @@ impl Sidecar {
     /// The credential issued on first run, to be shown once.
     pub fn take_issued(&mut self) -> Option<Issued> {
         self.issued.take()
+    }
+
+    /// The XKS proxy API's address, when it is enabled.
+    pub fn xks_addr(&self) -> Option<SocketAddr> {
+        self.xks.as_ref().and_then(|(_, l)| l.local_addr().ok())
     }
 
     /// The Kubernetes KMS v2 plugin's socket, when it is enabled.
@@ -384,6 +398,16 @@ impl Sidecar {
             })
         });
         let graceful = Arc::new(GracefulShutdown::new());
+        // The XKS proxy API on its own listener, with the KMS port's TLS (AWS KMS needs HTTPS).
+        let xks = self.xks.map(|(xks, listener)| {
+            tokio::spawn(accept_loop(
+                listener,
+                self.tls.as_ref().map(|t| t.acceptor.clone()),
+                stop_rx.clone(),
+                graceful.clone(),
+                move |req, peer| xks.clone().handle(req, peer),
+            ))
+        });
         let aws_json = self.aws_json.clone();
         let kms = tokio::spawn(accept_loop(
             self.kms_listener,
@@ -429,6 +453,9 @@ impl Sidecar {
             poll.abort();
         }
         let _ = tokio::join!(kms, admin, background, history);
+        if let Some(xks) = xks {
+            let _ = xks.await;
+        }
         if let Some(kmsv2) = kmsv2 {
             let _ = kmsv2.await;
         }
@@ -534,6 +561,78 @@ async fn start_kmsv2(
         tracing::warn!(socket = %settings.socket.display(), healthz = %status.healthz, "Kubernetes KMS v2 plugin starts unhealthy");
     }
     Ok((plugin, listener, file))
+}
+
+/// Binds the XKS proxy's listener and builds its front-end from the validated settings.
+async fn start_xks(
+    core: &Arc<Core>,
+    config: &Config,
+    settings: &crate::config::xks::XksSettings,
+) -> anyhow::Result<(Arc<Xks>, TcpListener)> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (XKS proxy API)", settings.listen))?;
+    let xks = Arc::new(Xks::new(core.clone(), xks_options(core, config, settings)));
+    tracing::info!(listen = %listener.local_addr()?, tls = config.tls().is_some(), prefixes = settings.prefixes.len(), keys = settings.keys.len(), "XKS proxy API ready");
+    Ok((xks, listener))
+}
+
+/// The XKS front-end's options from the validated settings (at start and on SIGHUP); a mapped key
+/// that does not exist (yet) is a warning, as calls naming it answer KeyNotFoundException.
+pub(super) fn xks_options(
+    core: &Core,
+    config: &Config,
+    settings: &crate::config::xks::XksSettings,
+) -> crate::frontend::xks::XksOptions {
+    use crate::frontend::xks::{XksKey, XksOptions, XksPrefix, auth::PrefixAuth};
+    let account = config.arn_scope().account;
+    let prefixes = settings
+        .prefixes
+        .iter()
+        .map(|p| XksPrefix {
+            uri_path: p.uri_path.clone(),
+            auth: PrefixAuth {
+                principal: Arc::new(crate::auth::Principal {
+                    name: p.principal.clone(),
+                    arn: clients::principal_arn(&account, &p.principal),
+                    tags: Default::default(),
+                }),
+                credentials: p
+                    .credentials
+                    .iter()
+                    .map(|c| (c.access_key_id.clone(), c.secret_access_key.clone()))
+                    .collect(),
+            },
+        })
+        .collect();
+    let keys = settings
+        .keys
+        .iter()
+        .map(|(external, k)| {
+            if core.keys().resolve(&k.key_id).is_err() {
+                tracing::warn!(external_key_id = %external, key_id = %k.key_id, "an XKS external key names no key of this sidecar (yet): its calls answer KeyNotFoundException");
+            }
+            let usage = crate::core::xks::XksUsage {
+                encrypt: k.usage.encrypt(),
+                decrypt: k.usage.decrypt(),
+            };
+            (
+                external.clone(),
+                XksKey {
+                    key_id: k.key_id.clone(),
+                    usage,
+                },
+            )
+        })
+        .collect();
+    XksOptions {
+        region: settings.region.clone(),
+        max_skew: config.max_clock_skew(),
+        prefixes,
+        keys,
+        health_key_id: settings.health_key_id.clone(),
+        fleet_size: settings.fleet_size,
+    }
 }
 
 /// Every version that a key record names has its material on disk. A missing material file (lost,

@@ -134,6 +134,13 @@ impl Action {
             Operation::TagResource => Action::TagResource,
             Operation::UntagResource => Action::UntagResource,
             Operation::UpdateAlias => Action::UpdateAlias,
+            // The XKS proxy API (`frontend/xks/`): AWS KMS asks the proxy to use a key, so the
+            // proxy's own key policy sees the cryptographic action, or reading the key's metadata.
+            // GetHealthStatus names no key; its action is only a name for messages.
+            Operation::XksDecrypt => Action::Decrypt,
+            Operation::XksEncrypt => Action::Encrypt,
+            Operation::XksGetKeyMetadata => Action::DescribeKey,
+            Operation::XksGetHealthStatus => Action::DescribeCustomKeyStores,
         }
     }
 }

@@ -163,6 +163,7 @@ impl Condition {
             CondKey::CallerAccount => Some(ctx.caller_account),
             CondKey::PrincipalArn => Some(ctx.principal_arn),
             CondKey::PrincipalTag(t) => tag(ctx.principal_tags, t),
+            CondKey::Xks(field) => ctx.xks.as_ref().and_then(|m| field.get(m)),
         }
     }
 

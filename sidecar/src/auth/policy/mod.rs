@@ -166,6 +166,56 @@ pub struct RequestContext<'a> {
     pub encryption_context: Option<&'a EncryptionContext>,
     /// The principal's attributes (`aws:PrincipalTag/<tag>`).
     pub principal_tags: &'a BTreeMap<String, String>,
+    /// The XKS proxy API's request metadata (`xks:` condition keys); `None` for other front-ends,
+    /// so a statement conditioned on it never allows their calls.
+    pub xks: Option<XksMetadata<'a>>,
+}
+
+/// What AWS KMS says about the call behind an XKS proxy request (its `requestMetadata`), as the
+/// `xks:` condition keys read it: a second authorization on who asked AWS KMS, for what, and
+/// through which AWS service ("only EBS may decrypt with this key").
+#[derive(Clone, Copy, Debug, Default)]
+pub struct XksMetadata<'a> {
+    pub aws_principal_arn: Option<&'a str>,
+    pub aws_source_vpc: Option<&'a str>,
+    pub aws_source_vpce: Option<&'a str>,
+    pub kms_key_arn: Option<&'a str>,
+    pub kms_operation: Option<&'a str>,
+    pub kms_via_service: Option<&'a str>,
+}
+
+/// One `xks:` condition key: a member of [`XksMetadata`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum XksField {
+    AwsPrincipalArn,
+    AwsSourceVpc,
+    AwsSourceVpce,
+    KmsKeyArn,
+    KmsOperation,
+    KmsViaService,
+}
+
+impl XksField {
+    /// The condition key names (matched case-insensitively, like AWS's).
+    const NAMES: [(&'static str, XksField); 6] = [
+        ("xks:AwsPrincipalArn", XksField::AwsPrincipalArn),
+        ("xks:AwsSourceVpc", XksField::AwsSourceVpc),
+        ("xks:AwsSourceVpce", XksField::AwsSourceVpce),
+        ("xks:KmsKeyArn", XksField::KmsKeyArn),
+        ("xks:KmsOperation", XksField::KmsOperation),
+        ("xks:KmsViaService", XksField::KmsViaService),
+    ];
+
+    fn get<'a>(self, m: &XksMetadata<'a>) -> Option<&'a str> {
+        match self {
+            XksField::AwsPrincipalArn => m.aws_principal_arn,
+            XksField::AwsSourceVpc => m.aws_source_vpc,
+            XksField::AwsSourceVpce => m.aws_source_vpce,
+            XksField::KmsKeyArn => m.kms_key_arn,
+            XksField::KmsOperation => m.kms_operation,
+            XksField::KmsViaService => m.kms_via_service,
+        }
+    }
 }
 
 /// AWS's AccessDeniedException message.
@@ -289,6 +339,8 @@ enum CondKey {
     CallerAccount,
     PrincipalArn,
     PrincipalTag(String),
+    /// `xks:<field>`: the XKS request metadata.
+    Xks(XksField),
 }
 
 impl CondKey {

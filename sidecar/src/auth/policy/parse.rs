@@ -288,6 +288,11 @@ fn parse_condition_key(key: &str, at: At) -> Result<CondKey, PolicyError> {
         Ok(CondKey::ContextValue(k.to_owned()))
     } else if let Some(t) = prefixed("aws:PrincipalTag/") {
         Ok(CondKey::PrincipalTag(t.to_owned()))
+    } else if let Some((_, field)) = super::XksField::NAMES
+        .iter()
+        .find(|(name, _)| key.eq_ignore_ascii_case(name))
+    {
+        Ok(CondKey::Xks(*field))
     } else {
         Err(PolicyError::UnsupportedConditionKey { key: clip(key), at })
     }

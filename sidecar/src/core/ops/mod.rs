@@ -11,6 +11,9 @@ mod lifecycle;
 mod policies;
 mod status;
 mod tags;
+mod xks;
+
+pub use xks::MAX_AAD as XKS_MAX_AAD;
 
 pub use self::follow::CacheFollower;
 
@@ -90,6 +93,17 @@ impl Cx<'_> {
         meta: &KeyMeta,
         context: Option<&EncryptionContext>,
     ) -> Result<(), KmsError> {
+        self.authorize_with(action, meta, context, None)
+    }
+
+    /// [`Cx::authorize`] with the XKS request metadata the `xks:` condition keys read.
+    fn authorize_with(
+        &mut self,
+        action: Action,
+        meta: &KeyMeta,
+        context: Option<&EncryptionContext>,
+        xks: Option<policy::XksMetadata<'_>>,
+    ) -> Result<(), KmsError> {
         self.obs.key_id = Some(meta.id.clone());
         if self.caller.admin && ADMIN_ACTIONS.contains(&action) {
             return Ok(());
@@ -103,6 +117,7 @@ impl Cx<'_> {
                 key_arn: &key_arn,
                 encryption_context: context,
                 principal_tags: self.caller.tags,
+                xks,
             }),
             // Keys created before policies existed: admins only.
             None if self.caller.admin => Decision::Allow,
@@ -348,6 +363,10 @@ impl Kms {
             R::Status(r) => A::Status(status::status(k, r).await?),
             R::GetKeyPolicy(r) => A::GetKeyPolicy(policies::get_key_policy(k, r)?),
             R::ListKeyPolicies(r) => A::ListKeyPolicies(policies::list_key_policies(k, r)?),
+            R::XksEncrypt(r) => A::XksEncrypt(xks::encrypt(k, r).await?),
+            R::XksDecrypt(r) => A::XksDecrypt(xks::decrypt(k, r).await?),
+            R::XksGetKeyMetadata(r) => A::XksGetKeyMetadata(xks::key_metadata(k, r)?),
+            R::XksGetHealthStatus(r) => A::XksGetHealthStatus(xks::health(k, r).await?),
         })
     }
 }

@@ -167,6 +167,10 @@ pub struct AuditEvent {
     pub reason: Option<&'static str>,
     pub cache: CacheOutcome,
     pub latency_ms: f64,
+    /// For a call AWS KMS made on someone's behalf (the XKS proxy API): its request id, which
+    /// CloudTrail shows, and the principal that called AWS KMS.
+    pub kms_request_id: Option<String>,
+    pub aws_principal_arn: Option<String>,
 }
 
 /// One line of the audit log, members in hashing order. There is deliberately no field for a
@@ -189,6 +193,11 @@ pub struct AuditRecord {
     pub reason: Option<String>,
     pub cache: String,
     pub latency_ms: f64,
+    /// Absent (not null) unless set, so records written before these members existed verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_principal_arn: Option<String>,
     pub prev_hash: String,
     /// Empty while the hashed body is serialized, so the body is the line without this member.
     #[serde(default, skip_serializing_if = "String::is_empty")]

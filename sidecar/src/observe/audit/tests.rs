@@ -22,6 +22,8 @@ fn event(principal: &str, outcome: Outcome, key: &str, time: f64) -> AuditEvent 
         reason: (outcome == Outcome::Denied).then_some("policy_denied"),
         cache: CacheOutcome::None,
         latency_ms: 0.41,
+        kms_request_id: None,
+        aws_principal_arn: None,
     }
 }
 

@@ -152,6 +152,8 @@ impl Writer {
             reason: ev.reason.map(str::to_owned),
             cache: ev.cache.as_str().to_owned(),
             latency_ms: finite(ev.latency_ms),
+            kms_request_id: ev.kms_request_id,
+            aws_principal_arn: ev.aws_principal_arn,
             prev_hash: self.chained.clone(),
             hash: String::new(),
         };

@@ -20,6 +20,7 @@ struct Req {
     context: Option<EncryptionContext>,
     tags: BTreeMap<String, String>,
     key: &'static str,
+    xks: Option<XksMetadata<'static>>,
 }
 
 fn req(principal: &'static str, action: Action) -> Req {
@@ -34,6 +35,7 @@ fn req(principal: &'static str, action: Action) -> Req {
         context: None,
         tags: BTreeMap::new(),
         key: KEY,
+        xks: None,
     }
 }
 
@@ -51,6 +53,10 @@ impl Req {
         self.tags.insert(k.into(), v.into());
         self
     }
+    fn xks(mut self, m: XksMetadata<'static>) -> Self {
+        self.xks = Some(m);
+        self
+    }
     fn eval(&self, policy: &Policy) -> Decision {
         policy.evaluate(&RequestContext {
             principal_arn: self.principal,
@@ -59,6 +65,7 @@ impl Req {
             key_arn: self.key,
             encryption_context: self.context.as_ref(),
             principal_tags: &self.tags,
+            xks: self.xks,
         })
     }
 }
@@ -125,6 +132,13 @@ fn every_operation_has_its_action() {
             assert_eq!(action.name(), "kms:ReEncryptFrom");
         } else if *op == Operation::Status {
             assert_eq!(action.name(), "kms:DescribeKey");
+        } else if let Some(xks) = op.as_str().strip_prefix("Xks") {
+            let expected = match xks {
+                "GetKeyMetadata" => "kms:DescribeKey",
+                "GetHealthStatus" => "kms:DescribeCustomKeyStores",
+                crypto => &format!("kms:{crypto}"),
+            };
+            assert_eq!(action.name(), expected);
         } else {
             assert_eq!(action.name(), format!("kms:{}", op.as_str()));
         }
@@ -159,4 +173,46 @@ fn access_denied_messages_have_the_aws_shape() {
     assert_eq!(DenyReason::ContextMismatch.as_str(), "context_mismatch");
     assert_eq!(IMPLICIT.deny_reason(), Some(DenyReason::PolicyDenied));
     assert_eq!(Decision::Allow.deny_reason(), None);
+}
+
+#[test]
+fn xks_conditions_read_the_request_metadata() {
+    let p = policy(
+        r#"[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/alice"},"Action":"kms:Decrypt","Resource":"*",
+            "Condition":{"StringEquals":{"xks:KmsViaService":"ebs","xks:KMSOperation":"Decrypt"},
+                         "StringLike":{"xks:AwsPrincipalArn":"arn:aws:iam::123456789012:*"}}},
+           {"Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Resource":"*",
+            "Condition":{"StringEquals":{"xks:AwsSourceVpce":"vpce-blocked"}}}]"#,
+    );
+    let ebs = XksMetadata {
+        aws_principal_arn: Some("arn:aws:iam::123456789012:user/Alice"),
+        kms_operation: Some("Decrypt"),
+        kms_via_service: Some("ebs"),
+        ..Default::default()
+    };
+    assert_eq!(
+        req(ALICE, Action::Decrypt).xks(ebs).eval(&p),
+        Decision::Allow
+    );
+    let s3 = XksMetadata {
+        kms_via_service: Some("s3"),
+        ..ebs
+    };
+    assert_eq!(req(ALICE, Action::Decrypt).xks(s3).eval(&p), IMPLICIT);
+    let direct = XksMetadata {
+        kms_via_service: None,
+        ..ebs
+    };
+    assert_eq!(req(ALICE, Action::Decrypt).xks(direct).eval(&p), IMPLICIT);
+    // Another front-end's call has no XKS metadata: the conditioned Allow does not apply.
+    assert_eq!(req(ALICE, Action::Decrypt).eval(&p), IMPLICIT);
+    let blocked = XksMetadata {
+        aws_source_vpce: Some("vpce-blocked"),
+        ..ebs
+    };
+    assert!(matches!(
+        req(ALICE, Action::Decrypt).xks(blocked).eval(&p),
+        Decision::ExplicitDeny { .. }
+    ));
+    assert!(err(r#"[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Resource":"*","Condition":{"StringEquals":{"xks:Nope":"x"}}}]"#).contains("xks:Nope"));
 }

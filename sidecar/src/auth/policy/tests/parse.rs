@@ -250,6 +250,7 @@ fn eval_all(p: &Policy) {
                 key_arn: KEY,
                 encryption_context: c,
                 principal_tags: &tags,
+                xks: None,
             });
         }
     }
