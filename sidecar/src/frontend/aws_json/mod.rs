@@ -64,7 +64,7 @@ impl AwsJson {
         let span = telemetry::request_span(&parts.headers, &request_id, self.trace_propagation);
         let mut x = self
             .core
-            .begin(Frontend::AwsJson, request_id, peer.to_string(), span);
+            .begin(Frontend::AwsJson, request_id, peer, span);
         let span = x.span().clone();
         let result = self
             .process(&parts, body, &mut x)
