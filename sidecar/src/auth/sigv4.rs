@@ -313,7 +313,16 @@ fn signature(
         return [0; 32];
     };
     for part in [
-        ALGORITHM, "\n", amz_date, "\n", date, "/", region, "/", SERVICE, "/aws4_request\n",
+        ALGORITHM,
+        "\n",
+        amz_date,
+        "\n",
+        date,
+        "/",
+        region,
+        "/",
+        SERVICE,
+        "/aws4_request\n",
     ] {
         mac.put_str(part);
     }

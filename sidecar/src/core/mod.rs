@@ -163,10 +163,7 @@ impl Core {
     /// A new request id: a random per-process prefix and a counter, unique without coordination.
     /// Held inline (no allocation); it derefs to `&str`.
     pub fn request_id(&self) -> RequestId {
-        RequestId::new(
-            self.id_prefix,
-            self.next_id.fetch_add(1, Ordering::Relaxed),
-        )
+        RequestId::new(self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn kms(&self) -> &Kms {

@@ -62,9 +62,7 @@ impl AwsJson {
         let request_id = self.core.request_id();
         let (parts, body) = req.into_parts();
         let span = telemetry::request_span(&parts.headers, &request_id, self.trace_propagation);
-        let mut x = self
-            .core
-            .begin(Frontend::AwsJson, request_id, peer, span);
+        let mut x = self.core.begin(Frontend::AwsJson, request_id, peer, span);
         let span = x.span().clone();
         let result = self
             .process(&parts, body, &mut x)

@@ -157,10 +157,7 @@ mod tests {
     fn lines_are_byte_identical_to_the_serialized_record_and_chain() {
         let prev = "ab".repeat(32);
         for outcome in Outcome::ALL {
-            for context in [
-                &[][..],
-                &[("app", "x"), ("tenant", "a\"b\\c\n\u{7}")][..],
-            ] {
+            for context in [&[][..], &[("app", "x"), ("tenant", "a\"b\\c\n\u{7}")][..]] {
                 for include in [false, true] {
                     let ev = event(outcome, context);
                     let mut buf = b"previous line\n".to_vec();

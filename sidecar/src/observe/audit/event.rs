@@ -187,7 +187,10 @@ mod tests {
 
     #[test]
     fn request_ids_keep_their_format_inline() {
-        assert_eq!(RequestId::new(0xdead_beef, 42).as_str(), "deadbeef-00000000002a");
+        assert_eq!(
+            RequestId::new(0xdead_beef, 42).as_str(),
+            "deadbeef-00000000002a"
+        );
         assert_eq!(
             RequestId::new(1, u64::MAX).to_string(),
             "00000001-ffffffffffffffff"

@@ -148,8 +148,7 @@ impl Writer {
         self.buffered.push((ev.outcome, start, self.buf.len() - 1));
         // Hex digits are ASCII; `chained` keeps its 64-byte capacity.
         self.chained.clear();
-        self.chained
-            .extend(hash.iter().map(|&b| char::from(b)));
+        self.chained.extend(hash.iter().map(|&b| char::from(b)));
         if self.deadline.is_none() {
             self.deadline = Some(Instant::now() + self.cfg.flush_interval);
         }
