@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# Load-tester benchmarks for BENCHMARKS.md ("Load tester"): baseline mode (same-run ratio of the
-# sidecar to a bare responder) for uncached Decrypt and for Encrypt, the load tester's own ceiling
-# against the baseline responder, and a comparison with oha on the same responder (when oha is
-# installed: `cargo install oha --locked`). All traffic stays on 127.0.0.1; every run is bounded.
-# Output: target/bench/*.json and target/bench/summary.md. Takes about 4 minutes.
+# The hot-path regression guard (issue 18, BENCHMARKS.md "The hot path"): every figure of the
+# issue's target table from one run, each throughput and latency figure a ratio of the sidecar to the
+# bare hyper responder measured in the same run (responder first, then the sidecar):
+#   - heap allocations per cached Decrypt and per Encrypt (deterministic: a counting allocator);
+#   - kms-loadtest baseline mode, 8 connections: cached Decrypt and Encrypt throughput ratios, then
+#     p50/p99/p99.9 from the planned send time at half the sidecar's throughput;
+#   - the same cached Decrypt latency phase under a bounded busy loop per core (background CPU load);
+#   - 32 connections, closed loop: kms-loadtest and oha (when installed: `cargo install oha --locked`),
+#     each against the responder and the sidecar (oha replays one pre-signed Decrypt);
+#   - the sidecar's RSS idle and after the run, and `audit verify` of the run's audit log.
+# All traffic stays on 127.0.0.1; every run is bounded; about 3 to 4 minutes after the build.
+# Output: target/bench/*.json, target/bench/summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-target/bench}
 mkdir -p "$OUT"
-cargo build --release -q -p kms-sidecar -p kms-loadtest
-SIDECAR=target/release/kms-sidecar
-LT=target/release/kms-loadtest
+# NO_BUILD=1 uses the release binaries already built (e.g. right after `cargo bench --no-run`).
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p kms-sidecar -p kms-loadtest
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+SIDECAR=$TARGET_DIR/release/kms-sidecar
+LT=$TARGET_DIR/release/kms-loadtest
+
+echo "==> heap allocations per request (counting allocator, in-process sidecar)"
+if [ -n "${NO_BUILD:-}" ]; then
+  "$(ls -t "$TARGET_DIR"/release/deps/alloc_per_request-* | grep -v '\.d$' | head -1)" | tee "$OUT/alloc.txt"
+else
+  cargo bench -q -p kms-sidecar --bench alloc_per_request 2>/dev/null | tee "$OUT/alloc.txt"
+fi
 
 DATA=$(mktemp -d)
 LOG="$OUT/sidecar.log"
@@ -24,7 +40,8 @@ cleanup() {
 trap cleanup EXIT
 
 "$SIDECAR" --data-dir "$DATA" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-level warn >"$LOG" 2>&1 &
-pids+=($!)
+SIDECAR_PID=$!
+pids+=("$SIDECAR_PID")
 for _ in $(seq 100); do grep -q '^kms-sidecar: listening:' "$LOG" && break; sleep 0.1; done
 KMS=$(sed -n 's/^kms-sidecar: listening: kms=\([^ ]*\).*/\1/p' "$LOG")
 ADMIN=$(sed -n 's/^kms-sidecar: listening: .*admin=\([^ ]*\).*/\1/p' "$LOG")
@@ -32,55 +49,95 @@ export AWS_ACCESS_KEY_ID=$(sed -n 's/^  AWS_ACCESS_KEY_ID=\([^ ]*\)$/\1/p' "$LOG
 export AWS_SECRET_ACCESS_KEY=$(sed -n 's/^  AWS_SECRET_ACCESS_KEY=\([^ ]*\)$/\1/p' "$LOG")
 [ -n "$KMS" ] && [ -n "$AWS_ACCESS_KEY_ID" ] || { echo "sidecar did not start:"; cat "$LOG"; exit 1; }
 echo "==> sidecar kms=$KMS admin=$ADMIN"
+rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$SIDECAR_PID/status"; }
+RSS_IDLE=$(rss)
+load() { cut -d' ' -f1 /proc/loadavg; }
 
-COMMON=(--no-progress --target "$KMS" --admin-url "$ADMIN" --connections 8 --warmup-secs 2)
+COMMON=(--no-progress --target "$KMS" --admin-url "$ADMIN" --warmup-secs 2)
+# 4 keys x 16 ciphertexts: after the setup every measured Decrypt is a cache hit.
+CACHED=(--mix decrypt --keys 4 --ciphertexts-per-key 16)
 
-echo "==> baseline mode, Decrypt (uncached: 4 keys x 256 ciphertexts; there is no cache yet)"
-"$LT" baseline "${COMMON[@]}" --mix decrypt --keys 4 --ciphertexts-per-key 256 \
+declare -A LOAD
+LOAD[decrypt]=$(load)
+echo "==> baseline mode, cached Decrypt, 8 connections (load average $(load))"
+"$LT" baseline "${COMMON[@]}" --connections 8 "${CACHED[@]}" \
   --throughput-secs 5 --duration-secs 10 --json "$OUT/baseline-decrypt.json"
-echo "==> baseline mode, Encrypt"
-"$LT" baseline "${COMMON[@]}" --mix encrypt --keys 4 \
+LOAD[encrypt]=$(load)
+echo "==> baseline mode, Encrypt, 8 connections (load average $(load))"
+"$LT" baseline "${COMMON[@]}" --connections 8 --mix encrypt --keys 4 \
   --throughput-secs 5 --duration-secs 10 --json "$OUT/baseline-encrypt.json"
-echo "==> max mode against the in-process baseline responder (the load tester's own ceiling)"
-"$LT" max --no-progress --against-baseline --connections 8 --warmup-secs 1 --mix decrypt \
-  --start-rate 4000 --factor 2 --step-secs 3 --refine 3 --p99-bound-ms 10 --pause-secs 0.5 \
-  --json "$OUT/max-baseline.json"
 
-echo "==> the standalone baseline responder: kms-loadtest closed loop vs oha (8 connections, 10 s)"
-"$LT" serve-baseline --listen 127.0.0.1:7399 --duration-secs 120 >"$OUT/serve-baseline.log" 2>&1 &
-pids+=($!)
-sleep 1
-"$LT" run --no-progress --target http://127.0.0.1:7399 --rate 0 --duration-secs 10 --warmup-secs 1 \
-  --connections 8 --mix decrypt --key-id bench --ciphertexts-per-key 4 --keep-keys \
-  --json "$OUT/tester-closed.json" >/dev/null
-BODY=$(jq -c '{CiphertextBlob: "AQIDAHhbYXNlbGluZS1jaXBoZXJ0ZXh0", EncryptionContext: {app: "kms-loadtest"}}' <<<'{}')
+echo "==> baseline mode, cached Decrypt, 8 connections, under a busy loop per core"
+busy=()
+for _ in $(seq "$(nproc)"); do
+  timeout 60 sh -c 'while :; do :; done' &
+  busy+=($!)
+done
+pids+=("${busy[@]}")
+sleep 2
+LOAD[busy]=$(load)
+"$LT" baseline "${COMMON[@]}" --connections 8 "${CACHED[@]}" \
+  --throughput-secs 5 --duration-secs 10 --json "$OUT/baseline-decrypt-busy.json"
+for p in "${busy[@]}"; do kill "$p" 2>/dev/null || true; done
+sleep 2
+
+LOAD[c32]=$(load)
+echo "==> 32 connections: kms-loadtest closed loop, responder then sidecar (cached Decrypt)"
+"$LT" baseline "${COMMON[@]}" --connections 32 "${CACHED[@]}" \
+  --throughput-secs 5 --duration-secs 2 --json "$OUT/baseline-decrypt-32.json"
+
 if command -v oha >/dev/null 2>&1; then
-  oha -c 8 -z 10s --no-tui --output-format json -m POST \
-    -H 'X-Amz-Target: TrentService.Decrypt' -H 'Content-Type: application/x-amz-json-1.1' \
-    -d "$BODY" http://127.0.0.1:7399/ >"$OUT/oha.json"
+  echo "==> 32 connections: oha closed loop, responder then sidecar (one pre-signed cached Decrypt)"
+  "$LT" serve-baseline --listen 127.0.0.1:7399 --duration-secs 60 >"$OUT/serve-baseline.log" 2>&1 &
+  pids+=($!)
+  KEY=$(python3 scripts/sigv4_headers.py call "$KMS" TrentService.CreateKey '{}' | jq -r .KeyMetadata.KeyId)
+  BLOB=$(python3 scripts/sigv4_headers.py call "$KMS" TrentService.Encrypt \
+    "$(jq -nc --arg k "$KEY" '{KeyId: $k, Plaintext: "c2lkZWNhci1iZW5jaC1wbGFpbnRleHQtMzJieXRlcw==", EncryptionContext: {app: "kms-loadtest"}}')" |
+    jq -r .CiphertextBlob)
+  BODY=$(jq -nc --arg b "$BLOB" '{CiphertextBlob: $b, EncryptionContext: {app: "kms-loadtest"}}')
+  HEADERS=()
+  while IFS= read -r h; do HEADERS+=(-H "$h"); done < <(python3 scripts/sigv4_headers.py headers "$KMS" TrentService.Decrypt "$BODY")
+  sleep 1
+  oha -c 32 -z 5s --no-tui --output-format json -m POST "${HEADERS[@]}" -d "$BODY" \
+    http://127.0.0.1:7399/ >"$OUT/oha-responder.json"
+  oha -c 32 -z 5s --no-tui --output-format json -m POST "${HEADERS[@]}" -d "$BODY" \
+    "$KMS/" >"$OUT/oha-sidecar.json"
 else
-  echo "oha not installed (cargo install oha --locked): comparison skipped" | tee "$OUT/oha.json"
+  echo "oha not installed (cargo install oha --locked): oha comparison skipped"
 fi
+RSS_AFTER=$(rss)
+kill "$SIDECAR_PID"
+wait "$SIDECAR_PID" 2>/dev/null || true
+VERIFY=$("$SIDECAR" audit verify "$DATA/audit" 2>&1 | tail -1)
 
 {
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- Commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sidecar loadtest || echo ' (with uncommitted changes)')"
   echo
-  echo "| figure | baseline responder | sidecar | sidecar / baseline |"
-  echo "| --- | ---: | ---: | ---: |"
-  for op in decrypt encrypt; do
-    jq -r --arg op "$op" '.baseline as $b |
-      "| \($op) throughput, closed loop, 8 conns (req/s) | \($b.baseline_throughput|floor) | \($b.sidecar_throughput|floor) | \($b.throughput_ratio*1000|round/1000) |",
-      "| \($op) p50 at \($b.rate) req/s (ms) | \($b.baseline_latency_ms.p50) | \($b.sidecar_latency_ms.p50) | \($b.p50_ratio*100|round/100) |",
-      "| \($op) p99 at \($b.rate) req/s (ms) | \($b.baseline_latency_ms.p99) | \($b.sidecar_latency_ms.p99) | \($b.p99_ratio*100|round/100) |",
-      "| \($op) p99.9 at \($b.rate) req/s (ms) | \($b.baseline_latency_ms.p999) | \($b.sidecar_latency_ms.p999) | \($b.p999_ratio*100|round/100) |",
-      "| \($op) errors / late starts at \($b.rate) req/s | \(.runs[2].errors) / \(.runs[2].late_starts) | \(.runs[3].errors) / \(.runs[3].late_starts) | |"' \
-      "$OUT/baseline-$op.json"
+  echo "| figure | responder | sidecar | sidecar / responder | load average at start |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  sed -n 's/^alloc_per_request op=\([a-z_]*\) requests=[0-9]* allocations=\([0-9.]*\) bytes=\([0-9]*\)$/| heap allocations (bytes) per request, \1 | | \2 (\3) | | |/p' "$OUT/alloc.txt"
+  for run in decrypt:decrypt encrypt:encrypt decrypt-busy:busy; do
+    f=${run%%:*}
+    jq -r --arg op "$f" --arg load "${LOAD[${run##*:}]}" '.baseline as $b |
+      "| \($op) throughput, closed loop, 8 conns (req/s) | \($b.baseline_throughput|floor) | \($b.sidecar_throughput|floor) | \($b.throughput_ratio*1000|round/1000) | \($load) |",
+      "| \($op) p50 at \($b.rate) req/s (ms) | \($b.baseline_latency_ms.p50) | \($b.sidecar_latency_ms.p50) | \($b.p50_ratio*100|round/100) | |",
+      "| \($op) p99 at \($b.rate) req/s (ms) | \($b.baseline_latency_ms.p99) | \($b.sidecar_latency_ms.p99) | \($b.p99_ratio*100|round/100) | |",
+      "| \($op) p99.9 at \($b.rate) req/s (ms) | \($b.baseline_latency_ms.p999) | \($b.sidecar_latency_ms.p999) | \($b.p999_ratio*100|round/100) | |",
+      "| \($op) service time p99 at \($b.rate) req/s (ms) | \(.runs[2].service_time_ms.p99) | \(.runs[3].service_time_ms.p99) | | |",
+      "| \($op) errors / late starts at \($b.rate) req/s | \(.runs[2].errors) / \(.runs[2].late_starts) | \(.runs[3].errors) / \(.runs[3].late_starts) | | |"' \
+      "$OUT/baseline-$f.json"
   done
-  jq -r '"| SigV4 signing per request (us, mean / p99) | | \(.runs[3].signing.mean_us*10|round/10) / \(.runs[3].signing.p99_us*10|round/10) | |"' "$OUT/baseline-decrypt.json"
-  jq -r '"| load tester max vs baseline responder (req/s; p99 <= 10 ms, late <= 1%) | \(.max.max_sustainable_rate) | | stopped: \(.max.stop_reason) |"' "$OUT/max-baseline.json"
-  jq -r '"| kms-loadtest closed loop vs standalone responder: req/s, p50 ms, p99 ms | \(.runs[0].achieved_rate|floor), \(.runs[0].latency_ms.p50), \(.runs[0].latency_ms.p99) | | |"' "$OUT/tester-closed.json"
-  if command -v oha >/dev/null 2>&1; then
-    jq -r '"| oha closed loop vs standalone responder: req/s, p50 ms, p99 ms | \(.summary.requestsPerSec|floor), \(.latencyPercentiles.p50*1000000|round/1000), \(.latencyPercentiles.p99*1000000|round/1000) | | |"' "$OUT/oha.json"
+  jq -r --arg load "${LOAD[c32]}" '.baseline as $b |
+    "| cached decrypt throughput, kms-loadtest, 32 conns (req/s) | \($b.baseline_throughput|floor) | \($b.sidecar_throughput|floor) | \($b.throughput_ratio*1000|round/1000) | \($load) |"' \
+    "$OUT/baseline-decrypt-32.json"
+  if [ -s "$OUT/oha-sidecar.json" ] && jq -e .summary "$OUT/oha-sidecar.json" >/dev/null 2>&1; then
+    jq -rn --slurpfile r "$OUT/oha-responder.json" --slurpfile s "$OUT/oha-sidecar.json" '
+      ($r[0].summary.requestsPerSec) as $a | ($s[0].summary.requestsPerSec) as $b |
+      "| cached decrypt throughput, oha, 32 conns (req/s; sidecar success rate \($s[0].summary.successRate)) | \($a|floor) | \($b|floor) | \(($b/$a)*1000|round/1000) | |"'
+    jq -rn --slurpfile s "$OUT/oha-sidecar.json" '"| oha status codes against the sidecar | | \($s[0].statusCodeDistribution|tostring) | | |"'
   fi
+  echo "| sidecar RSS idle / after the run (MiB) | | $RSS_IDLE / $RSS_AFTER | | |"
+  echo "| audit verify after the run | | $VERIFY | | |"
 } >"$OUT/summary.md"
 cat "$OUT/summary.md"

@@ -191,14 +191,59 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
 }
 
-fn uri_encode(out: &mut String, s: &[u8], keep_slash: bool) {
+fn uri_encode(out: &mut impl Sink, s: &[u8], keep_slash: bool) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in s {
         if is_unreserved(b) || (keep_slash && b == b'/') {
-            out.push(char::from(b));
+            out.put(&[b]);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.put(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
     }
+}
+
+/// Where canonical text goes: a `String` (the query's pairs, which must be sorted first) or
+/// straight into a hash, so a request's canonical form is never built in memory.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    fn put_str(&mut self, s: &str) {
+        self.put(s.as_bytes());
+    }
+}
+
+impl Sink for String {
+    fn put(&mut self, bytes: &[u8]) {
+        // Only ASCII and whole UTF-8 strings are put.
+        self.push_str(&String::from_utf8_lossy(bytes));
+    }
+    fn put_str(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+impl Sink for Sha256 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+impl Sink for HmacSha256 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+/// Lowercase hex of a SHA-256 digest, on the stack.
+fn hex64(digest: impl AsRef<[u8]>) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(digest, &mut out);
+    out
+}
+
+/// The hex payload hash as text (hex digits are ASCII).
+pub(crate) fn hex_str(hex: &[u8; 64]) -> &str {
+    std::str::from_utf8(hex).unwrap_or_default()
 }
 
 fn percent_decode(s: &str) -> Vec<u8> {
@@ -225,43 +270,65 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// Builds the canonical request for `names` (sorted, lowercase signed header names).
-pub(crate) fn canonical_request(
+/// Hashes the canonical request for `signed_headers` (`;`-separated, sorted, lowercase names, checked
+/// by the caller): SHA-256, in hex.
+pub(crate) fn canonical_request_hash(
     req: &SignedRequest<'_>,
-    names: &[&str],
+    signed_headers: &str,
     payload_hash: &str,
-) -> Result<String, AuthError> {
-    let mut canonical = String::with_capacity(256);
-    canonical.push_str(req.method);
-    canonical.push('\n');
+) -> Result<[u8; 64], AuthError> {
+    let mut canonical = Sha256::new();
+    canonical.put_str(req.method);
+    canonical.put(b"\n");
     let path = if req.path.is_empty() { "/" } else { req.path };
     uri_encode(&mut canonical, path.as_bytes(), true);
-    canonical.push('\n');
-    canonical.push_str(&canonical_query(req.query));
-    canonical.push('\n');
-    for name in names {
-        canonical.push_str(name);
-        canonical.push(':');
+    canonical.put(b"\n");
+    if !req.query.is_empty() {
+        canonical.put_str(&canonical_query(req.query));
+    }
+    canonical.put(b"\n");
+    for name in signed_headers.split(';') {
+        canonical.put_str(name);
+        canonical.put(b":");
         canonical_header_value(&mut canonical, req.headers, name)?;
-        canonical.push('\n');
+        canonical.put(b"\n");
     }
-    canonical.push('\n');
-    for (i, name) in names.iter().enumerate() {
-        if i > 0 {
-            canonical.push(';');
-        }
-        canonical.push_str(name);
-    }
-    canonical.push('\n');
-    canonical.push_str(payload_hash);
-    Ok(canonical)
+    canonical.put(b"\n");
+    canonical.put_str(signed_headers);
+    canonical.put(b"\n");
+    canonical.put_str(payload_hash);
+    Ok(hex64(canonical.finalize()))
 }
 
-pub(crate) fn string_to_sign(amz_date: &str, scope: &str, canonical: &str) -> String {
-    format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    )
+/// The signature: HMAC of the string to sign under the derived `key`.
+pub(crate) fn signature(
+    key: &[u8],
+    amz_date: &str,
+    date: &str,
+    region: &str,
+    service: &str,
+    canonical_hash: &[u8; 64],
+) -> [u8; 32] {
+    // HMAC accepts keys of any length, so construction cannot fail.
+    let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
+        return [0; 32];
+    };
+    for part in [
+        ALGORITHM,
+        "\n",
+        amz_date,
+        "\n",
+        date,
+        "/",
+        region,
+        "/",
+        service,
+        "/aws4_request\n",
+    ] {
+        mac.put_str(part);
+    }
+    mac.put(canonical_hash);
+    mac.finalize().into_bytes().into()
 }
 
 fn canonical_query(query: &str) -> String {
@@ -289,7 +356,7 @@ fn canonical_query(query: &str) -> String {
 }
 
 fn canonical_header_value(
-    out: &mut String,
+    out: &mut impl Sink,
     headers: &http::HeaderMap,
     name: &str,
 ) -> Result<(), AuthError> {
@@ -301,20 +368,16 @@ fn canonical_header_value(
             .to_str()
             .map_err(|_| incomplete("a signed header is not valid text"))?;
         if !first {
-            out.push(',');
+            out.put(b",");
         }
         first = false;
-        let mut prev_space = false;
-        for c in value.trim().chars() {
-            if c == ' ' || c == '\t' {
-                if !prev_space {
-                    out.push(' ');
-                }
-                prev_space = true;
-            } else {
-                out.push(c);
-                prev_space = false;
+        // Runs of spaces and tabs become one space.
+        let words = value.trim().split([' ', '\t']).filter(|w| !w.is_empty());
+        for (i, word) in words.enumerate() {
+            if i > 0 {
+                out.put(b" ");
             }
+            out.put_str(word);
         }
     }
     if !any {
@@ -397,18 +460,20 @@ impl Verifier {
                 ),
             ));
         }
-        let names: Vec<&str> = auth.signed_headers.split(';').collect();
-        if !names.contains(&"host") {
+        if !auth.signed_headers.split(';').any(|n| n == "host") {
             return Err(incomplete("SignedHeaders must include 'host'"));
         }
-        if names.windows(2).any(|w| w[0] >= w[1])
-            || names
-                .iter()
-                .any(|n| n.is_empty() || n.bytes().any(|b| b.is_ascii_uppercase()))
-        {
-            return Err(incomplete(
-                "SignedHeaders must be lowercase, sorted and unique",
-            ));
+        let mut prev: Option<&str> = None;
+        for name in auth.signed_headers.split(';') {
+            if name.is_empty()
+                || name.bytes().any(|b| b.is_ascii_uppercase())
+                || prev.is_some_and(|p| p >= name)
+            {
+                return Err(incomplete(
+                    "SignedHeaders must be lowercase, sorted and unique",
+                ));
+            }
+            prev = Some(name);
         }
         let Some(client) = clients.get(auth.access_key_id) else {
             let revoked = clients.revoked_name(auth.access_key_id);
@@ -426,15 +491,14 @@ impl Verifier {
             return Err(err);
         };
 
-        let payload_hash = hex::encode(Sha256::digest(req.body));
+        let payload_hash = hex64(Sha256::digest(req.body));
         if let Some(claimed) = req.headers.get("x-amz-content-sha256")
-            && claimed.as_bytes() != payload_hash.as_bytes()
+            && claimed.as_bytes() != payload_hash
         {
             return Err(self.mismatch());
         }
-        let canonical = canonical_request(req, &names, &payload_hash)?;
-        let scope = format!("{}/{}/{SERVICE}/aws4_request", auth.date, auth.region);
-        let string_to_sign = string_to_sign(amz_date, &scope, &canonical);
+        let canonical_hash =
+            canonical_request_hash(req, auth.signed_headers, hex_str(&payload_hash))?;
         let signing_key = match client.cached_signing_key(auth.date, auth.region) {
             Some(k) => k,
             None => {
@@ -453,7 +517,14 @@ impl Verifier {
                     .ok_or_else(|| self.mismatch())?
             }
         };
-        let expected = hmac(&*signing_key.key, string_to_sign.as_bytes());
+        let expected = signature(
+            &*signing_key.key,
+            amz_date,
+            auth.date,
+            auth.region,
+            SERVICE,
+            &canonical_hash,
+        );
         let mut given = [0u8; 32];
         hex::decode_to_slice(auth.signature, &mut given)
             .map_err(|_| incomplete("Signature must be 64 hex characters"))?;
@@ -493,15 +564,21 @@ pub fn sign(
         .ok_or_else(|| KmsError::validation("bad x-amz-date"))?;
     let mut names: Vec<&str> = signed_headers.to_vec();
     names.sort_unstable();
-    let canonical = canonical_request(req, &names, &hex::encode(Sha256::digest(req.body)))
-        .map_err(|e| e.error)?;
-    let scope = format!("{date}/{region}/{SERVICE}/aws4_request");
-    let string_to_sign = string_to_sign(amz_date, &scope, &canonical);
+    let names = names.join(";");
+    let payload_hash = hex64(Sha256::digest(req.body));
+    let canonical_hash =
+        canonical_request_hash(req, &names, hex_str(&payload_hash)).map_err(|e| e.error)?;
     let key = derive_signing_key(secret, date, region);
-    let signature = hex::encode(hmac(&*key, string_to_sign.as_bytes()));
+    let signature = hex::encode(signature(
+        &*key,
+        amz_date,
+        date,
+        region,
+        SERVICE,
+        &canonical_hash,
+    ));
     Ok(format!(
-        "{ALGORITHM} Credential={access_key_id}/{scope}, SignedHeaders={}, Signature={signature}",
-        names.join(";")
+        "{ALGORITHM} Credential={access_key_id}/{date}/{region}/{SERVICE}/aws4_request, SignedHeaders={names}, Signature={signature}"
     ))
 }
 

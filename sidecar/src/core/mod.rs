@@ -30,7 +30,7 @@ pub use crate::auth::Principal;
 use crate::keys::{KeyStore, ciphertext};
 use crate::kms::{ErrorKind, KmsError};
 use crate::limits::{RateLimits, RateMetrics, RateSpec};
-use crate::observe::audit::AuditLog;
+use crate::observe::audit::{AuditLog, RequestId};
 
 /// Inbound rate limits (swappable on reload) and their metrics.
 #[derive(Debug)]
@@ -162,12 +162,9 @@ impl Core {
     }
 
     /// A new request id: a random per-process prefix and a counter, unique without coordination.
-    pub fn request_id(&self) -> String {
-        format!(
-            "{:08x}-{:012x}",
-            self.id_prefix,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        )
+    /// Held inline (no allocation); it derefs to `&str`.
+    pub fn request_id(&self) -> RequestId {
+        RequestId::new(self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn kms(&self) -> &Kms {

@@ -11,7 +11,9 @@ use tracing::Span;
 use super::{Core, Observation, Principal};
 pub use crate::kms::Frontend;
 use crate::kms::{KmsError, Operation, Origin};
-use crate::observe::audit::{self, AuditEvent, Outcome as AuditOutcome};
+use crate::observe::audit::{
+    self, AuditEvent, Outcome as AuditOutcome, PrincipalName, RequestId, Source,
+};
 use crate::observe::security;
 
 /// One call as the core observes it, filled in as the front-end and the pipeline learn things (also
@@ -20,9 +22,9 @@ use crate::observe::security;
 pub struct Exchange {
     frontend: Frontend,
     started: Instant,
-    request_id: String,
+    request_id: RequestId,
     /// The client's address (socket address, or the socket path for a Unix socket).
-    source: String,
+    source: Source,
     span: Span,
     /// The operation, once the front-end knows it.
     pub op: Option<Operation>,
@@ -49,6 +51,16 @@ impl Exchange {
         &self.span
     }
 
+    /// The principal for the audit log: the caller's credential (shared), a revoked one's name,
+    /// or `unknown`.
+    fn audit_principal(&self) -> PrincipalName {
+        match (&self.principal, &self.auth_failure) {
+            (Some(p), _) => PrincipalName::Caller(p.clone()),
+            (None, Some((_, Some(revoked)))) => PrincipalName::Owned(revoked.clone()),
+            _ => PrincipalName::Static(security::UNKNOWN_PRINCIPAL),
+        }
+    }
+
     /// The principal name for logs, metrics and the audit log: the caller's, a revoked one's, or
     /// `unknown`.
     fn principal_name(&self) -> &str {
@@ -66,15 +78,15 @@ impl Core {
     pub fn begin(
         &self,
         frontend: Frontend,
-        request_id: String,
-        source: String,
+        request_id: RequestId,
+        source: impl Into<Source>,
         span: Span,
     ) -> Exchange {
         Exchange {
             frontend,
             started: Instant::now(),
             request_id,
-            source,
+            source: source.into(),
             span,
             op: None,
             principal: None,
@@ -97,7 +109,7 @@ impl Core {
                     self.metrics.keys.record(key, op);
                 }
                 tracing::debug!(
-                    request_id = x.request_id,
+                    request_id = x.request_id.as_str(),
                     frontend = x.frontend.as_str(),
                     operation = op_name,
                     principal = x.principal_name(),
@@ -107,11 +119,11 @@ impl Core {
                 );
             }
             Err(err) if err.kind().origin() == Origin::Server => {
-                tracing::error!(request_id = x.request_id, frontend = x.frontend.as_str(), operation = op_name, principal = x.principal_name(), outcome = err.kind().name(), error = %err, cause = ?std::error::Error::source(err), "request failed");
+                tracing::error!(request_id = x.request_id.as_str(), frontend = x.frontend.as_str(), operation = op_name, principal = x.principal_name(), outcome = err.kind().name(), error = %err, cause = ?std::error::Error::source(err), "request failed");
             }
             Err(err) => {
                 tracing::info!(
-                    request_id = x.request_id,
+                    request_id = x.request_id.as_str(),
                     frontend = x.frontend.as_str(),
                     operation = op_name,
                     principal = x.principal_name(),
@@ -150,9 +162,9 @@ impl Core {
             .record(x.frontend, x.op, outcome, cache, elapsed);
         let audited = self.audit.record(AuditEvent {
             time: audit::epoch_seconds(SystemTime::now()),
-            principal: x.principal_name().to_string(),
-            request_id: x.request_id.clone(),
-            source: std::mem::take(&mut x.source),
+            principal: x.audit_principal(),
+            request_id: x.request_id,
+            source: x.source.clone(),
             operation: x.op,
             key_id: x.obs.key_id.take(),
             key_version: x.obs.key_version,

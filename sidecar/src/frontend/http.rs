@@ -94,11 +94,27 @@ pub async fn read_body(
         }
         return Err(too_large());
     }
-    let collected = tokio::time::timeout(READ_TIMEOUT, Limited::new(body, max).collect())
-        .await
-        .map_err(|_| KmsError::new(ErrorKind::Validation, "timed out reading the request body"))?;
+    // Frames go straight into one buffer sized from Content-Length (one allocation; collecting
+    // into a list of chunks and copying it out took two or three).
+    let expected = length
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(max);
+    let collected = tokio::time::timeout(READ_TIMEOUT, async {
+        let mut body = Limited::new(body, max);
+        let mut out = Zeroizing::new(Vec::with_capacity(expected));
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                out.extend_from_slice(data.chunk());
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(out)
+    })
+    .await
+    .map_err(|_| KmsError::new(ErrorKind::Validation, "timed out reading the request body"))?;
     match collected {
-        Ok(c) => Ok(Zeroizing::new(c.to_bytes().to_vec())),
+        Ok(body) => Ok(body),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>

@@ -175,7 +175,7 @@ pub(super) async fn encrypt(
     cx.obs.context = Some(context);
     Ok(EncryptResponse {
         ciphertext_blob: Blob(blob),
-        key_id: cx.keys.key_arn(&meta.id),
+        key_id: cx.key_arn(&meta.id),
         encryption_algorithm: ALGORITHM,
     })
 }
@@ -198,7 +198,7 @@ pub(super) async fn decrypt(
     cx.obs.context = Some(context);
     let (meta, plaintext) = result?;
     Ok(DecryptResponse {
-        key_id: cx.keys.key_arn(&meta.id),
+        key_id: cx.key_arn(&meta.id),
         plaintext,
         encryption_algorithm: ALGORITHM,
     })
@@ -237,7 +237,7 @@ pub(super) async fn re_encrypt(
     Ok(ReEncryptResponse {
         ciphertext_blob: Blob(blob),
         source_key_id: cx.keys.key_arn(&source.id),
-        key_id: cx.keys.key_arn(&dest.id),
+        key_id: cx.key_arn(&dest.id),
         source_encryption_algorithm: ALGORITHM,
         destination_encryption_algorithm: ALGORITHM,
     })
@@ -290,7 +290,7 @@ pub(super) async fn generate_data_key(
         return Ok(GenerateDataKeyResponse {
             ciphertext_blob: Blob(blob),
             plaintext: Some(SecretBlob(plaintext)),
-            key_id: cx.keys.key_arn(&meta.id),
+            key_id: cx.key_arn(&meta.id),
         });
     }
     let mut fresh = None;
@@ -321,7 +321,7 @@ pub(super) async fn generate_data_key(
     Ok(GenerateDataKeyResponse {
         ciphertext_blob: Blob(blob),
         plaintext: with_plaintext.then(|| SecretBlob(data_key)),
-        key_id: cx.keys.key_arn(&meta.id),
+        key_id: cx.key_arn(&meta.id),
     })
 }
 

@@ -83,9 +83,25 @@ pub(crate) struct Cx<'a> {
     admins: &'a [String],
     op: Operation,
     obs: &'a mut Observation,
+    /// The last key ARN authorization formatted, reused by the answer (one `format!` per call).
+    arn: Option<String>,
 }
 
 impl Cx<'_> {
+    /// The ARN of key `id`: the one authorization formatted when it is that key's, else a new one.
+    fn key_arn(&mut self, id: &str) -> String {
+        match self.arn.take() {
+            Some(arn)
+                if arn
+                    .strip_suffix(id)
+                    .is_some_and(|prefix| prefix.ends_with(":key/")) =>
+            {
+                arn
+            }
+            _ => self.keys.key_arn(id),
+        }
+    }
+
     /// Authorizes `action` on `meta` against its key policy. Runs before any key use, on every call.
     fn authorize(
         &mut self,
@@ -126,6 +142,7 @@ impl Cx<'_> {
             },
         };
         if decision.is_allowed() {
+            self.arn = Some(key_arn);
             return Ok(());
         }
         self.obs.denied = decision.deny_reason();
@@ -318,6 +335,7 @@ impl Kms {
             admins: &self.admin_arns,
             op: request.operation(),
             obs,
+            arn: None,
         };
         Ok(match request {
             R::Encrypt(r) => A::Encrypt(data::encrypt(k, r).await?),

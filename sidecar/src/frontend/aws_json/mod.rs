@@ -62,9 +62,7 @@ impl AwsJson {
         let request_id = self.core.request_id();
         let (parts, body) = req.into_parts();
         let span = telemetry::request_span(&parts.headers, &request_id, self.trace_propagation);
-        let mut x = self
-            .core
-            .begin(Frontend::AwsJson, request_id, peer.to_string(), span);
+        let mut x = self.core.begin(Frontend::AwsJson, request_id, peer, span);
         let span = x.span().clone();
         let result = self
             .process(&parts, body, &mut x)
@@ -155,7 +153,7 @@ fn respond(x: &Exchange, result: Result<Zeroizing<Vec<u8>>, KmsError>) -> Respon
         headers.insert("x-amzn-requestid", v);
     }
     if let (None, Some(version)) = (failed, x.obs.key_version) {
-        headers.insert(KEY_VERSION_HEADER, HeaderValue::from(version));
+        headers.insert(KEY_VERSION_HEADER, version_header(version));
     }
     if let Some(kind) = failed {
         headers.insert(
@@ -164,6 +162,18 @@ fn respond(x: &Exchange, result: Result<Zeroizing<Vec<u8>>, KmsError>) -> Respon
         );
     }
     response
+}
+
+/// The key version as a header value: the first versions from static text (formatting an integer
+/// into a header value allocates, and most keys have been rotated only a few times).
+fn version_header(version: u32) -> HeaderValue {
+    const SMALL: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    match SMALL.get(version as usize) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(version),
+    }
 }
 
 /// Runs one operation on a JSON body as the built-in admin principal, without HTTP, SigV4, limits
@@ -176,4 +186,14 @@ pub async fn call_internal(
     let request = core::Request::decode(op, wire::Json(body))?;
     let reply = kms.call_internal(request).await?;
     wire::encode(&reply).map(Zeroizing::new)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_headers_print_the_version() {
+        for v in [0, 1, 9, 16, 17, 1234, u32::MAX] {
+            assert_eq!(super::version_header(v).to_str().unwrap(), v.to_string());
+        }
+    }
 }

@@ -80,7 +80,12 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, KmsError> {
 
 /// Encodes a response body.
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, KmsError> {
-    serde_json::to_vec(value).map_err(KmsError::internal)
+    // Sized for a typical answer (a key ARN and a few hundred bytes of base64), so the buffer is
+    // not grown by reallocation while it is written: growing would leave copies of a plaintext in
+    // freed memory that the zeroizing response body never wipes.
+    let mut out = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut out, value).map_err(KmsError::internal)?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::Principal;
 use crate::auth::sigv4::{
-    AuthError, AuthFailure, SignedRequest, canonical_request, derive_signing_key_for, fail, hmac,
-    incomplete, parse_amz_date, parse_authorization, string_to_sign,
+    AuthError, AuthFailure, SignedRequest, canonical_request_hash, derive_signing_key_for, fail,
+    incomplete, parse_amz_date, parse_authorization, signature,
 };
 use crate::kms::ErrorKind;
 
@@ -113,11 +113,16 @@ pub fn verify(
     {
         return Err(mismatch());
     }
-    let canonical = canonical_request(req, &names, &payload_hash)?;
-    let scope = format!("{}/{}/{SERVICE}/aws4_request", auth.date, auth.region);
-    let to_sign = string_to_sign(amz_date, &scope, &canonical);
+    let canonical_hash = canonical_request_hash(req, auth.signed_headers, &payload_hash)?;
     let key = derive_signing_key_for(secret.expose_secret(), auth.date, auth.region, SERVICE);
-    let expected = hmac(&*key, to_sign.as_bytes());
+    let expected = signature(
+        &*key,
+        amz_date,
+        auth.date,
+        auth.region,
+        SERVICE,
+        &canonical_hash,
+    );
     let mut given = [0u8; 32];
     hex::decode_to_slice(auth.signature, &mut given)
         .map_err(|_| incomplete("Signature must be 64 hex characters"))?;
@@ -157,7 +162,6 @@ mod tests {
     /// Signs like AWS KMS does, with this module's own helpers (the e2e tests sign with
     /// `aws-sigv4` and curl, independent implementations).
     fn signed(headers: &mut http::HeaderMap, body: &[u8], secret: &str, service: &str) {
-        let names = ["host", "x-amz-date"];
         let req = SignedRequest {
             method: "POST",
             path: "/kms/xks/v1/health",
@@ -166,11 +170,17 @@ mod tests {
             body,
         };
         let hash = hex::encode(Sha256::digest(body));
-        let canonical = canonical_request(&req, &names, &hash).unwrap();
+        let canonical_hash = canonical_request_hash(&req, "host;x-amz-date", &hash).unwrap();
         let scope = format!("20260101/us-east-1/{service}/aws4_request");
-        let to_sign = string_to_sign("20260101T000000Z", &scope, &canonical);
         let key = derive_signing_key_for(secret, "20260101", "us-east-1", service);
-        let sig = hex::encode(hmac(&*key, to_sign.as_bytes()));
+        let sig = hex::encode(signature(
+            &*key,
+            "20260101T000000Z",
+            "20260101",
+            "us-east-1",
+            service,
+            &canonical_hash,
+        ));
         let value = format!(
             "AWS4-HMAC-SHA256 Credential={ID}/{scope}, SignedHeaders=host;x-amz-date, Signature={sig}"
         );

@@ -39,6 +39,8 @@ use crate::kms::{EncryptionContext, ErrorKind, KmsError, Operation};
 use writer::{Msg, Shared, Writer, lock, open_current};
 
 mod chain;
+mod encode;
+mod event;
 mod query;
 #[cfg(test)]
 mod tests;
@@ -46,6 +48,7 @@ mod verification;
 mod writer;
 
 pub use chain::Problem;
+pub use event::{PrincipalName, RequestId, Source};
 pub use query::{AuditQuery, MAX_QUERY_LIMIT, QueryError};
 pub use verification::{VerifyError, VerifyOptions, VerifyReport, verify, verify_with};
 
@@ -150,11 +153,11 @@ impl Outcome {
 pub struct AuditEvent {
     /// Unix epoch seconds ([`epoch_seconds`]).
     pub time: f64,
-    pub request_id: String,
+    pub request_id: RequestId,
     /// The principal name (`unknown` when authentication failed).
-    pub principal: String,
-    /// The client's socket address.
-    pub source: String,
+    pub principal: PrincipalName,
+    /// The client's socket address (or socket path).
+    pub source: Source,
     /// `None` when the target named no known operation.
     pub operation: Option<Operation>,
     pub key_id: Option<String>,

@@ -116,14 +116,16 @@ impl AuditQuery {
 }
 
 impl AuditLog {
-    /// Recent written records matching `q`, newest first.
+    /// Recent written records matching `q`, newest first. The ring holds the written lines; they are
+    /// parsed here, outside the lock the writer takes, since queries are rare and records are not.
     pub fn query(&self, q: &AuditQuery) -> Vec<AuditRecord> {
-        lock(&self.shared.ring)
+        let lines: Vec<std::sync::Arc<str>> = lock(&self.shared.ring).iter().cloned().collect();
+        lines
             .iter()
             .rev()
+            .filter_map(|line| serde_json::from_str::<AuditRecord>(line).ok())
             .filter(|r| q.matches(r))
             .take(q.limit)
-            .cloned()
             .collect()
     }
 }

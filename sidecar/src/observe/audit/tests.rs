@@ -10,9 +10,9 @@ use super::*;
 fn event(principal: &str, outcome: Outcome, key: &str, time: f64) -> AuditEvent {
     AuditEvent {
         time,
-        request_id: format!("req-{time}"),
+        request_id: RequestId::try_from(format!("req-{time}").as_str()).unwrap(),
         principal: principal.into(),
-        source: "127.0.0.1:50412".into(),
+        source: Source::Addr("127.0.0.1:50412".parse().unwrap()),
         operation: Some(Operation::Decrypt),
         key_id: Some(key.into()),
         key_version: Some(2),

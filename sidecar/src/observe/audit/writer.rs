@@ -17,12 +17,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use crate::kms::Operation;
-
-use super::chain::{read_tail, record_hash, rotated_files, sync_dir};
+use super::chain::{read_tail, rotated_files, sync_dir};
+use super::encode::encode_line;
 use super::{
-    AuditConfig, AuditError, AuditEvent, AuditMetrics, AuditRecord, BATCH, FLUSH_BYTES,
-    FsyncPolicy, GENESIS_HASH, ROTATED_PREFIX, ROTATED_SUFFIX, io_err,
+    AuditConfig, AuditError, AuditEvent, AuditMetrics, BATCH, FLUSH_BYTES, FsyncPolicy,
+    GENESIS_HASH, Outcome, ROTATED_PREFIX, ROTATED_SUFFIX, io_err,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -30,7 +29,8 @@ use super::{
 
 pub(super) struct Shared {
     pub(super) healthy: AtomicBool,
-    pub(super) ring: Mutex<VecDeque<AuditRecord>>,
+    /// Recent written lines (without newline), oldest first, for `/v1/audit`.
+    pub(super) ring: Mutex<VecDeque<Arc<str>>>,
     pub(super) ring_capacity: usize,
     pub(super) last_error: Mutex<Option<String>>,
     pub(super) metrics: AuditMetrics,
@@ -76,7 +76,8 @@ pub(super) struct Writer {
     /// The hash of the last record known to be in the file.
     pub(super) written: String,
     pub(super) buf: Vec<u8>,
-    pub(super) buffered: Vec<AuditRecord>,
+    /// The records in `buf`: their outcome and where their line is (`start..end`, no newline).
+    pub(super) buffered: Vec<(Outcome, usize, usize)>,
     pub(super) waiters: Vec<Ack>,
     pub(super) deadline: Option<Instant>,
     pub(super) shared: Arc<Shared>,
@@ -133,39 +134,21 @@ impl Writer {
     }
 
     fn push(&mut self, ev: AuditEvent) -> Result<(), AuditError> {
-        let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
-        let mut record = AuditRecord {
-            time: finite(ev.time),
-            request_id: ev.request_id,
-            principal: ev.principal,
-            source: ev.source,
-            operation: ev.operation.map_or("unknown", Operation::as_str).to_owned(),
-            key_id: ev.key_id,
-            key_version: ev.key_version,
-            context_keys: ev.encryption_context.keys().cloned().collect(),
-            context: self
-                .cfg
-                .include_context_values
-                .then_some(ev.encryption_context),
-            outcome: ev.outcome,
-            error_type: ev.error_type.map(|k| k.name().to_owned()),
-            reason: ev.reason.map(str::to_owned),
-            cache: ev.cache.as_str().to_owned(),
-            latency_ms: finite(ev.latency_ms),
-            kms_request_id: ev.kms_request_id,
-            aws_principal_arn: ev.aws_principal_arn,
-            prev_hash: self.chained.clone(),
-            hash: String::new(),
-        };
-        let body = serde_json::to_vec(&record).map_err(AuditError::Encode)?;
-        record.hash = record_hash(&record.prev_hash, &body);
-        let head = body.strip_suffix(b"}").unwrap_or(&body);
-        self.buf.extend_from_slice(head);
-        self.buf.extend_from_slice(b",\"hash\":\"");
-        self.buf.extend_from_slice(record.hash.as_bytes());
-        self.buf.extend_from_slice(b"\"}\n");
-        self.chained.clone_from(&record.hash);
-        self.buffered.push(record);
+        let start = self.buf.len();
+        let mut hash = [0u8; 64];
+        encode_line(
+            &mut self.buf,
+            &ev,
+            self.cfg.include_context_values,
+            &self.chained,
+            &mut hash,
+        )
+        .map_err(AuditError::Encode)?;
+        // The line without its newline, for `/v1/audit` once it is written.
+        self.buffered.push((ev.outcome, start, self.buf.len() - 1));
+        // Hex digits are ASCII; `chained` keeps its 64-byte capacity.
+        self.chained.clear();
+        self.chained.extend(hash.iter().map(|&b| char::from(b)));
         if self.deadline.is_none() {
             self.deadline = Some(Instant::now() + self.cfg.flush_interval);
         }
@@ -259,22 +242,35 @@ impl Writer {
         } else {
             self.write_buffer()
         };
-        self.buf.clear();
-        let records = std::mem::take(&mut self.buffered);
         match result {
             Ok(()) => {
                 self.written.clone_from(&self.chained);
-                for r in &records {
-                    if let Some(c) = self.shared.metrics.events.get(r.outcome as usize) {
+                // Only the newest `ring_capacity` lines can stay in the ring.
+                let skip = self
+                    .buffered
+                    .len()
+                    .saturating_sub(self.shared.ring_capacity);
+                let mut lines = Vec::with_capacity(self.buffered.len() - skip);
+                for (i, &(outcome, start, end)) in self.buffered.iter().enumerate() {
+                    if let Some(c) = self.shared.metrics.events.get(outcome as usize) {
                         c.inc();
                     }
+                    // The encoder writes only UTF-8 (serde_json's strings and ASCII).
+                    if i >= skip
+                        && let Some(line) = self.buf.get(start..end)
+                        && let Ok(line) = std::str::from_utf8(line)
+                    {
+                        lines.push(Arc::<str>::from(line));
+                    }
                 }
+                self.buffered.clear();
+                self.buf.clear();
                 let mut ring = lock(&self.shared.ring);
-                for r in records {
+                for line in lines {
                     if ring.len() >= self.shared.ring_capacity {
                         ring.pop_front();
                     }
-                    ring.push_back(r);
+                    ring.push_back(line);
                 }
                 drop(ring);
                 self.shared.healthy.store(true, Ordering::Release);
@@ -286,9 +282,12 @@ impl Writer {
                 }
             }
             Err(e) => {
+                let lost = self.buffered.len();
+                self.buffered.clear();
+                self.buf.clear();
                 // The lost records leave the chain: the next record follows the last one on disk.
                 self.chained.clone_from(&self.written);
-                self.fail(&e, records.len());
+                self.fail(&e, lost);
                 for w in self.waiters.drain(..) {
                     let _ = w.send(Err(AuditError::WriteFailed));
                 }
