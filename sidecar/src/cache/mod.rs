@@ -126,7 +126,8 @@ impl CacheFamilies {
 /// One cached plaintext.
 struct Entry {
     plaintext: Zeroizing<Vec<u8>>,
-    key_id: String,
+    /// Shared, so that a hit hands it out without copying it.
+    key_id: Arc<str>,
     version: u32,
     inserted: Instant,
 }
@@ -232,7 +233,7 @@ impl DecryptCache {
     where
         F: std::future::Future<Output = Result<Zeroizing<Vec<u8>>, KmsError>>,
     {
-        let load = async { load.await.map(|p| (p, key_id.to_string(), version)) };
+        let load = async { load.await.map(|p| (p, Arc::from(key_id), version)) };
         self.get_or_load_keyed(key, serve_stale, load)
             .await
             .map(|(p, _, outcome)| (p, outcome))
@@ -247,9 +248,9 @@ impl DecryptCache {
         key: [u8; 32],
         serve_stale: bool,
         load: F,
-    ) -> Result<(Zeroizing<Vec<u8>>, String, CacheOutcome), KmsError>
+    ) -> Result<(Zeroizing<Vec<u8>>, Arc<str>, CacheOutcome), KmsError>
     where
-        F: std::future::Future<Output = Result<(Zeroizing<Vec<u8>>, String, u32), KmsError>>,
+        F: std::future::Future<Output = Result<(Zeroizing<Vec<u8>>, Arc<str>, u32), KmsError>>,
     {
         let Some(cache) = &self.cache else {
             return load.await.map(|(p, k, _)| (p, k, CacheOutcome::None));
@@ -326,7 +327,7 @@ impl DecryptCache {
     pub fn invalidate_key(&self, key_id: &str) {
         if let Some(cache) = &self.cache {
             let id = key_id.to_string();
-            if let Err(e) = cache.invalidate_entries_if(move |_, entry| entry.key_id == id) {
+            if let Err(e) = cache.invalidate_entries_if(move |_, entry| *entry.key_id == *id) {
                 tracing::warn!(error = %e, "decrypt cache invalidation failed; entries expire by TTL");
             }
         }
@@ -339,7 +340,7 @@ impl DecryptCache {
         for (_, entry) in cache.iter() {
             let rotated = index
                 .keys
-                .get(&entry.key_id)
+                .get(&*entry.key_id)
                 .is_none_or(|m| m.current_version() != entry.version);
             if rotated || entry.inserted.elapsed() > self.settings.ttl {
                 stale += 1;

@@ -379,8 +379,29 @@ impl<'de> Deserialize<'de> for SecretBlob {
 
 impl serde::Serialize for SecretBlob {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let text = Zeroizing::new(B64.encode(self.as_slice()));
-        s.serialize_str(&text)
+        // serde_json (the only serializer of these types) writes a `collect_str` straight into its
+        // output, so the encoded secret never exists as a heap string of its own.
+        s.collect_str(&SecretBase64(self.as_slice()))
+    }
+}
+
+/// Base64 of secret bytes as `Display`: encoded 48 bytes at a time into a stack buffer that is
+/// wiped when done, with no heap copy of the encoded secret and no allocation per response.
+struct SecretBase64<'a>(&'a [u8]);
+
+impl std::fmt::Display for SecretBase64<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // 48 is a multiple of 3, so only the last chunk can carry padding.
+        const CHUNK: usize = 48;
+        let mut buf = Zeroizing::new([0u8; CHUNK / 3 * 4]);
+        for chunk in self.0.chunks(CHUNK) {
+            let n = B64
+                .encode_slice(chunk, &mut buf[..])
+                .map_err(|_| std::fmt::Error)?;
+            let text = std::str::from_utf8(&buf[..n]).map_err(|_| std::fmt::Error)?;
+            f.write_str(text)?;
+        }
+        Ok(())
     }
 }
 
@@ -413,5 +434,18 @@ mod tests {
         assert_eq!(b.as_slice(), b"secret");
         assert_eq!(format!("{b:?}"), "[redacted]");
         assert!(serde_json::from_str::<SecretBlob>("\"!!\"").is_err());
+    }
+
+    #[test]
+    fn secret_blob_encodes_as_standard_base64_at_every_length() {
+        // Lengths around the 48-byte chunks and every padding case.
+        for len in [0, 1, 2, 3, 47, 48, 49, 95, 96, 97, 4096] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let blob = SecretBlob(Zeroizing::new(bytes.clone()));
+            let json = serde_json::to_string(&blob).unwrap();
+            assert_eq!(json, format!("\"{}\"", B64.encode(&bytes)), "length {len}");
+            let back: SecretBlob = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.as_slice(), &bytes[..]);
+        }
     }
 }

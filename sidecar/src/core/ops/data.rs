@@ -135,8 +135,9 @@ async fn open(
         return Err(ciphertext::invalid());
     }
     let version = parsed.header.version;
-    let aad = ciphertext::aad(parsed.header_bytes, context);
     let load = async {
+        // Built only on a miss: a hit needs no associated data.
+        let aad = ciphertext::aad(parsed.header_bytes, context);
         let key = KeyRef {
             key_id: &meta.id,
             version,

@@ -391,13 +391,14 @@ impl Proxy {
                 .decrypt(&blob.0, &context, named, algo)
                 .await
                 .map_err(upstream_error)?;
-            Ok((plaintext, arn, 0))
+            Ok((plaintext, arn.into(), 0))
         };
         let serve_stale = self.limits.breaker.state() == State::Open;
-        let (mut plaintext, mut arn, outcome) = self
+        let (mut plaintext, cached_arn, outcome) = self
             .cache
             .get_or_load_keyed(cache_key, serve_stale, load)
             .await?;
+        let mut arn = cached_arn.to_string();
         // A cached answer for a request that names a key must be under that key; if the name cannot
         // be told from here (an alias not polled yet), the upstream decides.
         if outcome == CacheOutcome::Hit

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tracing::Instrument as _;
 use zeroize::Zeroizing;
@@ -150,14 +150,19 @@ fn respond(x: &Exchange, result: Result<Zeroizing<Vec<u8>>, KmsError>) -> Respon
         HeaderValue::from_static(wire::CONTENT_TYPE),
     );
     if let Ok(v) = HeaderValue::from_str(x.request_id()) {
-        headers.insert("x-amzn-requestid", v);
+        // Header names from static text: a name given as `&str` is parsed and, not being a
+        // standard header, copied to the heap on every response.
+        headers.insert(HeaderName::from_static("x-amzn-requestid"), v);
     }
     if let (None, Some(version)) = (failed, x.obs.key_version) {
-        headers.insert(KEY_VERSION_HEADER, version_header(version));
+        headers.insert(
+            HeaderName::from_static(KEY_VERSION_HEADER),
+            version_header(version),
+        );
     }
     if let Some(kind) = failed {
         headers.insert(
-            "x-amzn-errortype",
+            HeaderName::from_static("x-amzn-errortype"),
             HeaderValue::from_static(error::aws_type(kind)),
         );
     }
