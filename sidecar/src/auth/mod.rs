@@ -2,6 +2,7 @@
 //! proves a request came from one of them (`sigv4`). Key policies (authorization) arrive here too.
 
 pub mod admin_token;
+mod amz_date;
 pub mod clients;
 pub mod policy;
 pub mod proxy_policy;
