@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 pub mod etcd;
+pub mod fleet;
 pub mod proxy;
 
 /// Region the fixture signs for (the sidecar's default).
@@ -686,13 +687,16 @@ where
 
 /// Runs the sidecar's command line on `data_dir`: success and everything it printed.
 pub fn cli(data_dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary())
+    run(Command::new(binary())
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
-        .env_remove("KMS_SIDECAR_ROOT_KEY")
-        .output()
-        .expect("run the sidecar CLI");
+        .env_remove("KMS_SIDECAR_ROOT_KEY"))
+}
+
+/// Runs `cmd` to its end: success and everything it printed (stdout, then stderr).
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run the sidecar CLI");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
