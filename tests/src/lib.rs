@@ -763,6 +763,13 @@ pub mod kmsv2 {
         ]
     }
 
+    /// Creates the plugin's key (policy allowing `kubernetes` in `account`) and `alias` for it on a
+    /// running sidecar; returns the key's ARN.
+    pub async fn create_plugin_key(sidecar: &crate::Sidecar, account: &str, alias: &str) -> String {
+        let meta = crate::key_with_alias(&sidecar.sdk(), &policy(account), alias).await;
+        meta.arn().expect("arn").to_string()
+    }
+
     /// A key policy for keys the plugin uses: the creator (`default`) may do everything, the
     /// API server's principal (`kubernetes`) may Encrypt, Decrypt and DescribeKey (Status).
     pub fn policy(account: &str) -> String {
@@ -803,4 +810,28 @@ impl Sidecar {
         assert!(ok, "sidecar exited with an error:\n{}", out.all());
         Self::start_with(&data_dir, start)
     }
+}
+
+/// Creates a key with `policy` and points `alias` at it; returns the key's metadata. Panics on
+/// failure.
+pub async fn key_with_alias(
+    kms: &aws_sdk_kms::Client,
+    policy: &str,
+    alias: &str,
+) -> aws_sdk_kms::types::KeyMetadata {
+    let meta = kms
+        .create_key()
+        .policy(policy)
+        .send()
+        .await
+        .expect("CreateKey")
+        .key_metadata
+        .expect("metadata");
+    kms.create_alias()
+        .alias_name(alias)
+        .target_key_id(meta.key_id())
+        .send()
+        .await
+        .expect("CreateAlias");
+    meta
 }
