@@ -12,6 +12,7 @@ use clap::Parser as _;
 use kms_loadtest::LoadError;
 use kms_loadtest::cli::{Cli, execute};
 use kms_sidecar_e2e::{Sidecar, Start, sample};
+use support::sidecar::sidecar_target;
 use support::{assert_documented_fields, cli};
 
 /// A sidecar allowing each principal `rate` calls per second, at most `burst` at once.
@@ -40,22 +41,16 @@ async fn count(sidecar: &Sidecar, op: &str, outcome: &str) -> u64 {
 
 /// The command line of a short `run` that creates its keys and only generates data keys.
 fn run_args<'a>(sidecar: &'a Sidecar, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "--no-progress",
-        "--target",
-        &sidecar.kms_url,
-        "--access-key-id",
-        &sidecar.creds.access_key_id,
-        "--secret-access-key",
-        &sidecar.creds.secret,
+    let mut args = vec!["run", "--no-progress"];
+    args.extend(sidecar_target(sidecar));
+    args.extend([
         "--mix",
         "generate-data-key",
         "--warmup-secs",
         "0",
         "--connections",
         "2",
-    ];
+    ]);
     args.extend_from_slice(extra);
     args
 }
