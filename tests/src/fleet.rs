@@ -172,16 +172,3 @@ pub async fn decrypts(client: &aws_sdk_kms::Client, blob: &[u8], plain: &[u8]) -
         .await
         .is_ok_and(|r| r.plaintext().map(|p| p.as_ref()) == Some(plain))
 }
-
-/// Encrypts `plain` under `key` through `client`: the ciphertext; panics on failure.
-pub async fn encrypt(client: &aws_sdk_kms::Client, key: &str, plain: &[u8]) -> Blob {
-    client
-        .encrypt()
-        .key_id(key)
-        .plaintext(Blob::new(plain))
-        .send()
-        .await
-        .expect("Encrypt")
-        .ciphertext_blob
-        .expect("CiphertextBlob")
-}

@@ -658,7 +658,15 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// Creates a symmetric key with the SDK and returns its id; panics on failure.
 pub async fn new_key(kms: &aws_sdk_kms::Client) -> String {
-    kms.create_key()
+    new_key_from(kms.create_key()).await
+}
+
+/// Sends a CreateKey the caller has filled in (a policy, a description) and returns the new key's
+/// id; panics on failure.
+pub async fn new_key_from(
+    create: aws_sdk_kms::operation::create_key::builders::CreateKeyFluentBuilder,
+) -> String {
+    create
         .send()
         .await
         .expect("CreateKey")
@@ -666,6 +674,36 @@ pub async fn new_key(kms: &aws_sdk_kms::Client) -> String {
         .expect("KeyMetadata")
         .key_id()
         .to_string()
+}
+
+/// Encrypts `plaintext` under `key` with the SDK: the ciphertext; panics on failure.
+pub async fn encrypt(
+    kms: &aws_sdk_kms::Client,
+    key: &str,
+    plaintext: &[u8],
+) -> aws_sdk_kms::primitives::Blob {
+    encrypt_in(kms, key, plaintext, &[]).await
+}
+
+/// Like [`encrypt`], with the encryption context `context` (pairs of key and value).
+pub async fn encrypt_in(
+    kms: &aws_sdk_kms::Client,
+    key: &str,
+    plaintext: &[u8],
+    context: &[(&str, &str)],
+) -> aws_sdk_kms::primitives::Blob {
+    let mut call = kms
+        .encrypt()
+        .key_id(key)
+        .plaintext(aws_sdk_kms::primitives::Blob::new(plaintext));
+    for (k, v) in context {
+        call = call.encryption_context(*k, *v);
+    }
+    call.send()
+        .await
+        .expect("Encrypt")
+        .ciphertext_blob
+        .expect("CiphertextBlob")
 }
 
 /// The KMS error type of a failed AWS SDK call; panics if the call succeeded.

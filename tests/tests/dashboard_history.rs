@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_kms::primitives::Blob;
 use kms_dashboard::model::{Derived, Model, ModelConfig, Settings};
 use kms_dashboard::source;
-use kms_sidecar_e2e::{Sidecar, Start, http_get, http_send, sum_series};
+use kms_sidecar_e2e::{Sidecar, Start, http_get, http_send, new_key, sum_series};
 
 fn start() -> (tempfile::TempDir, Sidecar) {
     let dir = tempfile::tempdir().unwrap();
@@ -45,15 +45,7 @@ fn start() -> (tempfile::TempDir, Sidecar) {
 async fn a_dashboard_started_after_the_incident_shows_it() {
     let (_dir, sidecar) = start();
     let kms = sidecar.sdk();
-    let key = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key(&kms).await;
     // 25 s at about 80 calls/s from one principal against its 40/s limit
     let began = Instant::now();
     let load = Duration::from_secs(25);

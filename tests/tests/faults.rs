@@ -8,9 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_kms::Client;
 use aws_sdk_kms::primitives::Blob;
-use kms_sidecar_e2e::{Sidecar, Start, error_code, http_get, http_send, sample, sum_series};
+use kms_sidecar_e2e::{
+    Sidecar, Start, encrypt, error_code, http_get, http_send, new_key, sample, sum_series,
+};
 
 /// Fault injection on, quick breaker and cache timings, no data-key pool (its background refills
 /// would add backend calls the counts below do not expect).
@@ -50,29 +51,6 @@ async fn set_faults(sidecar: &Sidecar, spec: &str) -> serde_json::Value {
 async fn clear_faults(sidecar: &Sidecar) {
     let (status, body) = http_send("DELETE", &format!("{}/v1/faults", sidecar.admin_url), "").await;
     assert_eq!(status, 200, "{body}");
-}
-
-async fn create_key(kms: &Client) -> String {
-    kms.create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string()
-}
-
-async fn encrypt(kms: &Client, key: &str, plaintext: &[u8]) -> Blob {
-    kms.encrypt()
-        .key_id(key)
-        .plaintext(Blob::new(plaintext.to_vec()))
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob()
-        .unwrap()
-        .clone()
 }
 
 /// Polls `check` every 50 ms until it is true or `limit` has passed.
@@ -118,7 +96,7 @@ async fn an_outage_is_survived_by_the_cache_and_the_breaker_recovers() {
         "3",
     ]);
     let kms = sidecar.sdk();
-    let key = create_key(&kms).await;
+    let key = new_key(&kms).await;
     let mut cached = Vec::new();
     for i in 0..20u8 {
         let blob = encrypt(&kms, &key, &[i; 32]).await;
@@ -224,7 +202,7 @@ async fn the_retry_budget_bounds_backend_attempts() {
     // A breaker that only the failure ratio can open, so that the random errors below are retried.
     let (_dir, sidecar) = start(&["--breaker-consecutive-failures", "50"]);
     let kms = sidecar.sdk();
-    let key = create_key(&kms).await;
+    let key = new_key(&kms).await;
     let attempts = |text: &str| {
         sum_series(
             text,
@@ -311,7 +289,7 @@ async fn the_retry_budget_bounds_backend_attempts() {
 async fn readiness_follows_the_backend() {
     let (_dir, sidecar) = start(&["--breaker-consecutive-failures", "3"]);
     let kms = sidecar.sdk();
-    let key = create_key(&kms).await;
+    let key = new_key(&kms).await;
     let readyz = format!("{}/readyz", sidecar.admin_url);
     assert_eq!(http_get(&readyz).await, (200, "ready\n".to_string()));
 
@@ -386,7 +364,7 @@ async fn faults_round_trip_are_counted_and_refused_when_disabled() {
 
     let (_dir, sidecar) = start(&["--breaker-consecutive-failures", "100"]);
     let kms = sidecar.sdk();
-    let key = create_key(&kms).await;
+    let key = new_key(&kms).await;
     let url = format!("{}/v1/faults", sidecar.admin_url);
     let (status, body) = http_get(&url).await;
     assert_eq!(status, 200);
@@ -512,7 +490,7 @@ async fn faults_round_trip_are_counted_and_refused_when_disabled() {
 async fn latency_slows_misses_and_spares_cache_hits() {
     let (_dir, sidecar) = start(&[]);
     let kms = sidecar.sdk();
-    let key = create_key(&kms).await;
+    let key = new_key(&kms).await;
     let hot = encrypt(&kms, &key, b"hot").await;
     kms.decrypt()
         .ciphertext_blob(hot.clone())

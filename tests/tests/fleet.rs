@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use kms_sidecar_e2e::etcd::EtcdCluster;
-use kms_sidecar_e2e::fleet::{Fleet, decrypts, encrypt, within};
-use kms_sidecar_e2e::{Sidecar, SoftHsm, http_get, new_key, sdk_client};
+use kms_sidecar_e2e::fleet::{Fleet, decrypts, within};
+use kms_sidecar_e2e::{Sidecar, SoftHsm, encrypt, http_get, new_key, sdk_client};
 
 const PREFIX: &str = "/fleet-test/";
 

@@ -8,7 +8,7 @@
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use base64::Engine as _;
-use kms_sidecar_e2e::{Sidecar, SoftHsm, Start, http_get_with, new_key};
+use kms_sidecar_e2e::{Sidecar, SoftHsm, Start, encrypt, encrypt_in, http_get_with, new_key};
 
 fn encodings(secret: &[u8]) -> Vec<String> {
     vec![
@@ -31,14 +31,7 @@ async fn plaintexts_and_secrets_never_logged() {
     let planted = b"PLANTED-PLAINTEXT-7f3a9c-do-not-log".to_vec();
 
     let key = new_key(&kms).await;
-    let enc = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(planted.clone()))
-        .send()
-        .await
-        .unwrap();
-    let blob = enc.ciphertext_blob().unwrap().clone();
+    let blob = encrypt(&kms, &key, &planted).await;
     let dec = kms
         .decrypt()
         .ciphertext_blob(blob.clone())
@@ -172,17 +165,7 @@ async fn pin_token_and_material_never_in_any_output_or_document() {
     let kms = sidecar.sdk();
     let planted = b"PLANTED-HSM-PLAINTEXT-41c2-do-not-log".to_vec();
     let key = new_key(&kms).await;
-    let blob = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(planted.clone()))
-        .encryption_context("tenant", "a")
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob()
-        .unwrap()
-        .clone();
+    let blob = encrypt_in(&kms, &key, &planted, &[("tenant", "a")]).await;
     let dk = kms
         .generate_data_key()
         .key_id(&key)

@@ -12,7 +12,7 @@ use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use kms_sidecar_e2e::{
-    Creds, Raw, Sidecar, cli, error_code as code, printed_creds, sample, sdk_client,
+    Creds, Raw, Sidecar, cli, error_code as code, new_key_from, printed_creds, sample, sdk_client,
 };
 
 fn add_client(data_dir: &std::path::Path, name: &str, tenant: &str) -> Creds {
@@ -67,16 +67,7 @@ async fn tenant_isolation_deny_revocation_and_audit() {
     wait_accepted(&alice).await;
     wait_accepted(&bob).await;
 
-    let key = admin
-        .create_key()
-        .policy(tenant_policy(""))
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key_from(admin.create_key().policy(tenant_policy(""))).await;
     let stored = admin.get_key_policy().key_id(&key).send().await.unwrap();
     assert!(stored.policy().unwrap().contains("TenantUse"));
     assert_eq!(

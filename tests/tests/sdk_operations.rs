@@ -8,28 +8,12 @@
 use aws_sdk_kms::Client;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeySpec, KeyState, RotationType, Tag};
-use kms_sidecar_e2e::{BackendChoice, Sidecar, error_code as code, on_every_backend};
-
-async fn new_key(kms: &Client) -> String {
-    kms.create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string()
-}
+use kms_sidecar_e2e::{BackendChoice, Sidecar, error_code as code, new_key, on_every_backend};
 
 async fn encrypt(kms: &Client, key: &str, plaintext: &[u8]) -> Vec<u8> {
-    let out = kms
-        .encrypt()
-        .key_id(key)
-        .plaintext(Blob::new(plaintext))
-        .send()
+    kms_sidecar_e2e::encrypt(kms, key, plaintext)
         .await
-        .unwrap();
-    out.ciphertext_blob().unwrap().as_ref().to_vec()
+        .into_inner()
 }
 
 async fn decrypt(kms: &Client, blob: &[u8]) -> Vec<u8> {

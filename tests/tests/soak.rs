@@ -46,7 +46,7 @@ use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use kms_sidecar_e2e::{Sidecar, Start, http_send, sample, sum_series};
+use kms_sidecar_e2e::{Sidecar, Start, encrypt, http_send, sample, sum_series};
 
 const TTL: Duration = Duration::from_secs(1);
 const GRACE: Duration = Duration::from_secs(6);
@@ -560,16 +560,7 @@ async fn soak_under_faults() {
     let mut hot = Vec::new();
     for i in 0..HOT_ITEMS {
         let plaintext = rng.bytes(32);
-        let blob = kms
-            .encrypt()
-            .key_id(&keys[i % keys.len()])
-            .plaintext(Blob::new(plaintext.clone()))
-            .send()
-            .await
-            .unwrap()
-            .ciphertext_blob()
-            .unwrap()
-            .clone();
+        let blob = encrypt(&kms, &keys[i % keys.len()], &plaintext).await;
         hot.push(Item { blob, plaintext });
     }
     let run_started = Instant::now();
