@@ -7,7 +7,7 @@
 
 mod support;
 
-use kms_sidecar_e2e::{Sidecar, Start, key_with_alias};
+use kms_sidecar_e2e::{Sidecar, key_with_alias};
 use support::sidecar::encrypt_decrypt_load;
 
 const XKS_ID: &str = "AKSCXKSLOADTESTCREDENTIAL";
@@ -24,21 +24,15 @@ async fn xks_load_against_a_real_sidecar_has_zero_errors() {
         ),
     )
     .unwrap();
-    let sidecar = Sidecar::start_with(
+    let sidecar = Sidecar::start_args(
         &dir.path().join("data"),
-        Start {
-            args: [
-                "--xks-listen",
-                "127.0.0.1:0",
-                "--xks-config",
-                config.to_str().unwrap(),
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..Start::default()
-        },
-    )
-    .unwrap();
+        &[
+            "--xks-listen",
+            "127.0.0.1:0",
+            "--xks-config",
+            config.to_str().unwrap(),
+        ],
+    );
     let xks_url = sidecar
         .output
         .stdout

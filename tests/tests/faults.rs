@@ -10,35 +10,14 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kms::primitives::Blob;
 use kms_sidecar_e2e::{
-    Sidecar, Start, encrypt, error_code, http_get, http_send, new_key, sample, sum_series,
+    FAULT_ARGS, Sidecar, encrypt, error_code, http_get, http_send, new_key, sample, sum_series,
 };
 
 /// Fault injection on, quick breaker and cache timings, no data-key pool (its background refills
 /// would add backend calls the counts below do not expect).
 fn start(extra: &[&str]) -> (tempfile::TempDir, Sidecar) {
     let dir = tempfile::tempdir().unwrap();
-    let mut args: Vec<String> = [
-        "--faults-enabled",
-        "--breaker-cool-down-secs",
-        "1",
-        "--retry-base-ms",
-        "2",
-        "--retry-cap-ms",
-        "10",
-        "--data-key-pool-size",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let sidecar = Sidecar::start_with(
-        dir.path(),
-        Start {
-            args,
-            ..Start::default()
-        },
-    )
-    .unwrap();
+    let sidecar = Sidecar::start_args(dir.path(), &[&FAULT_ARGS[..], extra].concat());
     (dir, sidecar)
 }
 

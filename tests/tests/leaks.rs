@@ -8,7 +8,7 @@
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use base64::Engine as _;
-use kms_sidecar_e2e::{Sidecar, SoftHsm, Start, encrypt, encrypt_in, http_get_with, new_key};
+use kms_sidecar_e2e::{Sidecar, SoftHsm, encrypt, encrypt_in, http_get_with, new_key};
 
 fn encodings(secret: &[u8]) -> Vec<String> {
     vec![
@@ -22,11 +22,7 @@ fn encodings(secret: &[u8]) -> Vec<String> {
 #[tokio::test]
 async fn plaintexts_and_secrets_never_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let start = Start {
-        args: vec!["--log-level".into(), "debug".into()],
-        ..Start::default()
-    };
-    let sidecar = Sidecar::start_with(dir.path(), start).unwrap();
+    let sidecar = Sidecar::start_args(dir.path(), &["--log-level", "debug"]);
     let kms = sidecar.sdk();
     let planted = b"PLANTED-PLAINTEXT-7f3a9c-do-not-log".to_vec();
 

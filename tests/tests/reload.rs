@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kms_sidecar_e2e::{Sidecar, Start, error_code, http_get};
+use kms_sidecar_e2e::{Sidecar, error_code, http_get};
 
 fn hup(sidecar: &Sidecar) {
     let ok = Command::new("kill")
@@ -46,14 +46,10 @@ async fn sighup_reloads_rate_limits_and_refuses_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sidecar.toml");
     std::fs::write(&config, "rate_limit_per_principal = 1000.0\n").unwrap();
-    let sidecar = Sidecar::start_with(
+    let sidecar = Sidecar::start_args(
         &dir.path().join("data"),
-        Start {
-            args: vec!["--config".into(), config.display().to_string()],
-            ..Start::default()
-        },
-    )
-    .unwrap();
+        &["--config", config.to_str().unwrap()],
+    );
     let kms = sidecar.sdk();
     assert_eq!(principal_rate(&sidecar).await, Some(1000.0));
     for _ in 0..5 {
