@@ -834,6 +834,23 @@ pub mod kmsv2 {
     }
 }
 
+/// GenerateDataKey (AES-256) under `key` with the SDK and the encryption context `context`;
+/// panics on failure.
+pub async fn data_key_in(
+    kms: &aws_sdk_kms::Client,
+    key: &str,
+    context: &[(&str, &str)],
+) -> aws_sdk_kms::operation::generate_data_key::GenerateDataKeyOutput {
+    let mut call = kms
+        .generate_data_key()
+        .key_id(key)
+        .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256);
+    for (k, v) in context {
+        call = call.encryption_context(*k, *v);
+    }
+    call.send().await.expect("GenerateDataKey")
+}
+
 /// Fault injection on (`/v1/faults`), a 1 s breaker cool-down, 2-10 ms retry backoff and no
 /// data-key pool (its background refills would add backend calls that tests counting them do not
 /// expect): the arguments of the tests that inject backend faults.
@@ -859,6 +876,16 @@ impl Sidecar {
         };
         Self::start_with(data_dir, start)
             .unwrap_or_else(|out| panic!("sidecar did not start with {args:?}:\n{out}"))
+    }
+
+    /// Sends SIGHUP (re-read the configuration) and asserts it was delivered.
+    pub fn hup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "SIGHUP not delivered to {}", self.pid());
     }
 
     /// A restart on the same data directory and backend with `extra` arguments added (the

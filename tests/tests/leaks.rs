@@ -6,9 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::DataKeySpec;
 use base64::Engine as _;
-use kms_sidecar_e2e::{Sidecar, SoftHsm, encrypt, encrypt_in, http_get_with, new_key};
+use kms_sidecar_e2e::{Sidecar, SoftHsm, data_key_in, encrypt, encrypt_in, http_get_with, new_key};
 
 fn encodings(secret: &[u8]) -> Vec<String> {
     vec![
@@ -48,13 +47,7 @@ async fn plaintexts_and_secrets_never_logged() {
         .encryption_context("wrong", "ctx")
         .send()
         .await;
-    let dk = kms
-        .generate_data_key()
-        .key_id(&key)
-        .key_spec(DataKeySpec::Aes256)
-        .send()
-        .await
-        .unwrap();
+    let dk = data_key_in(&kms, &key, &[]).await;
     let data_key = dk.plaintext().unwrap().as_ref().to_vec();
     let random = kms
         .generate_random()
@@ -162,13 +155,7 @@ async fn pin_token_and_material_never_in_any_output_or_document() {
     let planted = b"PLANTED-HSM-PLAINTEXT-41c2-do-not-log".to_vec();
     let key = new_key(&kms).await;
     let blob = encrypt_in(&kms, &key, &planted, &[("tenant", "a")]).await;
-    let dk = kms
-        .generate_data_key()
-        .key_id(&key)
-        .key_spec(DataKeySpec::Aes256)
-        .send()
-        .await
-        .unwrap();
+    let dk = data_key_in(&kms, &key, &[]).await;
     let data_key = dk.plaintext().unwrap().as_ref().to_vec();
 
     // Error bodies, from calls that carry the planted values.

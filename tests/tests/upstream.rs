@@ -7,8 +7,7 @@
 
 use aws_sdk_kms::error::ProvideErrorMetadata as _;
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::DataKeySpec;
-use kms_sidecar_e2e::{Sidecar, Start, encrypt_in, error_code, new_key};
+use kms_sidecar_e2e::{Sidecar, Start, data_key_in, encrypt_in, error_code, new_key};
 
 const UPSTREAM_OK: &str =
     "kms_sidecar_backend_requests_total{backend=\"upstream\",operation=\"encrypt\",outcome=\"ok\"}";
@@ -76,14 +75,7 @@ async fn a_sidecar_forwards_to_another_and_survives_its_outage() {
         .await;
     assert_eq!(error_code(wrong), "InvalidCiphertextException");
 
-    let dk = kms
-        .generate_data_key()
-        .key_id(&key)
-        .key_spec(DataKeySpec::Aes256)
-        .encryption_context("tenant", "a")
-        .send()
-        .await
-        .unwrap();
+    let dk = data_key_in(&kms, &key, &[("tenant", "a")]).await;
     let plain = dk.plaintext.unwrap().into_inner();
     assert_eq!(plain.len(), 32);
     assert_eq!(decrypt(&kms, &dk.ciphertext_blob.unwrap()).await, plain);
