@@ -10,6 +10,15 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeySpec, KeyState, RotationType, Tag};
 use kms_sidecar_e2e::{BackendChoice, Sidecar, error_code as code, new_key, on_every_backend};
 
+/// A sidecar on `backend` in a fresh data directory, and its SDK client (the directory and the
+/// process last as long as the first two).
+fn start(backend: &BackendChoice) -> (tempfile::TempDir, Sidecar, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start_on(dir.path(), backend);
+    let kms = sidecar.sdk();
+    (dir, sidecar, kms)
+}
+
 async fn encrypt(kms: &Client, key: &str, plaintext: &[u8]) -> Vec<u8> {
     kms_sidecar_e2e::encrypt(kms, key, plaintext)
         .await
@@ -27,9 +36,7 @@ async fn decrypt(kms: &Client, blob: &[u8]) -> Vec<u8> {
 }
 
 async fn create_describe_encrypt_decrypt_reencrypt(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
 
     let created = kms
         .create_key()
@@ -182,9 +189,7 @@ async fn create_describe_encrypt_decrypt_reencrypt(backend: BackendChoice) {
 }
 
 async fn data_keys_and_random(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
     let key = new_key(&kms).await;
 
     let dk = kms
@@ -293,11 +298,21 @@ async fn data_keys_and_random(backend: BackendChoice) {
 }
 
 async fn key_states_follow_kms_rules(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
     let key = new_key(&kms).await;
     let blob = encrypt(&kms, &key, b"x").await;
+    // Encrypt and Decrypt with the key, asked again in each state below.
+    let encrypt_x = || {
+        kms.encrypt()
+            .key_id(&key)
+            .plaintext(Blob::new(b"x".to_vec()))
+            .send()
+    };
+    let decrypt_blob = || {
+        kms.decrypt()
+            .ciphertext_blob(Blob::new(blob.clone()))
+            .send()
+    };
 
     kms.disable_key().key_id(&key).send().await.unwrap();
     let d = kms.describe_key().key_id(&key).send().await.unwrap();
@@ -306,25 +321,8 @@ async fn key_states_follow_kms_rules(backend: BackendChoice) {
         Some(&KeyState::Disabled)
     );
     assert!(!d.key_metadata().unwrap().enabled());
-    assert_eq!(
-        code(
-            kms.encrypt()
-                .key_id(&key)
-                .plaintext(Blob::new(b"x".to_vec()))
-                .send()
-                .await
-        ),
-        "DisabledException"
-    );
-    assert_eq!(
-        code(
-            kms.decrypt()
-                .ciphertext_blob(Blob::new(blob.clone()))
-                .send()
-                .await
-        ),
-        "DisabledException"
-    );
+    assert_eq!(code(encrypt_x().await), "DisabledException");
+    assert_eq!(code(decrypt_blob().await), "DisabledException");
     assert_eq!(
         code(kms.enable_key_rotation().key_id(&key).send().await),
         "DisabledException"
@@ -374,25 +372,8 @@ async fn key_states_follow_kms_rules(backend: BackendChoice) {
     );
     assert!(d.key_metadata().unwrap().deletion_date().is_some());
 
-    assert_eq!(
-        code(
-            kms.encrypt()
-                .key_id(&key)
-                .plaintext(Blob::new(b"x".to_vec()))
-                .send()
-                .await
-        ),
-        "KMSInvalidStateException"
-    );
-    assert_eq!(
-        code(
-            kms.decrypt()
-                .ciphertext_blob(Blob::new(blob.clone()))
-                .send()
-                .await
-        ),
-        "KMSInvalidStateException"
-    );
+    assert_eq!(code(encrypt_x().await), "KMSInvalidStateException");
+    assert_eq!(code(decrypt_blob().await), "KMSInvalidStateException");
     assert_eq!(
         code(kms.enable_key().key_id(&key).send().await),
         "KMSInvalidStateException"
@@ -436,9 +417,7 @@ async fn key_states_follow_kms_rules(backend: BackendChoice) {
 }
 
 async fn aliases_in_all_keyid_forms(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
     let k1 = new_key(&kms).await;
     let k2 = new_key(&kms).await;
     let arn1 = format!("arn:aws:kms:us-east-1:111122223333:key/{k1}");
@@ -608,9 +587,7 @@ async fn aliases_in_all_keyid_forms(backend: BackendChoice) {
 }
 
 async fn rotation_keeps_old_ciphertexts(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
     let key = new_key(&kms).await;
 
     let status = kms
@@ -735,9 +712,7 @@ async fn rotation_keeps_old_ciphertexts(backend: BackendChoice) {
 }
 
 async fn listing_paging_and_tags(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
     let mut created = Vec::new();
     for _ in 0..5 {
         created.push(new_key(&kms).await);
