@@ -685,6 +685,26 @@ pub async fn encrypt(
     encrypt_in(kms, key, plaintext, &[]).await
 }
 
+/// Encrypts `plaintext` under `key` with the SDK and returns what it answered, for tests that
+/// expect an error (`error_code(try_encrypt(..).await)`) or only load the sidecar.
+pub async fn try_encrypt(
+    kms: &aws_sdk_kms::Client,
+    key: &str,
+    plaintext: &[u8],
+) -> Result<
+    aws_sdk_kms::operation::encrypt::EncryptOutput,
+    aws_sdk_kms::error::SdkError<
+        aws_sdk_kms::operation::encrypt::EncryptError,
+        aws_sdk_kms::config::http::HttpResponse,
+    >,
+> {
+    kms.encrypt()
+        .key_id(key)
+        .plaintext(aws_sdk_kms::primitives::Blob::new(plaintext))
+        .send()
+        .await
+}
+
 /// Like [`encrypt`], with the encryption context `context` (pairs of key and value).
 pub async fn encrypt_in(
     kms: &aws_sdk_kms::Client,

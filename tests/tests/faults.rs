@@ -8,9 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_kms::primitives::Blob;
 use kms_sidecar_e2e::{
     FAULT_ARGS, Sidecar, encrypt, error_code, http_get, http_send, new_key, sample, sum_series,
+    try_encrypt,
 };
 
 /// Fault injection on, quick breaker and cache timings, no data-key pool (its background refills
@@ -137,24 +137,14 @@ async fn an_outage_is_survived_by_the_cache_and_the_breaker_recovers() {
         assert!(took < Duration::from_millis(50), "fail fast took {took:?}");
     }
     let started = Instant::now();
-    let result = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"x".to_vec()))
-        .send()
-        .await;
+    let result = try_encrypt(&kms, &key, b"x").await;
     assert_eq!(error_code(result), "DependencyTimeoutException");
     assert!(started.elapsed() < Duration::from_millis(50));
 
     // Cleared: after the cool-down, half-open probes succeed and the breaker closes.
     clear_faults(&sidecar).await;
     let closed = eventually(Duration::from_secs(5), || async {
-        let _ = kms
-            .encrypt()
-            .key_id(&key)
-            .plaintext(Blob::new(b"probe".to_vec()))
-            .send()
-            .await;
+        let _ = try_encrypt(&kms, &key, b"probe").await;
         sample(&sidecar.metrics().await, CIRCUIT) == Some(0.0)
     })
     .await;
@@ -210,12 +200,7 @@ async fn the_retry_budget_bounds_backend_attempts() {
     )
     .await;
     for _ in 0..300 {
-        let _ = kms
-            .encrypt()
-            .key_id(&key)
-            .plaintext(Blob::new(b"x".to_vec()))
-            .send()
-            .await;
+        let _ = try_encrypt(&kms, &key, b"x").await;
     }
     let middle = sidecar.metrics().await;
     let (n, a, r) = (
@@ -240,12 +225,7 @@ async fn the_retry_budget_bounds_backend_attempts() {
         let key = key.clone();
         tasks.spawn(async move {
             for _ in 0..50 {
-                let result = kms
-                    .encrypt()
-                    .key_id(&key)
-                    .plaintext(Blob::new(b"x".to_vec()))
-                    .send()
-                    .await;
+                let result = try_encrypt(&kms, &key, b"x").await;
                 assert_eq!(error_code(result), "DependencyTimeoutException");
             }
         });
@@ -298,12 +278,7 @@ async fn readiness_follows_the_backend() {
     assert!(last.1.contains("throttled"), "{last:?}");
     assert_eq!(last.0, 200, "{}", last.1);
     assert!(last.1.starts_with("degraded:\n"), "{}", last.1);
-    let result = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"x".to_vec()))
-        .send()
-        .await;
+    let result = try_encrypt(&kms, &key, b"x").await;
     assert_eq!(error_code(result), "ThrottlingException");
     let text = sidecar.metrics().await;
     assert_eq!(sample(&text, CIRCUIT), Some(0.0), "{text}");
@@ -393,12 +368,7 @@ async fn faults_round_trip_are_counted_and_refused_when_disabled() {
     assert_eq!(shown["spec"], spec);
 
     // In scope: Encrypt fails as a backend outage; out of scope: GenerateRandom works.
-    let result = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"x".to_vec()))
-        .send()
-        .await;
+    let result = try_encrypt(&kms, &key, b"x").await;
     assert_eq!(error_code(result), "DependencyTimeoutException");
     kms.generate_random()
         .number_of_bytes(16)

@@ -10,7 +10,7 @@ use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use kms_sidecar_e2e::{
     BackendChoice, Sidecar, Start, cli, new_key, new_key_from, on_every_backend,
-    printed_creds as issued_creds, sdk_client,
+    printed_creds as issued_creds, sdk_client, try_encrypt,
 };
 
 on_every_backend!(everything_survives_a_restart);
@@ -57,13 +57,7 @@ async fn everything_survives_a_restart(backend: BackendChoice) {
         .send()
         .await
         .unwrap();
-    let v2 = kms
-        .encrypt()
-        .key_id("alias/kept")
-        .plaintext(Blob::new(b"two".to_vec()))
-        .send()
-        .await
-        .unwrap();
+    let v2 = try_encrypt(&kms, "alias/kept", b"two").await.unwrap();
     let doomed = new_key(&kms).await;
     kms.schedule_key_deletion()
         .key_id(&doomed)

@@ -13,6 +13,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use kms_sidecar_e2e::{
     Creds, Raw, Sidecar, cli, error_code as code, new_key_from, printed_creds, sample, sdk_client,
+    try_encrypt,
 };
 
 fn add_client(data_dir: &std::path::Path, name: &str, tenant: &str) -> Creds {
@@ -111,14 +112,7 @@ async fn tenant_isolation_deny_revocation_and_audit() {
         "{err:?}"
     );
     assert_eq!(
-        code(
-            alice
-                .encrypt()
-                .key_id(&key)
-                .plaintext(Blob::new(b"x".to_vec()))
-                .send()
-                .await
-        ),
+        code(try_encrypt(&alice, &key, b"x").await),
         "AccessDeniedException"
     );
     assert_eq!(

@@ -8,7 +8,9 @@
 use aws_sdk_kms::Client;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeySpec, KeyState, RotationType, Tag};
-use kms_sidecar_e2e::{BackendChoice, Sidecar, error_code as code, new_key, on_every_backend};
+use kms_sidecar_e2e::{
+    BackendChoice, Sidecar, error_code as code, new_key, on_every_backend, try_encrypt,
+};
 
 /// A sidecar on `backend` in a fresh data directory, and its SDK client (the directory and the
 /// process last as long as the first two).
@@ -302,12 +304,7 @@ async fn key_states_follow_kms_rules(backend: BackendChoice) {
     let key = new_key(&kms).await;
     let blob = encrypt(&kms, &key, b"x").await;
     // Encrypt and Decrypt with the key, asked again in each state below.
-    let encrypt_x = || {
-        kms.encrypt()
-            .key_id(&key)
-            .plaintext(Blob::new(b"x".to_vec()))
-            .send()
-    };
+    let encrypt_x = || try_encrypt(&kms, &key, b"x");
     let decrypt_blob = || {
         kms.decrypt()
             .ciphertext_blob(Blob::new(blob.clone()))
@@ -486,13 +483,7 @@ async fn aliases_in_all_keyid_forms(backend: BackendChoice) {
         "alias/orders".to_string(),
         "arn:aws:kms:us-east-1:111122223333:alias/orders".to_string(),
     ] {
-        let out = kms
-            .encrypt()
-            .key_id(&form)
-            .plaintext(Blob::new(b"p".to_vec()))
-            .send()
-            .await
-            .unwrap();
+        let out = try_encrypt(&kms, &form, b"p").await.unwrap();
         assert_eq!(out.key_id(), Some(arn1.as_str()), "{form}");
         let d = kms.describe_key().key_id(&form).send().await.unwrap();
         assert_eq!(d.key_metadata().unwrap().key_id(), k1, "{form}");
@@ -518,13 +509,7 @@ async fn aliases_in_all_keyid_forms(backend: BackendChoice) {
         .send()
         .await
         .unwrap();
-    let out = kms
-        .encrypt()
-        .key_id("alias/orders")
-        .plaintext(Blob::new(b"p".to_vec()))
-        .send()
-        .await
-        .unwrap();
+    let out = try_encrypt(&kms, "alias/orders", b"p").await.unwrap();
     assert!(out.key_id().unwrap().ends_with(&k2));
     assert_eq!(
         code(
