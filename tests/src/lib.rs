@@ -21,6 +21,11 @@ use hyper_util::rt::TokioExecutor;
 pub mod etcd;
 pub mod fleet;
 pub mod proxy;
+mod sdk;
+mod start;
+
+pub use sdk::{data_key_in, encrypt, encrypt_in, key_with_alias, new_key_from, try_encrypt};
+pub use start::FAULT_ARGS;
 
 /// Region the fixture signs for (the sidecar's default).
 pub const REGION: &str = "us-east-1";
@@ -661,71 +666,6 @@ pub async fn new_key(kms: &aws_sdk_kms::Client) -> String {
     new_key_from(kms.create_key()).await
 }
 
-/// Sends a CreateKey the caller has filled in (a policy, a description) and returns the new key's
-/// id; panics on failure.
-pub async fn new_key_from(
-    create: aws_sdk_kms::operation::create_key::builders::CreateKeyFluentBuilder,
-) -> String {
-    create
-        .send()
-        .await
-        .expect("CreateKey")
-        .key_metadata()
-        .expect("KeyMetadata")
-        .key_id()
-        .to_string()
-}
-
-/// Encrypts `plaintext` under `key` with the SDK: the ciphertext; panics on failure.
-pub async fn encrypt(
-    kms: &aws_sdk_kms::Client,
-    key: &str,
-    plaintext: &[u8],
-) -> aws_sdk_kms::primitives::Blob {
-    encrypt_in(kms, key, plaintext, &[]).await
-}
-
-/// Encrypts `plaintext` under `key` with the SDK and returns what it answered, for tests that
-/// expect an error (`error_code(try_encrypt(..).await)`) or only load the sidecar.
-pub async fn try_encrypt(
-    kms: &aws_sdk_kms::Client,
-    key: &str,
-    plaintext: &[u8],
-) -> Result<
-    aws_sdk_kms::operation::encrypt::EncryptOutput,
-    aws_sdk_kms::error::SdkError<
-        aws_sdk_kms::operation::encrypt::EncryptError,
-        aws_sdk_kms::config::http::HttpResponse,
-    >,
-> {
-    kms.encrypt()
-        .key_id(key)
-        .plaintext(aws_sdk_kms::primitives::Blob::new(plaintext))
-        .send()
-        .await
-}
-
-/// Like [`encrypt`], with the encryption context `context` (pairs of key and value).
-pub async fn encrypt_in(
-    kms: &aws_sdk_kms::Client,
-    key: &str,
-    plaintext: &[u8],
-    context: &[(&str, &str)],
-) -> aws_sdk_kms::primitives::Blob {
-    let mut call = kms
-        .encrypt()
-        .key_id(key)
-        .plaintext(aws_sdk_kms::primitives::Blob::new(plaintext));
-    for (k, v) in context {
-        call = call.encryption_context(*k, *v);
-    }
-    call.send()
-        .await
-        .expect("Encrypt")
-        .ciphertext_blob
-        .expect("CiphertextBlob")
-}
-
 /// The KMS error type of a failed AWS SDK call; panics if the call succeeded.
 pub fn error_code<T, E, R>(result: Result<T, aws_sdk_kms::error::SdkError<E, R>>) -> String
 where
@@ -854,60 +794,7 @@ pub mod kmsv2 {
     }
 }
 
-/// GenerateDataKey (AES-256) under `key` with the SDK and the encryption context `context`;
-/// panics on failure.
-pub async fn data_key_in(
-    kms: &aws_sdk_kms::Client,
-    key: &str,
-    context: &[(&str, &str)],
-) -> aws_sdk_kms::operation::generate_data_key::GenerateDataKeyOutput {
-    let mut call = kms
-        .generate_data_key()
-        .key_id(key)
-        .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256);
-    for (k, v) in context {
-        call = call.encryption_context(*k, *v);
-    }
-    call.send().await.expect("GenerateDataKey")
-}
-
-/// Fault injection on (`/v1/faults`), a 1 s breaker cool-down, 2-10 ms retry backoff and no
-/// data-key pool (its background refills would add backend calls that tests counting them do not
-/// expect): the arguments of the tests that inject backend faults.
-pub const FAULT_ARGS: [&str; 9] = [
-    "--faults-enabled",
-    "--breaker-cool-down-secs",
-    "1",
-    "--retry-base-ms",
-    "2",
-    "--retry-cap-ms",
-    "10",
-    "--data-key-pool-size",
-    "0",
-];
-
 impl Sidecar {
-    /// Starts a sidecar with `args` (and nothing else set); panics with what it printed if it does
-    /// not start.
-    pub fn start_args(data_dir: &Path, args: &[&str]) -> Self {
-        let start = Start {
-            args: args.iter().map(|a| a.to_string()).collect(),
-            ..Start::default()
-        };
-        Self::start_with(data_dir, start)
-            .unwrap_or_else(|out| panic!("sidecar did not start with {args:?}:\n{out}"))
-    }
-
-    /// Sends SIGHUP (re-read the configuration) and asserts it was delivered.
-    pub fn hup(&self) {
-        let ok = Command::new("kill")
-            .args(["-HUP", &self.pid().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "SIGHUP not delivered to {}", self.pid());
-    }
-
     /// A restart on the same data directory and backend with `extra` arguments added (the
     /// credentials are kept).
     pub fn restart_with(self, extra: &[String]) -> Result<Self, String> {
@@ -921,28 +808,4 @@ impl Sidecar {
         assert!(ok, "sidecar exited with an error:\n{}", out.all());
         Self::start_with(&data_dir, start)
     }
-}
-
-/// Creates a key with `policy` and points `alias` at it; returns the key's metadata. Panics on
-/// failure.
-pub async fn key_with_alias(
-    kms: &aws_sdk_kms::Client,
-    policy: &str,
-    alias: &str,
-) -> aws_sdk_kms::types::KeyMetadata {
-    let meta = kms
-        .create_key()
-        .policy(policy)
-        .send()
-        .await
-        .expect("CreateKey")
-        .key_metadata
-        .expect("metadata");
-    kms.create_alias()
-        .alias_name(alias)
-        .target_key_id(meta.key_id())
-        .send()
-        .await
-        .expect("CreateAlias");
-    meta
 }
