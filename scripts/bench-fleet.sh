@@ -16,23 +16,13 @@ ROUNDS=${ROUNDS:-3}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET_DIR/bench-fleet}
 mkdir -p "$OUT"
-if [ "$BUILD" = release ]; then
-  cargo build --release -q -p kms-sidecar -p kms-loadtest
-else
-  cargo build -q -p kms-sidecar -p kms-loadtest
-fi
-SIDECAR=$(realpath "$TARGET_DIR/$BUILD/kms-sidecar")
-LT=$TARGET_DIR/$BUILD/kms-loadtest
+. scripts/lib/bench-common.sh
+bench_build
+# Absolute: the propagation test runs from the tests crate's directory.
+SIDECAR=$(realpath "$SIDECAR")
 export KMS_SIDECAR_ROOT_KEY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
 
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 CP=$(port) PP=$(port)
@@ -44,33 +34,18 @@ pids+=($!)
 for _ in $(seq 100); do curl -sf "$ETCD/health" >/dev/null && break; sleep 0.1; done
 REGISTRY=(--registry etcd --etcd-endpoints "$ETCD" --etcd-prefix /bench/)
 
-start() { # name, then sidecar arguments; sets URL_<name>, ADMIN_<name>
-  local name=$1 log="$OUT/$1.log"
-  shift
-  "$SIDECAR" --data-dir "$WORK/$name" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-level warn "$@" >"$log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 300); do grep -q '^kms-sidecar: listening:' "$log" && break; sleep 0.1; done
-  printf -v "URL_$name" '%s' "$(sed -n 's/^kms-sidecar: listening: kms=\([^ ]*\).*/\1/p' "$log")"
-  printf -v "ADMIN_$name" '%s' "$(sed -n 's/^kms-sidecar: listening: .* admin=\([^ ]*\).*/\1/p' "$log")"
-  local url="URL_$name"
-  [ -n "${!url}" ] || { echo "$name did not start:"; cat "$log"; exit 1; }
-}
-creds_from() { # log file -> AKID SECRET
-  for _ in $(seq 50); do grep -q '^  AWS_SECRET_ACCESS_KEY=' "$1" && break; sleep 0.1; done
-  echo "$(sed -n 's/^  AWS_ACCESS_KEY_ID=\([^ ]*\)$/\1/p' "$1") $(sed -n 's/^  AWS_SECRET_ACCESS_KEY=\([^ ]*\)$/\1/p' "$1")"
-}
 create_key() { # url akid secret -> key id
-  curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:kms" --user "$2:$3" \
-    -H 'X-Amz-Target: TrentService.CreateKey' -H 'Content-Type: application/x-amz-json-1.1' -d '{}' "$1/" |
-    jq -r .KeyMetadata.KeyId
+  bench_kms "$1" "$2" "$3" CreateKey '{}' | jq -r .KeyMetadata.KeyId
 }
 
 # The data-directory sidecar issues its credential on first start; the fleet's comes from etcd.
-start datadir
-read -r AKID_datadir SECRET_datadir < <(creds_from "$OUT/datadir.log")
+bench_start_named datadir
+bench_creds "$OUT/datadir.log"
+AKID_datadir=$AKID SECRET_datadir=$SECRET
 "$SIDECAR" --data-dir "$WORK/cli" "${REGISTRY[@]}" clients add default >"$OUT/clients-add.log" 2>&1
-read -r AKID_etcd SECRET_etcd < <(creds_from "$OUT/clients-add.log")
-start etcd "${REGISTRY[@]}"
+bench_creds "$OUT/clients-add.log"
+AKID_etcd=$AKID SECRET_etcd=$SECRET
+bench_start_named etcd "${REGISTRY[@]}"
 KEY_datadir=$(create_key "$URL_datadir" "$AKID_datadir" "$SECRET_datadir")
 KEY_etcd=$(create_key "$URL_etcd" "$AKID_etcd" "$SECRET_etcd")
 echo "==> $BUILD datadir=$URL_datadir etcd=$URL_etcd (etcd at $ETCD)"

@@ -13,42 +13,25 @@ SECS=${SECS:-5}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET_DIR/bench-kmsv2}
 mkdir -p "$OUT"
-if [ "$BUILD" = release ]; then
-  cargo build --release -q -p kms-sidecar -p kms-loadtest
-else
-  cargo build -q -p kms-sidecar -p kms-loadtest
-fi
-SIDECAR=$TARGET_DIR/$BUILD/kms-sidecar
-LT=$TARGET_DIR/$BUILD/kms-loadtest
+. scripts/lib/bench-common.sh
+bench_build
 
-DATA=$(mktemp -d)
+bench_workdir
+DATA=$WORK
 SOCK=$DATA/kms.sock
 LOG="$OUT/sidecar.log"
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$DATA"
-}
-trap cleanup EXIT
 
 start() { # extra sidecar arguments
-  "$SIDECAR" --data-dir "$DATA" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-level warn "$@" >"$LOG" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do grep -q '^kms-sidecar: listening:' "$LOG" && break; sleep 0.1; done
-  KMS=$(sed -n 's/^kms-sidecar: listening: kms=\([^ ]*\).*/\1/p' "$LOG")
-  [ -n "$KMS" ] || { echo "sidecar did not start:"; cat "$LOG"; exit 1; }
+  bench_start sidecar "$DATA" "$LOG" "$@"
 }
 kms() { # target body
-  curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:kms" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-    -H "X-Amz-Target: TrentService.$1" -H 'Content-Type: application/x-amz-json-1.1' -d "$2" "$KMS/"
+  bench_kms "$KMS" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$@"
 }
 
 start
 # The first start prints the credential it issued; it may come after the listening line.
-for _ in $(seq 50); do grep -q '^  AWS_SECRET_ACCESS_KEY=' "$LOG" && break; sleep 0.1; done
-export AWS_ACCESS_KEY_ID=$(sed -n 's/^  AWS_ACCESS_KEY_ID=\([^ ]*\)$/\1/p' "$LOG")
-export AWS_SECRET_ACCESS_KEY=$(sed -n 's/^  AWS_SECRET_ACCESS_KEY=\([^ ]*\)$/\1/p' "$LOG")
+bench_creds "$LOG"
+export AWS_ACCESS_KEY_ID=$AKID AWS_SECRET_ACCESS_KEY=$SECRET
 [ -n "$AWS_ACCESS_KEY_ID" ] || { echo "no credentials printed:"; cat "$LOG"; exit 1; }
 # The key the plugin uses: the creator may do everything, `kubernetes` (the plugin's principal)
 # Encrypt, Decrypt and DescribeKey; both front-ends then load the same key.
@@ -58,7 +41,7 @@ POLICY=$(jq -c -n '{Version: "2012-10-17", Statement: [
    Action: ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], Resource: "*"}]}')
 KEY=$(kms CreateKey "$(jq -c -n --arg p "$POLICY" '{Policy: $p}')" | jq -r .KeyMetadata.KeyId)
 kms CreateAlias "$(jq -c -n --arg k "$KEY" '{AliasName: "alias/bench-kmsv2", TargetKeyId: $k}')" >/dev/null
-kill "$pid"; wait "$pid" || true; pid=
+bench_stop
 start --kmsv2-socket "$SOCK" --kmsv2-key-id alias/bench-kmsv2
 echo "==> $BUILD sidecar kms=$KMS kmsv2=$SOCK key=$KEY"
 

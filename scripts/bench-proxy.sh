@@ -16,42 +16,21 @@ LATENCIES=${LATENCIES:-5 20 50}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET_DIR/bench-proxy}
 mkdir -p "$OUT"
-if [ "$BUILD" = release ]; then
-  cargo build --release -q -p kms-sidecar -p kms-loadtest
-else
-  cargo build -q -p kms-sidecar -p kms-loadtest
-fi
-SIDECAR=$TARGET_DIR/$BUILD/kms-sidecar
-LT=$TARGET_DIR/$BUILD/kms-loadtest
+. scripts/lib/bench-common.sh
+bench_build
 
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir
 
 start() { # name, then sidecar arguments; sets URL_<name>, ADMIN_<name>, AKID_<name>, SECRET_<name>
-  local name=$1 log="$OUT/$1.log"
-  shift
-  "$SIDECAR" --data-dir "$WORK/$name" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-level warn "$@" >"$log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 300); do grep -q '^  AWS_SECRET_ACCESS_KEY=' "$log" && grep -q '^kms-sidecar: listening:' "$log" && break; sleep 0.1; done
-  printf -v "URL_$name" '%s' "$(sed -n 's/^kms-sidecar: listening: kms=\([^ ]*\).*/\1/p' "$log")"
-  printf -v "ADMIN_$name" '%s' "$(sed -n 's/^kms-sidecar: listening: .* admin=\([^ ]*\).*/\1/p' "$log")"
-  printf -v "AKID_$name" '%s' "$(sed -n 's/^  AWS_ACCESS_KEY_ID=\([^ ]*\)$/\1/p' "$log")"
-  printf -v "SECRET_$name" '%s' "$(sed -n 's/^  AWS_SECRET_ACCESS_KEY=\([^ ]*\)$/\1/p' "$log")"
-  local url="URL_$name"
-  [ -n "${!url}" ] || { echo "$name did not start:"; cat "$log"; exit 1; }
+  bench_start_named "$@"
+  bench_creds "$OUT/$1.log"
+  printf -v "AKID_$1" '%s' "$AKID"
+  printf -v "SECRET_$1" '%s' "$SECRET"
 }
 
 # The upstream: no decrypt cache of its own, fault injection on.
 start upstream --faults-enabled --cache-max-entries 0
-KEY=$(curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:kms" --user "$AKID_upstream:$SECRET_upstream" \
-  -H 'X-Amz-Target: TrentService.CreateKey' -H 'Content-Type: application/x-amz-json-1.1' -d '{}' "$URL_upstream/" |
-  jq -r .KeyMetadata.Arn)
+KEY=$(bench_kms "$URL_upstream" "$AKID_upstream" "$SECRET_upstream" CreateKey '{}' | jq -r .KeyMetadata.Arn)
 # The proxy: its clients may use every upstream key; it reaches the upstream with the upstream's
 # credential through the standard chain (environment).
 cat >"$WORK/policy.json" <<'EOF'

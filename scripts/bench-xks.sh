@@ -15,23 +15,11 @@ RATE=${RATE:-500}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET_DIR/bench-xks}
 mkdir -p "$OUT"
-if [ "$BUILD" = release ]; then
-  cargo build --release -q -p kms-sidecar -p kms-loadtest
-else
-  cargo build -q -p kms-sidecar -p kms-loadtest
-fi
-SIDECAR=$TARGET_DIR/$BUILD/kms-sidecar
-LT=$TARGET_DIR/$BUILD/kms-loadtest
+. scripts/lib/bench-common.sh
+bench_build
 
-WORK=$(mktemp -d)
+bench_workdir
 LOG="$OUT/sidecar.log"
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 XKS_ID=$(head -c 15 /dev/urandom | base32)
 XKS_SECRET=$(head -c 32 /dev/urandom | base64)
@@ -47,20 +35,13 @@ EOF
 
 start() { # data-dir, extra sidecar arguments
   local data=$1; shift
-  "$SIDECAR" --data-dir "$data" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-level warn \
-    --xks-listen 127.0.0.1:0 --xks-config "$WORK/xks.toml" "$@" >"$LOG" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do grep -q '^kms-sidecar: listening:' "$LOG" && break; sleep 0.1; done
-  KMS=$(sed -n 's/^kms-sidecar: listening: kms=\([^ ]*\).*/\1/p' "$LOG")
-  XKS=$(sed -n 's/^kms-sidecar: listening: .* xks=\([^ ]*\).*/\1/p' "$LOG")
+  bench_start sidecar "$data" "$LOG" --xks-listen 127.0.0.1:0 --xks-config "$WORK/xks.toml" "$@"
   [ -n "$XKS" ] || { echo "sidecar did not start:"; cat "$LOG"; exit 1; }
-  for _ in $(seq 50); do grep -q '^  AWS_SECRET_ACCESS_KEY=' "$LOG" && break; sleep 0.1; done
-  export AWS_ACCESS_KEY_ID=$(sed -n 's/^  AWS_ACCESS_KEY_ID=\([^ ]*\)$/\1/p' "$LOG")
-  export AWS_SECRET_ACCESS_KEY=$(sed -n 's/^  AWS_SECRET_ACCESS_KEY=\([^ ]*\)$/\1/p' "$LOG")
+  bench_creds "$LOG"
+  export AWS_ACCESS_KEY_ID=$AKID AWS_SECRET_ACCESS_KEY=$SECRET
 }
 kms() { # target body
-  curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:kms" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-    -H "X-Amz-Target: TrentService.$1" -H 'Content-Type: application/x-amz-json-1.1' -d "$2" "$KMS/"
+  bench_kms "$KMS" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$@"
 }
 make_key() {
   local policy key
@@ -98,7 +79,7 @@ for backend in embedded pkcs11; do
     start "$data" "${args[@]}" "${extra[@]}"
     make_key
     run "$backend-cache-$cache"
-    kill "$pid"; wait "$pid" || true; pid=
+    bench_stop
     rows+=("$backend-cache-$cache")
   done
 done

@@ -29,24 +29,14 @@ else
   cargo bench -q -p kms-sidecar --bench alloc_per_request 2>/dev/null | tee "$OUT/alloc.txt"
 fi
 
-DATA=$(mktemp -d)
+. scripts/lib/bench-common.sh
+bench_workdir
+DATA=$WORK
 LOG="$OUT/sidecar.log"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$DATA"
-}
-trap cleanup EXIT
-
-"$SIDECAR" --data-dir "$DATA" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-level warn >"$LOG" 2>&1 &
-SIDECAR_PID=$!
-pids+=("$SIDECAR_PID")
-for _ in $(seq 100); do grep -q '^kms-sidecar: listening:' "$LOG" && break; sleep 0.1; done
-KMS=$(sed -n 's/^kms-sidecar: listening: kms=\([^ ]*\).*/\1/p' "$LOG")
-ADMIN=$(sed -n 's/^kms-sidecar: listening: .*admin=\([^ ]*\).*/\1/p' "$LOG")
-export AWS_ACCESS_KEY_ID=$(sed -n 's/^  AWS_ACCESS_KEY_ID=\([^ ]*\)$/\1/p' "$LOG")
-export AWS_SECRET_ACCESS_KEY=$(sed -n 's/^  AWS_SECRET_ACCESS_KEY=\([^ ]*\)$/\1/p' "$LOG")
+bench_start sidecar "$DATA" "$LOG"
+SIDECAR_PID=$PID
+bench_creds "$LOG"
+export AWS_ACCESS_KEY_ID=$AKID AWS_SECRET_ACCESS_KEY=$SECRET
 [ -n "$KMS" ] && [ -n "$AWS_ACCESS_KEY_ID" ] || { echo "sidecar did not start:"; cat "$LOG"; exit 1; }
 echo "==> sidecar kms=$KMS admin=$ADMIN"
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$SIDECAR_PID/status"; }

@@ -9,6 +9,7 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
+use support::sidecar::test_server_target;
 use support::{Behaviour, TestServer, assert_documented_fields, cli};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,42 +21,37 @@ async fn probe_finds_the_knee_of_a_token_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("probe.json");
     let report = cli(&[
-        "probe",
-        "--no-progress",
-        "--target",
-        &server.url,
-        "--access-key-id",
-        "AKIDTEST",
-        "--secret-access-key",
-        "secret",
-        "--key-id",
-        "k1",
-        "--mix",
-        "encrypt=1,generate-data-key=1",
-        "--warmup-secs",
-        "0.3",
-        "--start-rate",
-        "250",
-        "--factor",
-        "1.25",
-        "--step-secs",
-        "2",
-        "--refine",
-        "3",
-        "--pause-secs",
-        "0.3",
-        "--slo-p99-ms",
-        "500",
-        // A busy 2-core machine wakes timers late now and then; the knee, not the timer, is tested.
-        "--late-threshold-ms",
-        "50",
-        "--max-late-ratio",
-        "0.05",
-        "--expected-limit",
-        "400",
-        "--json",
-        json.to_str().unwrap(),
-    ])
+        &["probe", "--no-progress"],
+        &test_server_target(&server.url)[..],
+        &[
+            "--mix",
+            "encrypt=1,generate-data-key=1",
+            "--warmup-secs",
+            "0.3",
+            "--start-rate",
+            "250",
+            "--factor",
+            "1.25",
+            "--step-secs",
+            "2",
+            "--refine",
+            "3",
+            "--pause-secs",
+            "0.3",
+            "--slo-p99-ms",
+            "500",
+            // A busy 2-core machine wakes timers late now and then; the knee, not the timer, is tested.
+            "--late-threshold-ms",
+            "50",
+            "--max-late-ratio",
+            "0.05",
+            "--expected-limit",
+            "400",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    ]
+    .concat())
     .await;
     let p = report.probe.as_ref().unwrap();
     let knee = p.knee_rate.expect("a knee");

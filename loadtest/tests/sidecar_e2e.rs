@@ -7,33 +7,17 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
-use kms_sidecar_e2e::{Creds, Raw, Sidecar, binary};
+use kms_sidecar_e2e::{Creds, Raw, Sidecar, printed_creds};
+use support::sidecar::{decrypts_among, requests, sidecar_target};
 use support::{assert_documented_fields, cli};
 
 /// Issues a second client credential with the sidecar's CLI and waits until the server accepts it.
 async fn add_principal(sidecar: &Sidecar, name: &str) -> Creds {
-    let out = Command::new(binary())
-        .arg("--data-dir")
-        .arg(&sidecar.data_dir)
-        .args(["clients", "add", name])
-        .env_remove("KMS_SIDECAR_ROOT_KEY")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}");
-    let get = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix).filter(|v| !v.contains(' ')))
-            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
-            .to_string()
-    };
-    let creds = Creds {
-        access_key_id: get("  AWS_ACCESS_KEY_ID="),
-        secret: get("  AWS_SECRET_ACCESS_KEY="),
-    };
+    let (ok, text) = kms_sidecar_e2e::cli(&sidecar.data_dir, &["clients", "add", name]);
+    assert!(ok, "{text}");
+    let creds = printed_creds(&text);
     let raw = Raw::new(&sidecar.kms_url, creds.clone());
     for _ in 0..50 {
         if raw.call("ListKeys", b"{}").await.status == 200 {
@@ -57,12 +41,7 @@ async fn ok_count(sidecar: &Sidecar, op: &str) -> u64 {
     let (status, body) = conn.send(req, Duration::from_secs(5)).await.unwrap();
     assert_eq!(status, 200);
     let text = String::from_utf8(body.to_vec()).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("kms_sidecar_requests_total{"))
-        .filter(|l| l.contains(&format!("operation=\"{op}\"")) && l.contains("outcome=\"ok\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    requests(&text, &[&format!("operation=\"{op}\""), "outcome=\"ok\""])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,35 +53,32 @@ async fn run_against_a_real_sidecar_has_zero_errors() {
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("run.json");
     let report = cli(&[
-        "run",
-        "--no-progress",
-        "--target",
-        &sidecar.kms_url,
-        "--access-key-id",
-        &sidecar.creds.access_key_id,
-        "--secret-access-key",
-        &sidecar.creds.secret,
-        "--mix",
-        "decrypt=80,generate-data-key=15,encrypt=5",
-        "--keys",
-        "2",
-        "--ciphertexts-per-key",
-        "4",
-        "--payload-bytes",
-        "512",
-        "--context",
-        "tenant=t1",
-        "--connections",
-        "4",
-        "--rate",
-        "100",
-        "--warmup-secs",
-        "0.5",
-        "--duration-secs",
-        "3",
-        "--json",
-        json.to_str().unwrap(),
-    ])
+        &["run", "--no-progress"],
+        &sidecar_target(&sidecar)[..],
+        &[
+            "--mix",
+            "decrypt=80,generate-data-key=15,encrypt=5",
+            "--keys",
+            "2",
+            "--ciphertexts-per-key",
+            "4",
+            "--payload-bytes",
+            "512",
+            "--context",
+            "tenant=t1",
+            "--connections",
+            "4",
+            "--rate",
+            "100",
+            "--warmup-secs",
+            "0.5",
+            "--duration-secs",
+            "3",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    ]
+    .concat())
     .await;
     let r = &report.runs[0];
     assert_eq!(r.errors, 0, "{:?}", r.errors_by_type);
@@ -120,14 +96,7 @@ async fn run_against_a_real_sidecar_has_zero_errors() {
     assert_eq!((setup.keys_created, setup.ciphertexts), (2, 8));
     assert_eq!(report.parameters.principals, 1);
     // The sidecar counted every Decrypt we sent (warm-up included) as a success.
-    let all_decrypts = (0..350u64)
-        .filter(|i| {
-            kms_loadtest::mix::Mix::parse("decrypt=80,generate-data-key=15,encrypt=5")
-                .unwrap()
-                .op(*i)
-                == kms_loadtest::mix::Op::Decrypt
-        })
-        .count() as u64;
+    let all_decrypts = decrypts_among("decrypt=80,generate-data-key=15,encrypt=5", 350);
     assert_eq!(
         ok_count(&sidecar, "Decrypt").await - decrypts_before,
         all_decrypts
@@ -135,29 +104,26 @@ async fn run_against_a_real_sidecar_has_zero_errors() {
     // Two principals: the second did not create the key, so once key policies are enforced its
     // calls may be denied; either way every response is accounted for, errors by KMS type.
     let two = cli(&[
-        "run",
-        "--no-progress",
-        "--target",
-        &sidecar.kms_url,
-        "--access-key-id",
-        &sidecar.creds.access_key_id,
-        "--secret-access-key",
-        &sidecar.creds.secret,
-        "--access-key-id",
-        &second.access_key_id,
-        "--secret-access-key",
-        &second.secret,
-        "--mix",
-        "generate-data-key",
-        "--keys",
-        "1",
-        "--rate",
-        "50",
-        "--warmup-secs",
-        "0",
-        "--duration-secs",
-        "1",
-    ])
+        &["run", "--no-progress"],
+        &sidecar_target(&sidecar)[..],
+        &[
+            "--access-key-id",
+            &second.access_key_id,
+            "--secret-access-key",
+            &second.secret,
+            "--mix",
+            "generate-data-key",
+            "--keys",
+            "1",
+            "--rate",
+            "50",
+            "--warmup-secs",
+            "0",
+            "--duration-secs",
+            "1",
+        ],
+    ]
+    .concat())
     .await;
     let r2 = &two.runs[0];
     assert_eq!(two.parameters.principals, 2);
@@ -213,33 +179,30 @@ async fn baseline_mode_gives_ratios_in_one_run() {
     let dir = tempfile::tempdir().unwrap();
     let sidecar = Sidecar::start(dir.path());
     let report = cli(&[
-        "baseline",
-        "--no-progress",
-        "--target",
-        &sidecar.kms_url,
-        "--access-key-id",
-        &sidecar.creds.access_key_id,
-        "--secret-access-key",
-        &sidecar.creds.secret,
-        "--mix",
-        "decrypt",
-        "--keys",
-        "1",
-        "--ciphertexts-per-key",
-        "4",
-        "--connections",
-        "2",
-        "--responder-threads",
-        "1",
-        "--warmup-secs",
-        "0.3",
-        "--throughput-secs",
-        "1",
-        "--rate",
-        "100",
-        "--duration-secs",
-        "1",
-    ])
+        &["baseline", "--no-progress"],
+        &sidecar_target(&sidecar)[..],
+        &[
+            "--mix",
+            "decrypt",
+            "--keys",
+            "1",
+            "--ciphertexts-per-key",
+            "4",
+            "--connections",
+            "2",
+            "--responder-threads",
+            "1",
+            "--warmup-secs",
+            "0.3",
+            "--throughput-secs",
+            "1",
+            "--rate",
+            "100",
+            "--duration-secs",
+            "1",
+        ],
+    ]
+    .concat())
     .await;
     let b = report.baseline.as_ref().unwrap();
     assert_eq!(report.runs.len(), 4);

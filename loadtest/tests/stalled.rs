@@ -7,6 +7,7 @@
 
 mod support;
 
+use support::sidecar::test_server_target;
 use support::{Behaviour, TestServer, cli};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,29 +16,25 @@ async fn stalled_server_yields_corrected_latencies_and_late_starts() {
     // request (t = 0.99 s) cannot start before ~2.5 s.
     let server = TestServer::start(Behaviour::Stall(std::time::Duration::from_millis(50)));
     let report = cli(&[
-        "run",
-        "--no-progress",
-        "--warmup-secs",
-        "0",
-        "--rate",
-        "100",
-        "--duration-secs",
-        "1",
-        "--connections",
-        "2",
-        "--drain-secs",
-        "10",
-        "--mix",
-        "encrypt",
-        "--key-id",
-        "k1",
-        "--access-key-id",
-        "AKIDTEST",
-        "--secret-access-key",
-        "secret",
-        "--target",
-        &server.url,
-    ])
+        &[
+            "run",
+            "--no-progress",
+            "--warmup-secs",
+            "0",
+            "--rate",
+            "100",
+            "--duration-secs",
+            "1",
+            "--connections",
+            "2",
+            "--drain-secs",
+            "10",
+            "--mix",
+            "encrypt",
+        ],
+        &test_server_target(&server.url)[..],
+    ]
+    .concat())
     .await;
     let r = &report.runs[0];
     assert_eq!(r.planned, 100);
@@ -73,29 +70,25 @@ async fn a_backlog_past_the_deadline_is_reported_as_not_sent() {
     // the run: everything not started by then is counted, not dropped silently.
     let server = TestServer::start(Behaviour::Stall(std::time::Duration::from_millis(200)));
     let report = cli(&[
-        "run",
-        "--no-progress",
-        "--warmup-secs",
-        "0",
-        "--rate",
-        "50",
-        "--duration-secs",
-        "1",
-        "--connections",
-        "1",
-        "--drain-secs",
-        "0.5",
-        "--mix",
-        "generate-data-key",
-        "--key-id",
-        "k1",
-        "--access-key-id",
-        "AKIDTEST",
-        "--secret-access-key",
-        "secret",
-        "--target",
-        &server.url,
-    ])
+        &[
+            "run",
+            "--no-progress",
+            "--warmup-secs",
+            "0",
+            "--rate",
+            "50",
+            "--duration-secs",
+            "1",
+            "--connections",
+            "1",
+            "--drain-secs",
+            "0.5",
+            "--mix",
+            "generate-data-key",
+        ],
+        &test_server_target(&server.url)[..],
+    ]
+    .concat())
     .await;
     let r = &report.runs[0];
     assert_eq!(r.planned, 50);
@@ -111,39 +104,35 @@ async fn max_never_reports_more_than_the_server_can_serve() {
     // 400/s (it would simply send less); `max` must fail it.
     let server = TestServer::start(Behaviour::Stall(std::time::Duration::from_millis(10)));
     let report = cli(&[
-        "max",
-        "--no-progress",
-        "--warmup-secs",
-        "0.2",
-        "--start-rate",
-        "25",
-        "--factor",
-        "2",
-        "--step-secs",
-        "0.8",
-        "--refine",
-        "1",
-        "--pause-secs",
-        "0.1",
-        "--p99-bound-ms",
-        "500",
-        // Over capacity the backlog grows by >= 100 requests/s, so lags pass 50 ms within a step;
-        // timer noise on a busy machine does not.
-        "--late-threshold-ms",
-        "50",
-        "--connections",
-        "2",
-        "--mix",
-        "encrypt",
-        "--key-id",
-        "k1",
-        "--access-key-id",
-        "AKIDTEST",
-        "--secret-access-key",
-        "secret",
-        "--target",
-        &server.url,
-    ])
+        &[
+            "max",
+            "--no-progress",
+            "--warmup-secs",
+            "0.2",
+            "--start-rate",
+            "25",
+            "--factor",
+            "2",
+            "--step-secs",
+            "0.8",
+            "--refine",
+            "1",
+            "--pause-secs",
+            "0.1",
+            "--p99-bound-ms",
+            "500",
+            // Over capacity the backlog grows by >= 100 requests/s, so lags pass 50 ms within a step;
+            // timer noise on a busy machine does not.
+            "--late-threshold-ms",
+            "50",
+            "--connections",
+            "2",
+            "--mix",
+            "encrypt",
+        ],
+        &test_server_target(&server.url)[..],
+    ]
+    .concat())
     .await;
     let m = report.max.as_ref().unwrap();
     let best = m.max_sustainable_rate.expect("25/s is sustainable");

@@ -11,23 +11,21 @@ mod support;
 use clap::Parser as _;
 use kms_loadtest::LoadError;
 use kms_loadtest::cli::{Cli, execute};
-use kms_sidecar_e2e::{Sidecar, Start, sample};
+use kms_sidecar_e2e::{Sidecar, sample};
+use support::sidecar::sidecar_target;
 use support::{assert_documented_fields, cli};
 
 /// A sidecar allowing each principal `rate` calls per second, at most `burst` at once.
 fn limited_sidecar(dir: &std::path::Path, rate: &str, burst: &str) -> Sidecar {
-    let start = Start {
-        args: [
+    Sidecar::start_args(
+        dir,
+        &[
             "--rate-limit-per-principal",
             rate,
             "--rate-limit-per-principal-burst",
             burst,
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Start::default()
-    };
-    Sidecar::start_with(dir, start).unwrap()
+        ],
+    )
 }
 
 /// `kms_sidecar_requests_total` for one operation and outcome (0 when the series is absent).
@@ -40,22 +38,16 @@ async fn count(sidecar: &Sidecar, op: &str, outcome: &str) -> u64 {
 
 /// The command line of a short `run` that creates its keys and only generates data keys.
 fn run_args<'a>(sidecar: &'a Sidecar, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "--no-progress",
-        "--target",
-        &sidecar.kms_url,
-        "--access-key-id",
-        &sidecar.creds.access_key_id,
-        "--secret-access-key",
-        &sidecar.creds.secret,
+    let mut args = vec!["run", "--no-progress"];
+    args.extend(sidecar_target(sidecar));
+    args.extend([
         "--mix",
         "generate-data-key",
         "--warmup-secs",
         "0",
         "--connections",
         "2",
-    ];
+    ]);
     args.extend_from_slice(extra);
     args
 }

@@ -19,7 +19,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 pub mod etcd;
+pub mod fleet;
 pub mod proxy;
+mod sdk;
+mod start;
+
+pub use sdk::{data_key_in, encrypt, encrypt_in, key_with_alias, new_key_from, try_encrypt};
+pub use start::FAULT_ARGS;
 
 /// Region the fixture signs for (the sidecar's default).
 pub const REGION: &str = "us-east-1";
@@ -657,14 +663,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// Creates a symmetric key with the SDK and returns its id; panics on failure.
 pub async fn new_key(kms: &aws_sdk_kms::Client) -> String {
-    kms.create_key()
-        .send()
-        .await
-        .expect("CreateKey")
-        .key_metadata()
-        .expect("KeyMetadata")
-        .key_id()
-        .to_string()
+    new_key_from(kms.create_key()).await
 }
 
 /// The KMS error type of a failed AWS SDK call; panics if the call succeeded.
@@ -686,13 +685,16 @@ where
 
 /// Runs the sidecar's command line on `data_dir`: success and everything it printed.
 pub fn cli(data_dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary())
+    run(Command::new(binary())
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
-        .env_remove("KMS_SIDECAR_ROOT_KEY")
-        .output()
-        .expect("run the sidecar CLI");
+        .env_remove("KMS_SIDECAR_ROOT_KEY"))
+}
+
+/// Runs `cmd` to its end: success and everything it printed (stdout, then stderr).
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run the sidecar CLI");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -757,6 +759,13 @@ pub mod kmsv2 {
             "--kmsv2-key-id".into(),
             key_id.into(),
         ]
+    }
+
+    /// Creates the plugin's key (policy allowing `kubernetes` in `account`) and `alias` for it on a
+    /// running sidecar; returns the key's ARN.
+    pub async fn create_plugin_key(sidecar: &crate::Sidecar, account: &str, alias: &str) -> String {
+        let meta = crate::key_with_alias(&sidecar.sdk(), &policy(account), alias).await;
+        meta.arn().expect("arn").to_string()
     }
 
     /// A key policy for keys the plugin uses: the creator (`default`) may do everything, the

@@ -70,14 +70,7 @@ async fn token_file_and_validation() {
     let file = dir.path().join("admin.token");
     std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
     let data = dir.path().join("data");
-    let sidecar = Sidecar::start_with(
-        &data,
-        Start {
-            args: vec!["--admin-token-file".into(), file.display().to_string()],
-            ..Start::default()
-        },
-    )
-    .unwrap();
+    let sidecar = Sidecar::start_args(&data, &["--admin-token-file", file.to_str().unwrap()]);
     let url = format!("{}/v1/status", sidecar.admin_url);
     assert_eq!(http_get(&url).await.0, 401);
     let bearer = format!("Bearer {TOKEN}");

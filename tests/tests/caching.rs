@@ -9,10 +9,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
-use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use base64::Engine as _;
-use kms_sidecar_e2e::{Sidecar, new_key};
+use kms_sidecar_e2e::{Sidecar, encrypt_in, new_key, try_encrypt};
 
 fn sample(text: &str, series: &str) -> f64 {
     kms_sidecar_e2e::sample(text, series).unwrap_or(0.0)
@@ -29,17 +28,7 @@ async fn decrypt_cache_hits_coalesces_and_still_authorizes() {
     let sidecar = Sidecar::start(dir.path());
     let kms = sidecar.sdk();
     let key = new_key(&kms).await;
-    let blob = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"cached".to_vec()))
-        .encryption_context("app", "x")
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob()
-        .unwrap()
-        .clone();
+    let blob = encrypt_in(&kms, &key, b"cached", &[("app", "x")]).await;
     let decrypt = || {
         kms.decrypt()
             .ciphertext_blob(blob.clone())
@@ -97,13 +86,7 @@ async fn decrypt_cache_hits_coalesces_and_still_authorizes() {
     );
 
     // 100 concurrent Decrypts of one uncached ciphertext: one backend call.
-    let fresh = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"herd".to_vec()))
-        .send()
-        .await
-        .unwrap();
+    let fresh = try_encrypt(&kms, &key, b"herd").await.unwrap();
     let fresh =
         base64::engine::general_purpose::STANDARD.encode(fresh.ciphertext_blob().unwrap().as_ref());
     let before = sample(&sidecar.metrics().await, BACKEND_DECRYPT);

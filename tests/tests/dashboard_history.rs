@@ -11,33 +11,13 @@ use std::time::{Duration, Instant};
 use aws_sdk_kms::primitives::Blob;
 use kms_dashboard::model::{Derived, Model, ModelConfig, Settings};
 use kms_dashboard::source;
-use kms_sidecar_e2e::{Sidecar, Start, http_get, http_send, sum_series};
+use kms_sidecar_e2e::{FAULT_ARGS, Sidecar, http_get, http_send, new_key, sum_series};
 
+/// Fault injection (as in faults.rs) and a per-principal limit of 40 calls/s.
 fn start() -> (tempfile::TempDir, Sidecar) {
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "--faults-enabled",
-        "--rate-limit-per-principal",
-        "40",
-        "--breaker-cool-down-secs",
-        "1",
-        "--retry-base-ms",
-        "2",
-        "--retry-cap-ms",
-        "10",
-        "--data-key-pool-size",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec();
-    let sidecar = Sidecar::start_with(
-        dir.path(),
-        Start {
-            args,
-            ..Start::default()
-        },
-    )
-    .unwrap();
+    let args = [&FAULT_ARGS[..], &["--rate-limit-per-principal", "40"]].concat();
+    let sidecar = Sidecar::start_args(dir.path(), &args);
     (dir, sidecar)
 }
 
@@ -45,15 +25,7 @@ fn start() -> (tempfile::TempDir, Sidecar) {
 async fn a_dashboard_started_after_the_incident_shows_it() {
     let (_dir, sidecar) = start();
     let kms = sidecar.sdk();
-    let key = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key(&kms).await;
     // 25 s at about 80 calls/s from one principal against its 40/s limit
     let began = Instant::now();
     let load = Duration::from_secs(25);

@@ -8,36 +8,16 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_kms::Client;
-use aws_sdk_kms::primitives::Blob;
-use kms_sidecar_e2e::{Sidecar, Start, error_code, http_get, http_send, sample, sum_series};
+use kms_sidecar_e2e::{
+    FAULT_ARGS, Sidecar, encrypt, error_code, http_get, http_send, new_key, sample, sum_series,
+    try_encrypt,
+};
 
 /// Fault injection on, quick breaker and cache timings, no data-key pool (its background refills
 /// would add backend calls the counts below do not expect).
 fn start(extra: &[&str]) -> (tempfile::TempDir, Sidecar) {
     let dir = tempfile::tempdir().unwrap();
-    let mut args: Vec<String> = [
-        "--faults-enabled",
-        "--breaker-cool-down-secs",
-        "1",
-        "--retry-base-ms",
-        "2",
-        "--retry-cap-ms",
-        "10",
-        "--data-key-pool-size",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let sidecar = Sidecar::start_with(
-        dir.path(),
-        Start {
-            args,
-            ..Start::default()
-        },
-    )
-    .unwrap();
+    let sidecar = Sidecar::start_args(dir.path(), &[&FAULT_ARGS[..], extra].concat());
     (dir, sidecar)
 }
 
@@ -50,29 +30,6 @@ async fn set_faults(sidecar: &Sidecar, spec: &str) -> serde_json::Value {
 async fn clear_faults(sidecar: &Sidecar) {
     let (status, body) = http_send("DELETE", &format!("{}/v1/faults", sidecar.admin_url), "").await;
     assert_eq!(status, 200, "{body}");
-}
-
-async fn create_key(kms: &Client) -> String {
-    kms.create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string()
-}
-
-async fn encrypt(kms: &Client, key: &str, plaintext: &[u8]) -> Blob {
-    kms.encrypt()
-        .key_id(key)
-        .plaintext(Blob::new(plaintext.to_vec()))
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob()
-        .unwrap()
-        .clone()
 }
 
 /// Polls `check` every 50 ms until it is true or `limit` has passed.
@@ -118,7 +75,7 @@ async fn an_outage_is_survived_by_the_cache_and_the_breaker_recovers() {
         "3",
     ]);
     let kms = sidecar.sdk();
-    let key = create_key(&kms).await;
+    let key = new_key(&kms).await;
     let mut cached = Vec::new();
     for i in 0..20u8 {
         let blob = encrypt(&kms, &key, &[i; 32]).await;
@@ -180,24 +137,14 @@ async fn an_outage_is_survived_by_the_cache_and_the_breaker_recovers() {
         assert!(took < Duration::from_millis(50), "fail fast took {took:?}");
     }
     let started = Instant::now();
-    let result = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"x".to_vec()))
-        .send()
-        .await;
+    let result = try_encrypt(&kms, &key, b"x").await;
     assert_eq!(error_code(result), "DependencyTimeoutException");
     assert!(started.elapsed() < Duration::from_millis(50));
 
     // Cleared: after the cool-down, half-open probes succeed and the breaker closes.
     clear_faults(&sidecar).await;
     let closed = eventually(Duration::from_secs(5), || async {
-        let _ = kms
-            .encrypt()
-            .key_id(&key)
-            .plaintext(Blob::new(b"probe".to_vec()))
-            .send()
-            .await;
+        let _ = try_encrypt(&kms, &key, b"probe").await;
         sample(&sidecar.metrics().await, CIRCUIT) == Some(0.0)
     })
     .await;
@@ -224,7 +171,7 @@ async fn the_retry_budget_bounds_backend_attempts() {
     // A breaker that only the failure ratio can open, so that the random errors below are retried.
     let (_dir, sidecar) = start(&["--breaker-consecutive-failures", "50"]);
     let kms = sidecar.sdk();
-    let key = create_key(&kms).await;
+    let key = new_key(&kms).await;
     let attempts = |text: &str| {
         sum_series(
             text,
@@ -253,12 +200,7 @@ async fn the_retry_budget_bounds_backend_attempts() {
     )
     .await;
     for _ in 0..300 {
-        let _ = kms
-            .encrypt()
-            .key_id(&key)
-            .plaintext(Blob::new(b"x".to_vec()))
-            .send()
-            .await;
+        let _ = try_encrypt(&kms, &key, b"x").await;
     }
     let middle = sidecar.metrics().await;
     let (n, a, r) = (
@@ -283,12 +225,7 @@ async fn the_retry_budget_bounds_backend_attempts() {
         let key = key.clone();
         tasks.spawn(async move {
             for _ in 0..50 {
-                let result = kms
-                    .encrypt()
-                    .key_id(&key)
-                    .plaintext(Blob::new(b"x".to_vec()))
-                    .send()
-                    .await;
+                let result = try_encrypt(&kms, &key, b"x").await;
                 assert_eq!(error_code(result), "DependencyTimeoutException");
             }
         });
@@ -311,7 +248,7 @@ async fn the_retry_budget_bounds_backend_attempts() {
 async fn readiness_follows_the_backend() {
     let (_dir, sidecar) = start(&["--breaker-consecutive-failures", "3"]);
     let kms = sidecar.sdk();
-    let key = create_key(&kms).await;
+    let key = new_key(&kms).await;
     let readyz = format!("{}/readyz", sidecar.admin_url);
     assert_eq!(http_get(&readyz).await, (200, "ready\n".to_string()));
 
@@ -341,12 +278,7 @@ async fn readiness_follows_the_backend() {
     assert!(last.1.contains("throttled"), "{last:?}");
     assert_eq!(last.0, 200, "{}", last.1);
     assert!(last.1.starts_with("degraded:\n"), "{}", last.1);
-    let result = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"x".to_vec()))
-        .send()
-        .await;
+    let result = try_encrypt(&kms, &key, b"x").await;
     assert_eq!(error_code(result), "ThrottlingException");
     let text = sidecar.metrics().await;
     assert_eq!(sample(&text, CIRCUIT), Some(0.0), "{text}");
@@ -386,7 +318,7 @@ async fn faults_round_trip_are_counted_and_refused_when_disabled() {
 
     let (_dir, sidecar) = start(&["--breaker-consecutive-failures", "100"]);
     let kms = sidecar.sdk();
-    let key = create_key(&kms).await;
+    let key = new_key(&kms).await;
     let url = format!("{}/v1/faults", sidecar.admin_url);
     let (status, body) = http_get(&url).await;
     assert_eq!(status, 200);
@@ -436,12 +368,7 @@ async fn faults_round_trip_are_counted_and_refused_when_disabled() {
     assert_eq!(shown["spec"], spec);
 
     // In scope: Encrypt fails as a backend outage; out of scope: GenerateRandom works.
-    let result = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"x".to_vec()))
-        .send()
-        .await;
+    let result = try_encrypt(&kms, &key, b"x").await;
     assert_eq!(error_code(result), "DependencyTimeoutException");
     kms.generate_random()
         .number_of_bytes(16)
@@ -512,7 +439,7 @@ async fn faults_round_trip_are_counted_and_refused_when_disabled() {
 async fn latency_slows_misses_and_spares_cache_hits() {
     let (_dir, sidecar) = start(&[]);
     let kms = sidecar.sdk();
-    let key = create_key(&kms).await;
+    let key = new_key(&kms).await;
     let hot = encrypt(&kms, &key, b"hot").await;
     kms.decrypt()
         .ciphertext_blob(hot.clone())

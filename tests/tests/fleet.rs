@@ -6,140 +6,47 @@
 //! on the PKCS#11 backend sharing one (SoftHSM) token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kms::primitives::Blob;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use kms_sidecar_e2e::etcd::{self, EtcdCluster};
-use kms_sidecar_e2e::{Creds, Sidecar, SoftHsm, Start, binary, http_get, sdk_client};
+use kms_sidecar_e2e::etcd::EtcdCluster;
+use kms_sidecar_e2e::fleet::{Fleet, decrypts, within};
+use kms_sidecar_e2e::{Sidecar, SoftHsm, encrypt, http_get, new_key, sdk_client};
 
-const ROOT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const PREFIX: &str = "/fleet-test/";
 
-fn fleet_args(cluster: &EtcdCluster) -> Vec<String> {
-    vec![
-        "--registry".into(),
-        "etcd".into(),
-        "--etcd-endpoints".into(),
-        cluster.endpoints(),
-        "--etcd-prefix".into(),
-        "/fleet-test/".into(),
-        "--maintenance-interval-secs".into(),
-        "1".into(),
-    ]
-}
-
-fn env() -> Vec<(String, String)> {
-    vec![("KMS_SIDECAR_ROOT_KEY".into(), ROOT.into())]
-}
-
-fn cli(data_dir: &Path, args: &[String]) -> String {
-    let out = Command::new(binary())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("KMS_SIDECAR_ROOT_KEY", ROOT)
-        .output()
-        .expect("run kms-sidecar");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kms-sidecar {args:?} failed: {text}");
-    text
-}
-
-/// Polls `f` until it is true, returning how long that took, or panics after `limit`.
-async fn within<F, Fut>(limit: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if f().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn decrypts(client: &aws_sdk_kms::Client, blob: &[u8], plain: &[u8]) -> bool {
-    client
-        .decrypt()
-        .ciphertext_blob(Blob::new(blob))
-        .send()
-        .await
-        .is_ok_and(|r| r.plaintext().map(|p| p.as_ref()) == Some(plain))
+/// A fleet of `members` etcd members under [`PREFIX`] whose sidecars run maintenance (rotation)
+/// every second; `None` where etcd is not installed (the test prints SKIPPED).
+fn fleet(members: usize) -> Option<Fleet> {
+    let mut fleet = Fleet::start_or_skip(members, PREFIX)?;
+    fleet
+        .args
+        .extend(["--maintenance-interval-secs".into(), "1".into()]);
+    Some(fleet)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_shares_one_registry_in_etcd() {
-    if !etcd::available() {
-        println!("SKIPPED: etcd is not installed (scripts/test.sh installs etcd-server)");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = EtcdCluster::start(3);
-    let args = fleet_args(&cluster);
+    let Some(mut fleet) = fleet(3) else { return };
 
     // A single-node sidecar makes a key and a ciphertext, then its data directory moves to etcd.
-    let seed_dir = tmp.path().join("seed");
-    let seed = Sidecar::start_with(
-        &seed_dir,
-        Start {
-            env: env(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let creds: Creds = seed.creds.clone();
+    let seed = fleet.seed();
+    let creds = seed.creds.clone();
     let c = seed.sdk();
-    let old_key = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    let old_ct = c
-        .encrypt()
-        .key_id(&old_key)
-        .plaintext(Blob::new(b"from the seed".to_vec()))
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob
-        .unwrap();
+    let old_key = new_key(&c).await;
+    let old_ct = encrypt(&c, &old_key, b"from the seed").await;
     seed.stop();
-    let mut import = args.clone();
-    import.extend([
-        "registry".into(),
-        "import".into(),
-        "--from".into(),
-        seed_dir.display().to_string(),
-    ]);
-    let out = cli(&tmp.path().join("cli"), &import);
+    let out = fleet.import_seed();
     assert!(out.contains("Imported"), "{out}");
 
-    let start = |n: usize| {
-        Sidecar::start_with(
-            &tmp.path().join(format!("s{n}")),
-            Start {
-                args: args.clone(),
-                env: env(),
-                creds: Some(creds.clone()),
-            },
-        )
-        .unwrap()
-    };
-    let fleet = [start(1), start(2), start(3)];
-    let sdk: Vec<_> = fleet.iter().map(|s| s.sdk()).collect();
+    let members = [
+        fleet.member("s1", &creds),
+        fleet.member("s2", &creds),
+        fleet.member("s3", &creds),
+    ];
+    let sdk: Vec<_> = members.iter().map(|s| s.sdk()).collect();
 
     // Every old ciphertext decrypts through the fleet.
     for s in &sdk {
@@ -147,23 +54,8 @@ async fn a_fleet_shares_one_registry_in_etcd() {
     }
 
     // A key created on sidecar 1 decrypts on sidecar 3 within a second.
-    let key = sdk[0]
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    let ct1 = sdk[0]
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"v1".to_vec()))
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob
-        .unwrap();
+    let key = new_key(&sdk[0]).await;
+    let ct1 = encrypt(&sdk[0], &key, b"v1").await;
     let took = within(
         Duration::from_secs(1),
         "key created on 1 usable on 3",
@@ -183,15 +75,7 @@ async fn a_fleet_shares_one_registry_in_etcd() {
         .send()
         .await
         .unwrap();
-    let ct2 = sdk[1]
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"v2".to_vec()))
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob
-        .unwrap();
+    let ct2 = encrypt(&sdk[1], &key, b"v2").await;
     for s in &sdk {
         within(
             Duration::from_secs(1),
@@ -245,28 +129,18 @@ async fn a_fleet_shares_one_registry_in_etcd() {
     assert_eq!(wins, [1; 4], "one winner per alias");
 
     // A revoked credential is refused by every sidecar within a second.
-    let mut add = args.clone();
-    add.extend(["clients".into(), "add".into(), "app".into()]);
-    let out = cli(&tmp.path().join("cli"), &add);
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix(name).map(str::to_string))
-            .unwrap_or_else(|| panic!("{name} not printed: {out}"))
-    };
-    let app = Creds {
-        access_key_id: field("AWS_ACCESS_KEY_ID="),
-        secret: field("AWS_SECRET_ACCESS_KEY="),
-    };
-    let app_clients: Vec<_> = fleet.iter().map(|s| sdk_client(&s.kms_url, &app)).collect();
+    let app = fleet.add_client("app");
+    let app_clients: Vec<_> = members
+        .iter()
+        .map(|s| sdk_client(&s.kms_url, &app))
+        .collect();
     for c in &app_clients {
         within(Duration::from_secs(1), "new client accepted", || async {
             c.generate_random().number_of_bytes(8).send().await.is_ok()
         })
         .await;
     }
-    let mut revoke = args.clone();
-    revoke.extend(["clients".into(), "revoke".into(), app.access_key_id.clone()]);
-    cli(&tmp.path().join("cli"), &revoke);
+    fleet.cli_ok(&["clients", "revoke", &app.access_key_id]);
     for c in &app_clients {
         within(Duration::from_secs(1), "revoked client refused", || async {
             c.generate_random().number_of_bytes(8).send().await.is_err()
@@ -275,7 +149,7 @@ async fn a_fleet_shares_one_registry_in_etcd() {
     }
 
     // One etcd member down: everything works.
-    cluster.kill(0);
+    fleet.cluster.kill(0);
     for s in &sdk {
         assert!(
             decrypts(s, ct2.as_ref(), b"v2").await,
@@ -309,12 +183,12 @@ async fn a_fleet_shares_one_registry_in_etcd() {
     .await;
 
     // Two down (no quorum): crypto keeps working, key administration fails clearly, readyz degraded.
-    cluster.kill(1);
+    fleet.cluster.kill(1);
     for s in &sdk {
         assert!(decrypts(s, ct2.as_ref(), b"v2").await);
         assert!(decrypts(s, old_ct.as_ref(), b"from the seed").await);
     }
-    for s in &fleet {
+    for s in &members {
         let url = format!("{}/readyz", s.admin_url);
         within(
             Duration::from_secs(5),
@@ -346,8 +220,8 @@ async fn a_fleet_shares_one_registry_in_etcd() {
         "{err:?}"
     );
     // Quorum back: writes work again and every sidecar catches up.
-    cluster.restart(0);
-    cluster.restart(1);
+    fleet.cluster.restart(0);
+    fleet.cluster.restart(1);
     let deadline = Instant::now() + Duration::from_secs(30);
     let k3 = loop {
         if let Ok(r) = sdk[2].create_key().send().await {
@@ -364,7 +238,7 @@ async fn a_fleet_shares_one_registry_in_etcd() {
         )
         .await;
     }
-    for s in &fleet {
+    for s in &members {
         let url = format!("{}/readyz", s.admin_url);
         within(Duration::from_secs(10), "readyz recovers", || {
             let url = url.clone();
@@ -372,7 +246,7 @@ async fn a_fleet_shares_one_registry_in_etcd() {
         })
         .await;
     }
-    let metrics = fleet[0].metrics().await;
+    let metrics = members[0].metrics().await;
     assert!(metrics.contains("kms_sidecar_registry_up 1"), "{metrics}");
     assert!(
         metrics.contains("kms_sidecar_registry_applied_revision "),
@@ -385,19 +259,14 @@ async fn a_fleet_shares_one_registry_in_etcd() {
 /// it), and a wrong password stops the sidecar at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_authenticates_to_etcd() {
-    if !etcd::available() {
-        println!("SKIPPED: etcd is not installed (scripts/test.sh installs etcd-server)");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let cluster = EtcdCluster::start(1);
-    cluster.enable_auth("fleet-secret");
+    let Some(mut fleet) = fleet(1) else { return };
+    fleet.cluster.enable_auth("fleet-secret");
     // Without a token etcd refuses reads: what the sidecars do below needs theirs.
     let refused = Command::new("curl")
         .args(["-sS", "-m", "5", "-X", "POST", "-d", r#"{"key":"Lw=="}"#])
         .arg(format!(
             "{}/v3/kv/range",
-            cluster.endpoints().split(',').next().unwrap()
+            fleet.cluster.endpoints().split(',').next().unwrap()
         ))
         .output()
         .unwrap();
@@ -407,75 +276,27 @@ async fn a_fleet_authenticates_to_etcd() {
         String::from_utf8_lossy(&refused.stdout)
     );
 
-    let mut args = fleet_args(&cluster);
-    args.extend(["--etcd-user".into(), "root".into()]);
-    let start = |n: usize, password: &str, creds: Option<Creds>| {
-        let mut env = env();
-        env.push(("KMS_SIDECAR_ETCD_PASSWORD".into(), password.into()));
-        Sidecar::start_with(
-            &tmp.path().join(format!("a{n}")),
-            Start {
-                args: args.clone(),
-                env,
-                creds,
-            },
-        )
-    };
+    fleet.args.extend(["--etcd-user".into(), "root".into()]);
+    let password = |p: &str| ("KMS_SIDECAR_ETCD_PASSWORD".to_string(), p.to_string());
 
-    let wrong = start(0, "not-the-password", None);
+    fleet.env.push(password("not-the-password"));
+    let wrong = fleet.try_member("a0", None);
     let Err(out) = wrong else {
         panic!("a sidecar started with a wrong etcd password");
     };
     assert!(out.contains("etcd"), "{out}");
 
-    // The fleet's client credential comes from a data directory imported into etcd, as above.
-    let seed_dir = tmp.path().join("seed");
-    let seed = Sidecar::start_with(
-        &seed_dir,
-        Start {
-            env: env(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let creds = seed.creds.clone();
-    seed.stop();
-    let import = Command::new(binary())
-        .arg("--data-dir")
-        .arg(tmp.path().join("cli"))
-        .args(&args)
-        .args(["registry", "import", "--from"])
-        .arg(&seed_dir)
-        .env("KMS_SIDECAR_ROOT_KEY", ROOT)
-        .env("KMS_SIDECAR_ETCD_PASSWORD", "fleet-secret")
-        .output()
-        .unwrap();
-    assert!(
-        import.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    // The fleet's client credential comes from a data directory imported into etcd, as above
+    // (the import logs in with the right password).
+    fleet.env.pop();
+    fleet.env.push(password("fleet-secret"));
+    let creds = fleet.seeded_creds();
 
-    let first = start(1, "fleet-secret", Some(creds.clone())).unwrap();
-    let second = start(2, "fleet-secret", Some(creds)).unwrap();
+    let first = fleet.member("a1", &creds);
+    let second = fleet.member("a2", &creds);
     let (a, b) = (first.sdk(), second.sdk());
-    let key = a
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    let ct = a
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"behind a password".to_vec()))
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob
-        .unwrap();
+    let key = new_key(&a).await;
+    let ct = encrypt(&a, &key, b"behind a password").await;
     // The key reaches the second sidecar through its authenticated watch.
     within(
         Duration::from_secs(2),
@@ -494,8 +315,6 @@ async fn a_fleet_authenticates_to_etcd() {
     )
     .await;
 }
-
-const PREFIX: &str = "/fleet-test/";
 
 /// The value of etcd key `PREFIX + name`, if any, read through etcd's HTTP gateway.
 fn etcd_get(cluster: &EtcdCluster, name: &str) -> Option<Vec<u8>> {
@@ -540,57 +359,15 @@ fn make_rotation_due(cluster: &EtcdCluster, id: &str) {
 /// landed before the holder published its record, i.e. really mid-rotation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sidecar_killed_mid_rotation_is_taken_over() {
-    if !etcd::available() {
-        println!("SKIPPED: etcd is not installed (scripts/test.sh installs etcd-server)");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let cluster = EtcdCluster::start(3);
-    let args = fleet_args(&cluster);
+    let Some(fleet) = fleet(3) else { return };
+    let cluster = &fleet.cluster;
 
     // The fleet's client credential comes from a data directory imported into etcd.
-    let seed_dir = tmp.path().join("seed");
-    let seed = Sidecar::start_with(
-        &seed_dir,
-        Start {
-            env: env(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let creds: Creds = seed.creds.clone();
-    seed.stop();
-    let mut import = args.clone();
-    import.extend([
-        "registry".into(),
-        "import".into(),
-        "--from".into(),
-        seed_dir.display().to_string(),
-    ]);
-    cli(&tmp.path().join("cli"), &import);
-
-    let start = |n: usize| {
-        Sidecar::start_with(
-            &tmp.path().join(format!("r{n}")),
-            Start {
-                args: args.clone(),
-                env: env(),
-                creds: Some(creds.clone()),
-            },
-        )
-        .unwrap()
-    };
-    let mut fleet: Vec<Sidecar> = (0..3).map(start).collect();
-    let key = fleet[0]
-        .sdk()
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    fleet[0]
+    let creds = fleet.seeded_creds();
+    let start = |n: usize| fleet.member(&format!("r{n}"), &creds);
+    let mut members: Vec<Sidecar> = (0..3).map(start).collect();
+    let key = new_key(&members[0].sdk()).await;
+    members[0]
         .sdk()
         .enable_key_rotation()
         .key_id(&key)
@@ -599,19 +376,10 @@ async fn a_sidecar_killed_mid_rotation_is_taken_over() {
         .await
         .unwrap();
     let mut cts = vec![(
-        fleet[0]
-            .sdk()
-            .encrypt()
-            .key_id(&key)
-            .plaintext(Blob::new(b"version 1".to_vec()))
-            .send()
-            .await
-            .unwrap()
-            .ciphertext_blob
-            .unwrap(),
+        encrypt(&members[0].sdk(), &key, b"version 1").await,
         b"version 1".to_vec(),
     )];
-    for s in &fleet {
+    for s in &members {
         within(Duration::from_secs(2), "key visible everywhere", || async {
             s.sdk().describe_key().key_id(&key).send().await.is_ok()
         })
@@ -626,7 +394,7 @@ async fn a_sidecar_killed_mid_rotation_is_taken_over() {
         within(
             Duration::from_secs(15),
             "rotation lock released",
-            || async { etcd_get(&cluster, &lock).is_none() },
+            || async { etcd_get(cluster, &lock).is_none() },
         )
         .await;
         // Catch the elected sidecar taking the lock (etcd's watch pushes the put as it commits)
@@ -646,7 +414,7 @@ async fn a_sidecar_killed_mid_rotation_is_taken_over() {
                 std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
             // The watch's creation reply first: only then is the rotation made due.
             lines.next().unwrap().unwrap();
-            make_rotation_due(&cluster, &key);
+            make_rotation_due(cluster, &key);
             let holder = lines
                 .find_map(|l| {
                     let v: serde_json::Value = serde_json::from_str(&l.ok()?).ok()?;
@@ -665,15 +433,15 @@ async fn a_sidecar_killed_mid_rotation_is_taken_over() {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("lock value names no pid: {holder}"));
-        let victim = fleet
+        let victim = members
             .iter()
             .position(|s| s.pid() == pid)
             .unwrap_or_else(|| panic!("lock held by {holder}, not a fleet member"));
-        let published = versions_in_etcd(&cluster, &key) > versions;
+        let published = versions_in_etcd(cluster, &key) > versions;
         if !published {
             mid_rotation += 1;
         }
-        let material = etcd_get(&cluster, &format!("material/{key}/{}", versions + 1)).is_some();
+        let material = etcd_get(cluster, &format!("material/{key}/{}", versions + 1)).is_some();
         println!(
             "round {round}: killed sidecar {victim} ({holder}) {} it published the rotation \
              (new version's material {} written)",
@@ -686,34 +454,25 @@ async fn a_sidecar_killed_mid_rotation_is_taken_over() {
         let took = within(
             Duration::from_secs(30),
             "rotation taken over by a surviving sidecar",
-            || async { versions_in_etcd(&cluster, &key) >= versions },
+            || async { versions_in_etcd(cluster, &key) >= versions },
         )
         .await;
         println!("round {round}: version {versions} in etcd {took:?} after the kill");
         // A few maintenance intervals later still exactly one (no duplicate from the takeover).
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(versions_in_etcd(&cluster, &key), versions, "round {round}");
+        assert_eq!(versions_in_etcd(cluster, &key), versions, "round {round}");
         assert!(
-            etcd_get(&cluster, &format!("material/{key}/{}", versions + 1)).is_none(),
+            etcd_get(cluster, &format!("material/{key}/{}", versions + 1)).is_none(),
             "round {round}: material made for a version that was never published"
         );
 
         // The killed sidecar comes back; every sidecar lists the same rotations and decrypts
         // every version's ciphertext.
-        fleet[victim] = start(victim);
+        members[victim] = start(victim);
         let plain = format!("version {versions}").into_bytes();
-        let ct = fleet[victim]
-            .sdk()
-            .encrypt()
-            .key_id(&key)
-            .plaintext(Blob::new(plain.clone()))
-            .send()
-            .await
-            .unwrap()
-            .ciphertext_blob
-            .unwrap();
+        let ct = encrypt(&members[victim].sdk(), &key, &plain).await;
         cts.push((ct, plain));
-        for s in &fleet {
+        for s in &members {
             let c = s.sdk();
             let listed = c
                 .list_key_rotations()
@@ -744,71 +503,20 @@ async fn a_sidecar_killed_mid_rotation_is_taken_over() {
 /// the other, and a version made by a rotation on one is usable on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pkcs11_fleet_shares_one_token() {
-    if !etcd::available() {
-        println!("SKIPPED: etcd is not installed (scripts/test.sh installs etcd-server)");
-        return;
-    }
+    let Some(mut fleet) = fleet(1) else { return };
     let Some(token) = SoftHsm::new("pkcs11_fleet") else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let cluster = EtcdCluster::start(1);
-    let mut args = fleet_args(&cluster);
-    args.extend(token.start().args);
-    let mut env = env();
-    env.extend(token.start().env);
 
-    // The fleet's client credential comes from a data directory imported into etcd.
-    let seed_dir = tmp.path().join("seed");
-    let seed = Sidecar::start_with(
-        &seed_dir,
-        Start {
-            env: self::env(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let creds = seed.creds.clone();
-    seed.stop();
-    let mut import = fleet_args(&cluster);
-    import.extend([
-        "registry".into(),
-        "import".into(),
-        "--from".into(),
-        seed_dir.display().to_string(),
-    ]);
-    cli(&tmp.path().join("cli"), &import);
-
-    let start = |n: usize| {
-        Sidecar::start_with(
-            &tmp.path().join(format!("p{n}")),
-            Start {
-                args: args.clone(),
-                env: env.clone(),
-                creds: Some(creds.clone()),
-            },
-        )
-        .unwrap()
-    };
-    let (one, two) = (start(1), start(2));
+    // The fleet's client credential comes from a data directory imported into etcd (the import
+    // needs no token); the members then share the token.
+    let creds = fleet.seeded_creds();
+    fleet.args.extend(token.start().args);
+    fleet.env.extend(token.start().env);
+    let (one, two) = (fleet.member("p1", &creds), fleet.member("p2", &creds));
     let (a, b) = (one.sdk(), two.sdk());
-    let key = a
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    let ct1 = a
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"made on one".to_vec()))
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob
-        .unwrap();
+    let key = new_key(&a).await;
+    let ct1 = encrypt(&a, &key, b"made on one").await;
     within(
         Duration::from_secs(2),
         "key created on 1 decrypts on 2",
@@ -818,30 +526,14 @@ async fn a_pkcs11_fleet_shares_one_token() {
 
     // A rotation on the second: its new version (a new token object) is used on the first.
     b.rotate_key_on_demand().key_id(&key).send().await.unwrap();
-    let ct2 = b
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"version 2 on two".to_vec()))
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob
-        .unwrap();
+    let ct2 = encrypt(&b, &key, b"version 2 on two").await;
     within(
         Duration::from_secs(2),
         "rotated version made on 2 decrypts on 1",
         || decrypts(&a, ct2.as_ref(), b"version 2 on two"),
     )
     .await;
-    let ct3 = a
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(b"version 2 on one".to_vec()))
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob
-        .unwrap();
+    let ct3 = encrypt(&a, &key, b"version 2 on one").await;
     assert!(decrypts(&b, ct3.as_ref(), b"version 2 on one").await);
     assert!(decrypts(&b, ct1.as_ref(), b"made on one").await);
     assert_eq!(

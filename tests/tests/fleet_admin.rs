@@ -5,82 +5,13 @@
 //! second.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_kms::primitives::Blob;
-use kms_sidecar_e2e::etcd::{self, EtcdCluster};
-use kms_sidecar_e2e::{
-    Creds, Sidecar, Start, binary, error_code, printed_creds, sample, sdk_client,
-};
+use kms_sidecar_e2e::fleet::{Fleet, within};
+use kms_sidecar_e2e::{Creds, Sidecar, error_code, printed_creds, sample, sdk_client};
 
-const ROOT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-fn fleet_args(cluster: &EtcdCluster) -> Vec<String> {
-    [
-        "--registry",
-        "etcd",
-        "--etcd-endpoints",
-        &cluster.endpoints(),
-        "--etcd-prefix",
-        "/fleet-admin/",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// `kms-sidecar <fleet args> <args>`: (success, everything printed).
-fn cli(cluster: &EtcdCluster, data_dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(fleet_args(cluster))
-        .args(args)
-        .env("KMS_SIDECAR_ROOT_KEY", ROOT)
-        .output()
-        .expect("run kms-sidecar");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn add_client(cluster: &EtcdCluster, dir: &Path, name: &str) -> Creds {
-    let (ok, text) = cli(cluster, dir, &["clients", "add", name]);
-    assert!(ok, "{text}");
-    printed_creds(&text)
-}
-
-fn start(cluster: &EtcdCluster, dir: &Path, creds: &Creds) -> Sidecar {
-    Sidecar::start_with(
-        dir,
-        Start {
-            args: fleet_args(cluster),
-            env: vec![("KMS_SIDECAR_ROOT_KEY".into(), ROOT.into())],
-            creds: Some(creds.clone()),
-        },
-    )
-    .unwrap()
-}
-
-/// Polls `f` until it is true, or panics after `limit`.
-async fn within<F, Fut>(limit: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if f().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+const PREFIX: &str = "/fleet-admin/";
 
 /// Decrypt: "ok" with the right plaintext, else the error type.
 async fn decrypt(kms: &aws_sdk_kms::Client, blob: &Blob, want: &[u8]) -> String {
@@ -121,17 +52,13 @@ fn policy(account: &str, app_may_decrypt: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_on_one_sidecar_reach_cached_calls_on_another() {
-    if !etcd::available() {
-        println!("SKIPPED: etcd is not installed (scripts/test.sh installs etcd-server)");
+    let Some(fleet) = Fleet::start_or_skip(1, PREFIX) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let cluster = EtcdCluster::start(1);
-    let cli_dir = tmp.path().join("cli");
-    let admin = add_client(&cluster, &cli_dir, "default");
-    let app = add_client(&cluster, &cli_dir, "app");
-    let a = start(&cluster, &tmp.path().join("a"), &admin);
-    let b = start(&cluster, &tmp.path().join("b"), &admin);
+    };
+    let admin = fleet.add_client("default");
+    let app = fleet.add_client("app");
+    let a = fleet.member("a", &admin);
+    let b = fleet.member("b", &admin);
     let on_a = a.sdk();
     let (admin_b, app_b) = (b.sdk(), sdk_client(&b.kms_url, &app));
 
@@ -235,33 +162,22 @@ async fn probe(sidecar: &Sidecar, creds: &Creds) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_rotate_secret_with_the_etcd_registry() {
-    if !etcd::available() {
-        println!("SKIPPED: etcd is not installed (scripts/test.sh installs etcd-server)");
+    let Some(fleet) = Fleet::start_or_skip(1, PREFIX) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let cluster = EtcdCluster::start(1);
-    let cli_dir = tmp.path().join("cli");
-    let admin = add_client(&cluster, &cli_dir, "default");
-    let old = add_client(&cluster, &cli_dir, "app");
-    let fleet = [
-        start(&cluster, &tmp.path().join("a"), &admin),
-        start(&cluster, &tmp.path().join("b"), &admin),
-    ];
-    for s in &fleet {
+    };
+    let admin = fleet.add_client("default");
+    let old = fleet.add_client("app");
+    let members = [fleet.member("a", &admin), fleet.member("b", &admin)];
+    for s in &members {
         assert_eq!(probe(s, &old).await, "ok");
     }
 
-    let (ok, text) = cli(
-        &cluster,
-        &cli_dir,
-        &["clients", "rotate-secret", &old.access_key_id],
-    );
+    let (ok, text) = fleet.cli(&["clients", "rotate-secret", &old.access_key_id]);
     assert!(ok, "{text}");
     let new = printed_creds(&text);
     assert_eq!(new.access_key_id, old.access_key_id);
     assert_ne!(new.secret, old.secret);
-    for s in &fleet {
+    for s in &members {
         within(
             Duration::from_secs(1),
             "new secret accepted, old refused",
@@ -269,7 +185,7 @@ async fn clients_rotate_secret_with_the_etcd_registry() {
         )
         .await;
     }
-    let (ok, listed) = cli(&cluster, &cli_dir, &["clients", "list"]);
+    let (ok, listed) = fleet.cli(&["clients", "list"]);
     assert!(ok, "{listed}");
     assert_eq!(
         listed.matches(&old.access_key_id).count(),
@@ -279,31 +195,19 @@ async fn clients_rotate_secret_with_the_etcd_registry() {
     assert!(!listed.contains(&new.secret));
 
     // Unknown and revoked credentials are refused clearly, and nothing is written.
-    let (ok, text) = cli(
-        &cluster,
-        &cli_dir,
-        &["clients", "rotate-secret", "AKSCNOSUCHCLIENT0000"],
-    );
+    let (ok, text) = fleet.cli(&["clients", "rotate-secret", "AKSCNOSUCHCLIENT0000"]);
     assert!(
         !ok && text.contains("no client with access key id"),
         "{text}"
     );
-    let (ok, text) = cli(
-        &cluster,
-        &cli_dir,
-        &["clients", "revoke", &new.access_key_id],
-    );
+    let (ok, text) = fleet.cli(&["clients", "revoke", &new.access_key_id]);
     assert!(ok, "{text}");
-    let (ok, text) = cli(
-        &cluster,
-        &cli_dir,
-        &["clients", "rotate-secret", &new.access_key_id],
-    );
+    let (ok, text) = fleet.cli(&["clients", "rotate-secret", &new.access_key_id]);
     assert!(
         !ok && text.contains("no client with access key id"),
         "{text}"
     );
-    for s in &fleet {
+    for s in &members {
         within(Duration::from_secs(1), "revoked everywhere", || async {
             probe(s, &new).await != "ok"
         })

@@ -5,14 +5,12 @@
 //! success is the propagation delay. Prints p50, p99 and the maximum, and the load average.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kms::primitives::Blob;
-use kms_sidecar_e2e::etcd::{self, EtcdCluster};
-use kms_sidecar_e2e::{Sidecar, Start, binary, printed_creds};
-
-const ROOT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+use kms_sidecar_e2e::etcd;
+use kms_sidecar_e2e::fleet::Fleet;
+use kms_sidecar_e2e::new_key;
 const CHANGES: usize = 100;
 
 fn load_average() -> String {
@@ -33,55 +31,16 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 #[ignore = "benchmark: scripts/bench-fleet.sh"]
 async fn propagation_delay_of_a_created_key() {
     assert!(etcd::available(), "etcd is not installed");
-    let tmp = tempfile::tempdir().unwrap();
-    let cluster = EtcdCluster::start(3);
-    let args: Vec<String> = [
-        "--registry",
-        "etcd",
-        "--etcd-endpoints",
-        &cluster.endpoints(),
-        "--etcd-prefix",
-        "/fleet-bench/",
-        "--log-level",
-        "warn",
-    ]
-    .map(String::from)
-    .to_vec();
-    let out = Command::new(binary())
-        .arg("--data-dir")
-        .arg(tmp.path().join("cli"))
-        .args(&args)
-        .args(["clients", "add", "default"])
-        .env("KMS_SIDECAR_ROOT_KEY", ROOT)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let creds = printed_creds(&String::from_utf8_lossy(&out.stdout));
-    let start = |name: &str| {
-        Sidecar::start_with(
-            &tmp.path().join(name),
-            Start {
-                args: args.clone(),
-                env: vec![("KMS_SIDECAR_ROOT_KEY".into(), ROOT.into())],
-                creds: Some(creds.clone()),
-            },
-        )
-        .unwrap()
-    };
-    let (a, b) = (start("a"), start("b"));
+    let mut fleet = Fleet::start(3, "/fleet-bench/");
+    fleet.args.extend(["--log-level".into(), "warn".into()]);
+    let creds = fleet.add_client("default");
+    let (a, b) = (fleet.member("a", &creds), fleet.member("b", &creds));
     let (on_a, on_b) = (a.sdk(), b.sdk());
     let load_before = load_average();
     let mut delays = Vec::with_capacity(CHANGES);
     let mut polls = 0usize;
     for _ in 0..CHANGES {
-        let key = on_a
-            .create_key()
-            .send()
-            .await
-            .unwrap()
-            .key_metadata
-            .unwrap()
-            .key_id;
+        let key = new_key(&on_a).await;
         let committed = Instant::now();
         loop {
             polls += 1;

@@ -17,25 +17,9 @@ use tonic::Code;
 const ACCOUNT: &str = "111122223333";
 const ALIAS: &str = "alias/k8s";
 
-/// Creates the plugin's key (policy allowing `kubernetes`) and alias on a running sidecar; returns
-/// the key's ARN.
+/// Creates the plugin's key and alias on a running sidecar; returns the key's ARN.
 async fn create_plugin_key(sidecar: &Sidecar) -> String {
-    let kms = sidecar.sdk();
-    let meta = kms
-        .create_key()
-        .policy(kmsv2::policy(ACCOUNT))
-        .send()
-        .await
-        .expect("CreateKey")
-        .key_metadata
-        .expect("metadata");
-    kms.create_alias()
-        .alias_name(ALIAS)
-        .target_key_id(meta.key_id())
-        .send()
-        .await
-        .expect("CreateAlias");
-    meta.arn().expect("arn").to_string()
+    kmsv2::create_plugin_key(sidecar, ACCOUNT, ALIAS).await
 }
 
 async fn status(client: &mut Client) -> proto::StatusResponse {

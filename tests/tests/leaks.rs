@@ -6,9 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::DataKeySpec;
 use base64::Engine as _;
-use kms_sidecar_e2e::{Sidecar, SoftHsm, Start, http_get_with, new_key};
+use kms_sidecar_e2e::{Sidecar, SoftHsm, data_key_in, encrypt, encrypt_in, http_get_with, new_key};
 
 fn encodings(secret: &[u8]) -> Vec<String> {
     vec![
@@ -22,23 +21,12 @@ fn encodings(secret: &[u8]) -> Vec<String> {
 #[tokio::test]
 async fn plaintexts_and_secrets_never_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let start = Start {
-        args: vec!["--log-level".into(), "debug".into()],
-        ..Start::default()
-    };
-    let sidecar = Sidecar::start_with(dir.path(), start).unwrap();
+    let sidecar = Sidecar::start_args(dir.path(), &["--log-level", "debug"]);
     let kms = sidecar.sdk();
     let planted = b"PLANTED-PLAINTEXT-7f3a9c-do-not-log".to_vec();
 
     let key = new_key(&kms).await;
-    let enc = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(planted.clone()))
-        .send()
-        .await
-        .unwrap();
-    let blob = enc.ciphertext_blob().unwrap().clone();
+    let blob = encrypt(&kms, &key, &planted).await;
     let dec = kms
         .decrypt()
         .ciphertext_blob(blob.clone())
@@ -59,13 +47,7 @@ async fn plaintexts_and_secrets_never_logged() {
         .encryption_context("wrong", "ctx")
         .send()
         .await;
-    let dk = kms
-        .generate_data_key()
-        .key_id(&key)
-        .key_spec(DataKeySpec::Aes256)
-        .send()
-        .await
-        .unwrap();
+    let dk = data_key_in(&kms, &key, &[]).await;
     let data_key = dk.plaintext().unwrap().as_ref().to_vec();
     let random = kms
         .generate_random()
@@ -172,24 +154,8 @@ async fn pin_token_and_material_never_in_any_output_or_document() {
     let kms = sidecar.sdk();
     let planted = b"PLANTED-HSM-PLAINTEXT-41c2-do-not-log".to_vec();
     let key = new_key(&kms).await;
-    let blob = kms
-        .encrypt()
-        .key_id(&key)
-        .plaintext(Blob::new(planted.clone()))
-        .encryption_context("tenant", "a")
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob()
-        .unwrap()
-        .clone();
-    let dk = kms
-        .generate_data_key()
-        .key_id(&key)
-        .key_spec(DataKeySpec::Aes256)
-        .send()
-        .await
-        .unwrap();
+    let blob = encrypt_in(&kms, &key, &planted, &[("tenant", "a")]).await;
+    let dk = data_key_in(&kms, &key, &[]).await;
     let data_key = dk.plaintext().unwrap().as_ref().to_vec();
 
     // Error bodies, from calls that carry the planted values.

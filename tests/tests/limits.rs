@@ -7,23 +7,20 @@
 use std::time::Duration;
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
-use kms_sidecar_e2e::{Sidecar, Start, cli, printed_creds, sample, sdk_client};
+use kms_sidecar_e2e::{Sidecar, cli, printed_creds, sample, sdk_client};
 
 #[tokio::test]
 async fn per_principal_limit_throttles_exactly_the_excess() {
     let dir = tempfile::tempdir().unwrap();
-    let start = Start {
-        args: [
+    let sidecar = Sidecar::start_args(
+        dir.path(),
+        &[
             "--rate-limit-per-principal",
             "1",
             "--rate-limit-per-principal-burst",
             "5",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Start::default()
-    };
-    let sidecar = Sidecar::start_with(dir.path(), start).unwrap();
+        ],
+    );
     let kms = sidecar.sdk();
 
     let mut throttled = 0;

@@ -8,16 +8,12 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use aws_sdk_kms::primitives::Blob;
-use kms_sidecar_e2e::{Sidecar, Start, http_get as get, new_key, sample};
+use kms_sidecar_e2e::{Sidecar, http_get as get, new_key, sample, try_encrypt};
 
 #[tokio::test]
 async fn metrics_status_and_key_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let start = Start {
-        args: vec!["--rotation-required".into(), "true".into()],
-        ..Start::default()
-    };
-    let sidecar = Sidecar::start_with(dir.path(), start).unwrap();
+    let sidecar = Sidecar::start_args(dir.path(), &["--rotation-required", "true"]);
     let kms = sidecar.sdk();
     let raw = sidecar.raw();
 
@@ -39,13 +35,7 @@ async fn metrics_status_and_key_versions() {
     kms.enable_key_rotation().key_id(&key).send().await.unwrap();
     let mut blobs = Vec::new();
     for _ in 0..3 {
-        let out = kms
-            .encrypt()
-            .key_id(&key)
-            .plaintext(Blob::new(b"m".to_vec()))
-            .send()
-            .await
-            .unwrap();
+        let out = try_encrypt(&kms, &key, b"m").await.unwrap();
         blobs.push(out.ciphertext_blob().unwrap().clone());
     }
     kms.decrypt()

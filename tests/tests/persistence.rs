@@ -9,8 +9,8 @@ use std::time::Duration;
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use kms_sidecar_e2e::{
-    BackendChoice, Sidecar, Start, cli, new_key, on_every_backend, printed_creds as issued_creds,
-    sdk_client,
+    BackendChoice, Sidecar, Start, cli, new_key, new_key_from, on_every_backend,
+    printed_creds as issued_creds, sdk_client, try_encrypt,
 };
 
 on_every_backend!(everything_survives_a_restart);
@@ -19,16 +19,7 @@ async fn everything_survives_a_restart(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
     let sidecar = Sidecar::start_on(dir.path(), &backend);
     let kms = sidecar.sdk();
-    let key = kms
-        .create_key()
-        .description("kept")
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key_from(kms.create_key().description("kept")).await;
     kms.create_alias()
         .alias_name("alias/kept")
         .target_key_id(&key)
@@ -66,13 +57,7 @@ async fn everything_survives_a_restart(backend: BackendChoice) {
         .send()
         .await
         .unwrap();
-    let v2 = kms
-        .encrypt()
-        .key_id("alias/kept")
-        .plaintext(Blob::new(b"two".to_vec()))
-        .send()
-        .await
-        .unwrap();
+    let v2 = try_encrypt(&kms, "alias/kept", b"two").await.unwrap();
     let doomed = new_key(&kms).await;
     kms.schedule_key_deletion()
         .key_id(&doomed)

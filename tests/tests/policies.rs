@@ -12,7 +12,8 @@ use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use kms_sidecar_e2e::{
-    Creds, Raw, Sidecar, cli, error_code as code, printed_creds, sample, sdk_client,
+    Creds, Raw, Sidecar, cli, error_code as code, new_key_from, printed_creds, sample, sdk_client,
+    try_encrypt,
 };
 
 fn add_client(data_dir: &std::path::Path, name: &str, tenant: &str) -> Creds {
@@ -67,16 +68,7 @@ async fn tenant_isolation_deny_revocation_and_audit() {
     wait_accepted(&alice).await;
     wait_accepted(&bob).await;
 
-    let key = admin
-        .create_key()
-        .policy(tenant_policy(""))
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string();
+    let key = new_key_from(admin.create_key().policy(tenant_policy(""))).await;
     let stored = admin.get_key_policy().key_id(&key).send().await.unwrap();
     assert!(stored.policy().unwrap().contains("TenantUse"));
     assert_eq!(
@@ -120,14 +112,7 @@ async fn tenant_isolation_deny_revocation_and_audit() {
         "{err:?}"
     );
     assert_eq!(
-        code(
-            alice
-                .encrypt()
-                .key_id(&key)
-                .plaintext(Blob::new(b"x".to_vec()))
-                .send()
-                .await
-        ),
+        code(try_encrypt(&alice, &key, b"x").await),
         "AccessDeniedException"
     );
     assert_eq!(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_kms::primitives::Blob;
 use kms_sidecar_e2e::proxy::{self, Moto, env_keys, free_port, moto, upstream_key};
 use kms_sidecar_e2e::{
-    Creds, Sidecar, Start, cli, error_code, printed_creds, sdk_client, sum_series,
+    Creds, Sidecar, Start, cli, encrypt_in, error_code, printed_creds, sdk_client, sum_series,
 };
 
 const POLICY: &str = r#"{"rules":[
@@ -108,15 +108,7 @@ fn start_proxy(dir: &Path, upstream: &str, env: Vec<(String, String)>) -> Sideca
 }
 
 async fn encrypt(kms: &aws_sdk_kms::Client, key: &str, text: &[u8]) -> Blob {
-    kms.encrypt()
-        .key_id(key)
-        .plaintext(Blob::new(text))
-        .encryption_context("tenant", "a")
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob
-        .unwrap()
+    encrypt_in(kms, key, text, &[("tenant", "a")]).await
 }
 
 async fn decrypt(kms: &aws_sdk_kms::Client, blob: &Blob) -> Result<Vec<u8>, String> {

@@ -8,13 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::DataKeySpec;
 use kms_sidecar_e2e::proxy::{env_keys, start_proxy, upstream_key};
-use kms_sidecar_e2e::{Sidecar, cli, error_code, printed_creds, sample, sdk_client};
+use kms_sidecar_e2e::{Sidecar, cli, data_key_in, error_code, printed_creds, sample, sdk_client};
 
 const POLICY: &str = r#"{"rules":[
   {"principals":["default","other"],"actions":["GenerateDataKey","Decrypt","Encrypt","ListAliases"],"keys":["alias/app-*"]}
@@ -54,14 +52,7 @@ async fn data_key(
     key: &str,
     context: Option<(&str, &str)>,
 ) -> (Vec<u8>, Blob, String) {
-    let mut req = kms
-        .generate_data_key()
-        .key_id(key)
-        .key_spec(DataKeySpec::Aes256);
-    if let Some((k, v)) = context {
-        req = req.encryption_context(k, v);
-    }
-    let out = req.send().await.unwrap();
+    let out = data_key_in(kms, key, context.as_slice()).await;
     (
         out.plaintext().unwrap().as_ref().to_vec(),
         out.ciphertext_blob().unwrap().clone(),
@@ -207,15 +198,6 @@ async fn pool_and_reuse_per_upstream_key_spare_the_upstream() {
     );
 }
 
-fn hup(sidecar: &Sidecar) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &sidecar.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
 /// Encrypt through the proxy: the KMS error type or "ok".
 async fn try_encrypt(kms: &aws_sdk_kms::Client, key: &str) -> String {
     match kms
@@ -278,7 +260,7 @@ async fn sighup_reloads_the_proxy_policy_and_refuses_a_bad_file() {
         r#"{"rules":[{"principals":["default"],"actions":["Decrypt"],"keys":["alias/app-*"]}]}"#,
     )
     .unwrap();
-    hup(&proxy);
+    proxy.hup();
     wait_encrypt(&kms, &alias, "AccessDeniedException").await;
     let opened = kms.decrypt().ciphertext_blob(blob.clone()).send().await;
     assert_eq!(
@@ -292,7 +274,7 @@ async fn sighup_reloads_the_proxy_policy_and_refuses_a_bad_file() {
         r#"{"rules":[{"principals":["default"],"actions":["*"],"keys":["*"],"effect":"Allow"}]}"#,
     )
     .unwrap();
-    hup(&proxy);
+    proxy.hup();
     let started = Instant::now();
     while !proxy.output.all().contains("reload failed") {
         assert!(
@@ -307,6 +289,6 @@ async fn sighup_reloads_the_proxy_policy_and_refuses_a_bad_file() {
 
     // A valid file again: applied.
     std::fs::write(&policy_file, POLICY).unwrap();
-    hup(&proxy);
+    proxy.hup();
     wait_encrypt(&kms, &alias, "ok").await;
 }

@@ -3,19 +3,9 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kms_sidecar_e2e::{Sidecar, Start, error_code, http_get};
-
-fn hup(sidecar: &Sidecar) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &sidecar.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
+use kms_sidecar_e2e::{Sidecar, error_code, http_get};
 
 /// The `rate_per_second` of the principal default limit in `/v1/status`.
 async fn principal_rate(sidecar: &Sidecar) -> Option<f64> {
@@ -46,14 +36,10 @@ async fn sighup_reloads_rate_limits_and_refuses_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sidecar.toml");
     std::fs::write(&config, "rate_limit_per_principal = 1000.0\n").unwrap();
-    let sidecar = Sidecar::start_with(
+    let sidecar = Sidecar::start_args(
         &dir.path().join("data"),
-        Start {
-            args: vec!["--config".into(), config.display().to_string()],
-            ..Start::default()
-        },
-    )
-    .unwrap();
+        &["--config", config.to_str().unwrap()],
+    );
     let kms = sidecar.sdk();
     assert_eq!(principal_rate(&sidecar).await, Some(1000.0));
     for _ in 0..5 {
@@ -70,7 +56,7 @@ async fn sighup_reloads_rate_limits_and_refuses_a_bad_file() {
         "rate_limit_per_principal = 0.5\nrate_limit_per_principal_burst = 2\n",
     )
     .unwrap();
-    hup(&sidecar);
+    sidecar.hup();
     wait_for_rate(&sidecar, 0.5).await;
     for _ in 0..2 {
         kms.generate_random()
@@ -93,7 +79,7 @@ async fn sighup_reloads_rate_limits_and_refuses_a_bad_file() {
 
     // A file that does not validate is refused; the running limits stay.
     std::fs::write(&config, "rate_limit_per_principal = 0.0\n").unwrap();
-    hup(&sidecar);
+    sidecar.hup();
     let started = Instant::now();
     while !sidecar.output.all().contains("reload failed") {
         assert!(
@@ -108,7 +94,7 @@ async fn sighup_reloads_rate_limits_and_refuses_a_bad_file() {
 
     // Loosen again: calls flow.
     std::fs::write(&config, "rate_limit_per_principal = 1000.0\n").unwrap();
-    hup(&sidecar);
+    sidecar.hup();
     wait_for_rate(&sidecar, 1000.0).await;
     kms.generate_random()
         .number_of_bytes(8)

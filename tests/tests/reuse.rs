@@ -7,21 +7,16 @@ use std::time::Duration;
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use kms_sidecar_e2e::{Sidecar, Start, cli, http_get, new_key, printed_creds, sample, sdk_client};
+use kms_sidecar_e2e::{
+    Sidecar, Start, cli, data_key_in, http_get, new_key, printed_creds, sample, sdk_client,
+};
 
 async fn data_key(
     kms: &aws_sdk_kms::Client,
     key: &str,
     context: Option<(&str, &str)>,
 ) -> (Vec<u8>, Vec<u8>) {
-    let mut req = kms
-        .generate_data_key()
-        .key_id(key)
-        .key_spec(DataKeySpec::Aes256);
-    if let Some((k, v)) = context {
-        req = req.encryption_context(k, v);
-    }
-    let out = req.send().await.unwrap();
+    let out = data_key_in(kms, key, context.as_slice()).await;
     (
         out.plaintext().unwrap().as_ref().to_vec(),
         out.ciphertext_blob().unwrap().as_ref().to_vec(),
@@ -105,20 +100,14 @@ async fn reuse_limits_hold_and_stay_in_their_partition() {
     // a key that did not opt in: always fresh; WithoutPlaintext: always fresh
     let a = data_key(&kms, &plain_key, None).await;
     assert_ne!(data_key(&kms, &plain_key, None).await, a);
-    let w1 = kms
-        .generate_data_key_without_plaintext()
-        .key_id("alias/orders")
-        .key_spec(DataKeySpec::Aes256)
-        .send()
-        .await
-        .unwrap();
-    let w2 = kms
-        .generate_data_key_without_plaintext()
-        .key_id("alias/orders")
-        .key_spec(DataKeySpec::Aes256)
-        .send()
-        .await
-        .unwrap();
+    let without_plaintext = || {
+        kms.generate_data_key_without_plaintext()
+            .key_id("alias/orders")
+            .key_spec(DataKeySpec::Aes256)
+            .send()
+    };
+    let w1 = without_plaintext().await.unwrap();
+    let w2 = without_plaintext().await.unwrap();
     assert_ne!(w1.ciphertext_blob(), w2.ciphertext_blob());
 
     // rotation ends reuse at once

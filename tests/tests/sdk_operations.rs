@@ -8,28 +8,23 @@
 use aws_sdk_kms::Client;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeySpec, KeyState, RotationType, Tag};
-use kms_sidecar_e2e::{BackendChoice, Sidecar, error_code as code, on_every_backend};
+use kms_sidecar_e2e::{
+    BackendChoice, Sidecar, error_code as code, new_key, on_every_backend, try_encrypt,
+};
 
-async fn new_key(kms: &Client) -> String {
-    kms.create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_string()
+/// A sidecar on `backend` in a fresh data directory, and its SDK client (the directory and the
+/// process last as long as the first two).
+fn start(backend: &BackendChoice) -> (tempfile::TempDir, Sidecar, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start_on(dir.path(), backend);
+    let kms = sidecar.sdk();
+    (dir, sidecar, kms)
 }
 
 async fn encrypt(kms: &Client, key: &str, plaintext: &[u8]) -> Vec<u8> {
-    let out = kms
-        .encrypt()
-        .key_id(key)
-        .plaintext(Blob::new(plaintext))
-        .send()
+    kms_sidecar_e2e::encrypt(kms, key, plaintext)
         .await
-        .unwrap();
-    out.ciphertext_blob().unwrap().as_ref().to_vec()
+        .into_inner()
 }
 
 async fn decrypt(kms: &Client, blob: &[u8]) -> Vec<u8> {
@@ -43,9 +38,7 @@ async fn decrypt(kms: &Client, blob: &[u8]) -> Vec<u8> {
 }
 
 async fn create_describe_encrypt_decrypt_reencrypt(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
 
     let created = kms
         .create_key()
@@ -198,9 +191,7 @@ async fn create_describe_encrypt_decrypt_reencrypt(backend: BackendChoice) {
 }
 
 async fn data_keys_and_random(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
     let key = new_key(&kms).await;
 
     let dk = kms
@@ -309,11 +300,16 @@ async fn data_keys_and_random(backend: BackendChoice) {
 }
 
 async fn key_states_follow_kms_rules(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
     let key = new_key(&kms).await;
     let blob = encrypt(&kms, &key, b"x").await;
+    // Encrypt and Decrypt with the key, asked again in each state below.
+    let encrypt_x = || try_encrypt(&kms, &key, b"x");
+    let decrypt_blob = || {
+        kms.decrypt()
+            .ciphertext_blob(Blob::new(blob.clone()))
+            .send()
+    };
 
     kms.disable_key().key_id(&key).send().await.unwrap();
     let d = kms.describe_key().key_id(&key).send().await.unwrap();
@@ -322,25 +318,8 @@ async fn key_states_follow_kms_rules(backend: BackendChoice) {
         Some(&KeyState::Disabled)
     );
     assert!(!d.key_metadata().unwrap().enabled());
-    assert_eq!(
-        code(
-            kms.encrypt()
-                .key_id(&key)
-                .plaintext(Blob::new(b"x".to_vec()))
-                .send()
-                .await
-        ),
-        "DisabledException"
-    );
-    assert_eq!(
-        code(
-            kms.decrypt()
-                .ciphertext_blob(Blob::new(blob.clone()))
-                .send()
-                .await
-        ),
-        "DisabledException"
-    );
+    assert_eq!(code(encrypt_x().await), "DisabledException");
+    assert_eq!(code(decrypt_blob().await), "DisabledException");
     assert_eq!(
         code(kms.enable_key_rotation().key_id(&key).send().await),
         "DisabledException"
@@ -390,25 +369,8 @@ async fn key_states_follow_kms_rules(backend: BackendChoice) {
     );
     assert!(d.key_metadata().unwrap().deletion_date().is_some());
 
-    assert_eq!(
-        code(
-            kms.encrypt()
-                .key_id(&key)
-                .plaintext(Blob::new(b"x".to_vec()))
-                .send()
-                .await
-        ),
-        "KMSInvalidStateException"
-    );
-    assert_eq!(
-        code(
-            kms.decrypt()
-                .ciphertext_blob(Blob::new(blob.clone()))
-                .send()
-                .await
-        ),
-        "KMSInvalidStateException"
-    );
+    assert_eq!(code(encrypt_x().await), "KMSInvalidStateException");
+    assert_eq!(code(decrypt_blob().await), "KMSInvalidStateException");
     assert_eq!(
         code(kms.enable_key().key_id(&key).send().await),
         "KMSInvalidStateException"
@@ -452,9 +414,7 @@ async fn key_states_follow_kms_rules(backend: BackendChoice) {
 }
 
 async fn aliases_in_all_keyid_forms(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
     let k1 = new_key(&kms).await;
     let k2 = new_key(&kms).await;
     let arn1 = format!("arn:aws:kms:us-east-1:111122223333:key/{k1}");
@@ -523,13 +483,7 @@ async fn aliases_in_all_keyid_forms(backend: BackendChoice) {
         "alias/orders".to_string(),
         "arn:aws:kms:us-east-1:111122223333:alias/orders".to_string(),
     ] {
-        let out = kms
-            .encrypt()
-            .key_id(&form)
-            .plaintext(Blob::new(b"p".to_vec()))
-            .send()
-            .await
-            .unwrap();
+        let out = try_encrypt(&kms, &form, b"p").await.unwrap();
         assert_eq!(out.key_id(), Some(arn1.as_str()), "{form}");
         let d = kms.describe_key().key_id(&form).send().await.unwrap();
         assert_eq!(d.key_metadata().unwrap().key_id(), k1, "{form}");
@@ -555,13 +509,7 @@ async fn aliases_in_all_keyid_forms(backend: BackendChoice) {
         .send()
         .await
         .unwrap();
-    let out = kms
-        .encrypt()
-        .key_id("alias/orders")
-        .plaintext(Blob::new(b"p".to_vec()))
-        .send()
-        .await
-        .unwrap();
+    let out = try_encrypt(&kms, "alias/orders", b"p").await.unwrap();
     assert!(out.key_id().unwrap().ends_with(&k2));
     assert_eq!(
         code(
@@ -624,9 +572,7 @@ async fn aliases_in_all_keyid_forms(backend: BackendChoice) {
 }
 
 async fn rotation_keeps_old_ciphertexts(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
     let key = new_key(&kms).await;
 
     let status = kms
@@ -751,9 +697,7 @@ async fn rotation_keeps_old_ciphertexts(backend: BackendChoice) {
 }
 
 async fn listing_paging_and_tags(backend: BackendChoice) {
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start_on(dir.path(), &backend);
-    let kms = sidecar.sdk();
+    let (_dir, _sidecar, kms) = start(&backend);
     let mut created = Vec::new();
     for _ in 0..5 {
         created.push(new_key(&kms).await);

@@ -46,7 +46,7 @@ use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use kms_sidecar_e2e::{Sidecar, Start, http_send, sample, sum_series};
+use kms_sidecar_e2e::{Sidecar, encrypt, http_send, sample, sum_series};
 
 const TTL: Duration = Duration::from_secs(1);
 const GRACE: Duration = Duration::from_secs(6);
@@ -521,35 +521,28 @@ async fn soak_under_faults() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "--faults-enabled",
-        "--log-level",
-        "error",
-        "--cache-ttl-secs",
-        &TTL.as_secs().to_string(),
-        "--cache-stale-grace-secs",
-        &GRACE.as_secs().to_string(),
-        "--breaker-cool-down-secs",
-        "1",
-        "--backend-timeout-ms",
-        "1000",
-        "--retry-base-ms",
-        "5",
-        "--retry-cap-ms",
-        "50",
-        "--data-key-pool-size",
-        "8",
-    ]
-    .map(String::from)
-    .to_vec();
-    let sidecar = Sidecar::start_with(
+    let sidecar = Sidecar::start_args(
         dir.path(),
-        Start {
-            args,
-            ..Start::default()
-        },
-    )
-    .unwrap();
+        &[
+            "--faults-enabled",
+            "--log-level",
+            "error",
+            "--cache-ttl-secs",
+            &TTL.as_secs().to_string(),
+            "--cache-stale-grace-secs",
+            &GRACE.as_secs().to_string(),
+            "--breaker-cool-down-secs",
+            "1",
+            "--backend-timeout-ms",
+            "1000",
+            "--retry-base-ms",
+            "5",
+            "--retry-cap-ms",
+            "50",
+            "--data-key-pool-size",
+            "8",
+        ],
+    );
     let kms = sidecar.sdk();
     let mut keys = Vec::new();
     for _ in 0..2 {
@@ -560,16 +553,7 @@ async fn soak_under_faults() {
     let mut hot = Vec::new();
     for i in 0..HOT_ITEMS {
         let plaintext = rng.bytes(32);
-        let blob = kms
-            .encrypt()
-            .key_id(&keys[i % keys.len()])
-            .plaintext(Blob::new(plaintext.clone()))
-            .send()
-            .await
-            .unwrap()
-            .ciphertext_blob()
-            .unwrap()
-            .clone();
+        let blob = encrypt(&kms, &keys[i % keys.len()], &plaintext).await;
         hot.push(Item { blob, plaintext });
     }
     let run_started = Instant::now();

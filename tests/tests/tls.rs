@@ -5,9 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_kms::primitives::Blob;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-use kms_sidecar_e2e::{Creds, Sidecar, Start, http_get};
+use kms_sidecar_e2e::{Creds, Sidecar, Start, http_get, try_encrypt};
 
 /// An SDK client that trusts `ca_pem` and nothing else (no system roots).
 fn sdk_trusting(endpoint: &str, creds: &Creds, ca_pem: Option<&[u8]>) -> aws_sdk_kms::Client {
@@ -53,13 +52,7 @@ fn tls_start() -> Start {
 async fn round_trip(client: &aws_sdk_kms::Client) {
     let key = client.create_key().send().await.unwrap();
     let key_id = key.key_metadata().unwrap().key_id().to_string();
-    let enc = client
-        .encrypt()
-        .key_id(&key_id)
-        .plaintext(Blob::new(b"over tls".to_vec()))
-        .send()
-        .await
-        .unwrap();
+    let enc = try_encrypt(client, &key_id, b"over tls").await.unwrap();
     let dec = client
         .decrypt()
         .ciphertext_blob(enc.ciphertext_blob().unwrap().clone())

@@ -7,8 +7,7 @@
 
 use aws_sdk_kms::error::ProvideErrorMetadata as _;
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::DataKeySpec;
-use kms_sidecar_e2e::{Sidecar, Start, error_code};
+use kms_sidecar_e2e::{Sidecar, Start, data_key_in, encrypt_in, error_code, new_key};
 
 const UPSTREAM_OK: &str =
     "kms_sidecar_backend_requests_total{backend=\"upstream\",operation=\"encrypt\",outcome=\"ok\"}";
@@ -43,15 +42,7 @@ fn start_chained(dir: &std::path::Path, upstream: &Sidecar) -> Sidecar {
 }
 
 async fn encrypt(kms: &aws_sdk_kms::Client, key: &str, plaintext: &[u8]) -> Blob {
-    kms.encrypt()
-        .key_id(key)
-        .plaintext(Blob::new(plaintext))
-        .encryption_context("tenant", "a")
-        .send()
-        .await
-        .unwrap()
-        .ciphertext_blob
-        .unwrap()
+    encrypt_in(kms, key, plaintext, &[("tenant", "a")]).await
 }
 
 async fn decrypt(kms: &aws_sdk_kms::Client, blob: &Blob) -> Vec<u8> {
@@ -73,14 +64,7 @@ async fn a_sidecar_forwards_to_another_and_survives_its_outage() {
     let a = start_chained(dir_a.path(), &b);
     let kms = a.sdk();
 
-    let key = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let key = new_key(&kms).await;
     let first = encrypt(&kms, &key, b"before rotation").await;
     assert_eq!(decrypt(&kms, &first).await, b"before rotation");
     let wrong = kms
@@ -91,14 +75,7 @@ async fn a_sidecar_forwards_to_another_and_survives_its_outage() {
         .await;
     assert_eq!(error_code(wrong), "InvalidCiphertextException");
 
-    let dk = kms
-        .generate_data_key()
-        .key_id(&key)
-        .key_spec(DataKeySpec::Aes256)
-        .encryption_context("tenant", "a")
-        .send()
-        .await
-        .unwrap();
+    let dk = data_key_in(&kms, &key, &[("tenant", "a")]).await;
     let plain = dk.plaintext.unwrap().into_inner();
     assert_eq!(plain.len(), 32);
     assert_eq!(decrypt(&kms, &dk.ciphertext_blob.unwrap()).await, plain);

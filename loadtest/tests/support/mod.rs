@@ -1,7 +1,10 @@
 //! Test support: small in-process HTTP servers with known behaviour (a stalled server that sleeps
 //! before answering, a throttling server with a real token bucket answering `ThrottlingException`),
-//! a CLI runner, and the check that a JSON report contains every field `docs/loadtest.md` documents.
+//! a CLI runner, and the check that a JSON report contains every field `docs/loadtest.md` documents;
+//! `sidecar`: target arguments and request counters shared by the tests against a real sidecar.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod sidecar;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
