@@ -8,8 +8,13 @@
 #   - the same cached Decrypt latency phase under a bounded busy loop per core (background CPU load);
 #   - 32 connections, closed loop: kms-loadtest and oha (when installed: `cargo install oha --locked`),
 #     each against the responder and the sidecar (oha replays one pre-signed Decrypt);
-#   - the sidecar's RSS idle and after the run, and `audit verify` of the run's audit log.
-# All traffic stays on 127.0.0.1; every run is bounded; about 3 to 4 minutes after the build.
+#     with the CPU time each process spent per request (the server's and oha's own, from /proc:
+#     unlike throughput, barely moved by other work on a shared machine);
+#   - the sidecar's RSS idle and after the run, and `audit verify` of the run's audit log;
+#   - RSS with a decrypt cache of 100,000 entries (a second sidecar; 100,000 setup ciphertexts).
+# PROFILE=production measures the deployment build (Cargo.toml: thin LTO, one codegen unit);
+# the default is the release profile of `cargo run --release`.
+# All traffic stays on 127.0.0.1; every run is bounded; about 4 to 5 minutes after the build.
 # Output: target/bench/*.json, target/bench/summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +22,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-target/bench}
 mkdir -p "$OUT"
 # NO_BUILD=1 uses the release binaries already built (e.g. right after `cargo bench --no-run`).
-[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p kms-sidecar -p kms-loadtest
+PROFILE=${PROFILE:-release}
+[ -n "${NO_BUILD:-}" ] || cargo build --profile "$PROFILE" -q -p kms-sidecar -p kms-loadtest
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-SIDECAR=$TARGET_DIR/release/kms-sidecar
-LT=$TARGET_DIR/release/kms-loadtest
+SIDECAR=$TARGET_DIR/$PROFILE/kms-sidecar
+LT=$TARGET_DIR/$PROFILE/kms-loadtest
 
 echo "==> heap allocations per request (counting allocator, in-process sidecar)"
 if [ -n "${NO_BUILD:-}" ]; then
@@ -87,11 +93,21 @@ if command -v oha >/dev/null 2>&1; then
   BODY=$(jq -nc --arg b "$BLOB" '{CiphertextBlob: $b, EncryptionContext: {app: "kms-loadtest"}}')
   HEADERS=()
   while IFS= read -r h; do HEADERS+=(-H "$h"); done < <(python3 scripts/sigv4_headers.py headers "$KMS" TrentService.Decrypt "$BODY")
+  RESPONDER_PID=${pids[-1]}
   sleep 1
-  oha -c 32 -z 5s --no-tui --output-format json -m POST "${HEADERS[@]}" -d "$BODY" \
-    http://127.0.0.1:7399/ >"$OUT/oha-responder.json"
-  oha -c 32 -z 5s --no-tui --output-format json -m POST "${HEADERS[@]}" -d "$BODY" \
-    "$KMS/" >"$OUT/oha-sidecar.json"
+  # CPU seconds (user + system) a process has used so far, and oha's own from `time`.
+  cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+  TIMEFORMAT='%U %S'
+  oha_run() { # NAME URL SERVER_PID: 5 s closed loop; writes $OUT/oha-NAME.json and $OUT/cpu-NAME.txt
+    local before after gen
+    before=$(cpu_s "$3")
+    gen=$( { time oha -c 32 -z 5s --no-tui --output-format json -m POST "${HEADERS[@]}" -d "$BODY" \
+      "$2/" >"$OUT/oha-$1.json"; } 2>&1)
+    after=$(cpu_s "$3")
+    echo "$before $after $gen" >"$OUT/cpu-$1.txt"
+  }
+  oha_run responder http://127.0.0.1:7399 "$RESPONDER_PID"
+  oha_run sidecar "$KMS" "$SIDECAR_PID"
 else
   echo "oha not installed (cargo install oha --locked): oha comparison skipped"
 fi
@@ -99,6 +115,18 @@ RSS_AFTER=$(rss)
 kill "$SIDECAR_PID"
 wait "$SIDECAR_PID" 2>/dev/null || true
 VERIFY=$("$SIDECAR" audit verify "$DATA/audit" 2>&1 | tail -1)
+
+echo "==> memory: a decrypt cache of 100,000 entries (second sidecar, 100,000 setup ciphertexts)"
+bench_start sidecar-cache "$WORK/cache" "$OUT/sidecar-cache.log" \
+  --cache-max-entries 100000 --cache-max-bytes 268435456 --cache-ttl-secs 3600
+bench_creds "$OUT/sidecar-cache.log"
+RSS_CACHE_IDLE=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$PID/status")
+AWS_ACCESS_KEY_ID=$AKID AWS_SECRET_ACCESS_KEY=$SECRET "$LT" run --no-progress --target "$KMS" \
+  --admin-url "$ADMIN" --warmup-secs 0 --rate 0 --connections 8 --mix decrypt --keys 4 \
+  --ciphertexts-per-key 25000 --payload-bytes 32 --duration-secs 20 --json "$OUT/cache-100k.json" >/dev/null
+ENTRIES=$(curl -s "$ADMIN/metrics" | awk '/^kms_sidecar_cache_entries\{cache="decrypt"\}/ {print $2}')
+RSS_CACHE=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$PID/status")
+bench_stop
 
 {
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -126,8 +154,19 @@ VERIFY=$("$SIDECAR" audit verify "$DATA/audit" 2>&1 | tail -1)
       ($r[0].summary.requestsPerSec) as $a | ($s[0].summary.requestsPerSec) as $b |
       "| cached decrypt throughput, oha, 32 conns (req/s; sidecar success rate \($s[0].summary.successRate)) | \($a|floor) | \($b|floor) | \(($b/$a)*1000|round/1000) | |"'
     jq -rn --slurpfile s "$OUT/oha-sidecar.json" '"| oha status codes against the sidecar | | \($s[0].statusCodeDistribution|tostring) | | |"'
+    # Per request: the server's CPU and oha's own, in microseconds (requests: every status counted).
+    per_req() { # NAME -> "server_us generator_us"
+      local n
+      n=$(jq '[.statusCodeDistribution[]] | add' "$OUT/oha-$1.json")
+      awk -v n="$n" '{printf "%.1f %.1f", ($2 - $1) * 1e6 / n, ($3 + $4) * 1e6 / n}' "$OUT/cpu-$1.txt"
+    }
+    read -r RS RG <<<"$(per_req responder)"
+    read -r SS SG <<<"$(per_req sidecar)"
+    echo "| server CPU per request during the oha runs (us) | $RS | $SS | $(awk -v a="$RS" -v b="$SS" 'BEGIN {printf "%.2f", b / a}') | |"
+    echo "| oha's own CPU per request (us) | $RG | $SG | | |"
   fi
   echo "| sidecar RSS idle / after the run (MiB) | | $RSS_IDLE / $RSS_AFTER | | |"
   echo "| audit verify after the run | | $VERIFY | | |"
+  echo "| RSS with a decrypt cache: right after start / with $ENTRIES entries (MiB) | | $RSS_CACHE_IDLE / $RSS_CACHE | | |"
 } >"$OUT/summary.md"
 cat "$OUT/summary.md"
