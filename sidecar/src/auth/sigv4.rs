@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub(crate) use super::amz_date::parse_amz_date;
+use super::amz_date::parse_amz_date;
 
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
@@ -152,6 +152,80 @@ pub(crate) fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthErr
         signed_headers,
         signature,
     })
+}
+
+/// Why [`read_authorization`] rejected a request, for each verifier to word in its own API's terms
+/// (the AWS JSON front-end copies AWS KMS's messages, the XKS proxy its own). Malformed text that
+/// both word the same way is already an [`AuthError`].
+#[derive(Debug)]
+pub(crate) enum HeaderError<'a> {
+    /// No `Authorization` header.
+    Missing,
+    /// The header or the `X-Amz-Date` is malformed.
+    Malformed(AuthError),
+    /// The credential scope failed the verifier's own check (service, region).
+    WrongScope,
+    /// No readable `X-Amz-Date` header.
+    NoDate,
+    /// The credential scope's date is not the `X-Amz-Date`'s day.
+    DateMismatch,
+    /// Signed more than the allowed skew before now.
+    Expired { amz_date: &'a str, skew: i64 },
+    /// Signed more than the allowed skew after now.
+    NotYetCurrent { amz_date: &'a str, skew: i64 },
+}
+
+/// A request's parsed `Authorization` header and its `X-Amz-Date`, checked against each other and
+/// the clock.
+#[derive(Debug)]
+pub(crate) struct SignedHeader<'a> {
+    pub(crate) auth: AuthHeader<'a>,
+    pub(crate) amz_date: &'a str,
+}
+
+/// Reads what both SigV4 verifiers check before they look up a credential, in the order AWS
+/// checks it: the `Authorization` header, its scope (`scope_ok`), the `X-Amz-Date` and its
+/// distance from `now` (at most `max_skew` either way).
+pub(crate) fn read_authorization<'a>(
+    req: &SignedRequest<'a>,
+    now: SystemTime,
+    max_skew: Duration,
+    scope_ok: impl FnOnce(&AuthHeader<'_>) -> bool,
+) -> Result<SignedHeader<'a>, HeaderError<'a>> {
+    let headers: &'a http::HeaderMap = req.headers;
+    let Some(auth) = headers.get(http::header::AUTHORIZATION) else {
+        return Err(HeaderError::Missing);
+    };
+    let auth = auth.to_str().map_err(|_| {
+        HeaderError::Malformed(incomplete("Authorization header is not valid text"))
+    })?;
+    let auth = parse_authorization(auth).map_err(HeaderError::Malformed)?;
+    if !scope_ok(&auth) {
+        return Err(HeaderError::WrongScope);
+    }
+    let amz_date = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(HeaderError::NoDate)?;
+    let signed_at = parse_amz_date(amz_date).ok_or_else(|| {
+        HeaderError::Malformed(incomplete(
+            "X-Amz-Date is not a valid ISO 8601 basic timestamp",
+        ))
+    })?;
+    if !amz_date.starts_with(auth.date) {
+        return Err(HeaderError::DateMismatch);
+    }
+    let now_secs = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let skew = max_skew.as_secs() as i64;
+    if signed_at < now_secs - skew {
+        return Err(HeaderError::Expired { amz_date, skew });
+    }
+    if signed_at > now_secs + skew {
+        return Err(HeaderError::NotYetCurrent { amz_date, skew });
+    }
+    Ok(SignedHeader { auth, amz_date })
 }
 
 pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -398,62 +472,44 @@ impl Verifier {
         req: &SignedRequest<'_>,
         now: SystemTime,
     ) -> Result<Arc<Client>, AuthError> {
-        let Some(auth) = req.headers.get(http::header::AUTHORIZATION) else {
-            return Err(fail(
-                AuthFailure::MissingToken,
-                ErrorKind::MissingAuthenticationToken,
-                "Missing Authentication Token",
-            ));
-        };
-        let auth = auth
-            .to_str()
-            .map_err(|_| incomplete("Authorization header is not valid text"))?;
-        let auth = parse_authorization(auth)?;
-        if auth.service != SERVICE {
-            return Err(fail(
-                AuthFailure::BadSignature,
-                ErrorKind::InvalidSignature,
-                "Credential should be scoped to correct service: 'kms'.",
-            ));
-        }
-        let amz_date = req
-            .headers
-            .get("x-amz-date")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                incomplete("Authorization header requires existence of a 'X-Amz-Date' header.")
-            })?;
-        let signed_at = parse_amz_date(amz_date)
-            .ok_or_else(|| incomplete("X-Amz-Date is not a valid ISO 8601 basic timestamp"))?;
-        if !amz_date.starts_with(auth.date) {
-            return Err(fail(
-                AuthFailure::BadSignature,
-                ErrorKind::InvalidSignature,
-                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP.",
-            ));
-        }
-        let now_secs = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let skew = self.max_skew.as_secs() as i64;
-        if signed_at < now_secs - skew {
-            return Err(fail(
-                AuthFailure::Expired,
-                ErrorKind::InvalidSignature,
-                format!(
-                    "Signature expired: {amz_date} is now earlier than the allowed clock skew of {skew} seconds."
-                ),
-            ));
-        }
-        if signed_at > now_secs + skew {
-            return Err(fail(
-                AuthFailure::Expired,
-                ErrorKind::InvalidSignature,
-                format!(
-                    "Signature not yet current: {amz_date} is later than the allowed clock skew of {skew} seconds."
-                ),
-            ));
-        }
+        let SignedHeader { auth, amz_date } =
+            read_authorization(req, now, self.max_skew, |auth| auth.service == SERVICE).map_err(
+                |e| match e {
+                    HeaderError::Missing => fail(
+                        AuthFailure::MissingToken,
+                        ErrorKind::MissingAuthenticationToken,
+                        "Missing Authentication Token",
+                    ),
+                    HeaderError::Malformed(e) => e,
+                    HeaderError::WrongScope => fail(
+                        AuthFailure::BadSignature,
+                        ErrorKind::InvalidSignature,
+                        "Credential should be scoped to correct service: 'kms'.",
+                    ),
+                    HeaderError::NoDate => incomplete(
+                        "Authorization header requires existence of a 'X-Amz-Date' header.",
+                    ),
+                    HeaderError::DateMismatch => fail(
+                        AuthFailure::BadSignature,
+                        ErrorKind::InvalidSignature,
+                        "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP.",
+                    ),
+                    HeaderError::Expired { amz_date, skew } => fail(
+                        AuthFailure::Expired,
+                        ErrorKind::InvalidSignature,
+                        format!(
+                            "Signature expired: {amz_date} is now earlier than the allowed clock skew of {skew} seconds."
+                        ),
+                    ),
+                    HeaderError::NotYetCurrent { amz_date, skew } => fail(
+                        AuthFailure::Expired,
+                        ErrorKind::InvalidSignature,
+                        format!(
+                            "Signature not yet current: {amz_date} is later than the allowed clock skew of {skew} seconds."
+                        ),
+                    ),
+                },
+            )?;
         if !auth.signed_headers.split(';').any(|n| n == "host") {
             return Err(incomplete("SignedHeaders must include 'host'"));
         }
