@@ -3,9 +3,10 @@
 //! holds one or two credentials at once, so they can be rotated without a failed call.
 //!
 //! The canonicalisation (every signed header, `content-type` and a `host` with a port included, as
-//! several SigV4 clients sign them) is `auth/sigv4.rs`'s, shared with the AWS JSON front-end; what
-//! is XKS's own is here: the service name, the region check, the per-prefix credential table and
-//! the headers that must be signed.
+//! several SigV4 clients sign them) and the reading of the `Authorization` and `X-Amz-Date` headers
+//! with their date and clock checks (`read_authorization`) are `auth/sigv4/`'s, shared with the AWS
+//! JSON front-end; what is XKS's own is here: the service name, the region check, the per-prefix
+//! credential table, the headers that must be signed and the wording of its errors.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
