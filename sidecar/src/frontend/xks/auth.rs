@@ -3,12 +3,13 @@
 //! holds one or two credentials at once, so they can be rotated without a failed call.
 //!
 //! The canonicalisation (every signed header, `content-type` and a `host` with a port included, as
-//! several SigV4 clients sign them) is `auth/sigv4.rs`'s, shared with the AWS JSON front-end; what
-//! is XKS's own is here: the service name, the region check, the per-prefix credential table and
-//! the headers that must be signed.
+//! several SigV4 clients sign them) and the reading of the `Authorization` and `X-Amz-Date` headers
+//! with their date and clock checks (`read_authorization`) are `auth/sigv4/`'s, shared with the AWS
+//! JSON front-end; what is XKS's own is here: the service name, the region check, the per-prefix
+//! credential table, the headers that must be signed and the wording of its errors.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -16,8 +17,9 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::Principal;
 use crate::auth::sigv4::{
-    AuthError, AuthFailure, SignedRequest, canonical_request_hash, derive_signing_key_for, fail,
-    incomplete, parse_amz_date, parse_authorization, signature,
+    AuthError, AuthFailure, AuthHeader, HeaderError, SignedHeader, SignedRequest,
+    canonical_request_hash, derive_signing_key_for, fail, incomplete, read_authorization,
+    signature,
 };
 use crate::kms::ErrorKind;
 
@@ -39,49 +41,32 @@ pub fn verify(
     req: &SignedRequest<'_>,
     now: SystemTime,
 ) -> Result<Arc<Principal>, AuthError> {
-    let Some(auth) = req.headers.get(http::header::AUTHORIZATION) else {
-        return Err(fail(
-            AuthFailure::MissingToken,
-            ErrorKind::MissingAuthenticationToken,
-            "the request is not signed",
-        ));
-    };
-    let auth = auth
-        .to_str()
-        .map_err(|_| incomplete("Authorization header is not valid text"))?;
-    let auth = parse_authorization(auth)?;
-    if auth.service != SERVICE || auth.region != region {
-        return Err(fail(
-            AuthFailure::BadSignature,
-            ErrorKind::InvalidSignature,
-            format!("the credential must be scoped to {region}/{SERVICE}"),
-        ));
-    }
-    let amz_date = req
-        .headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| incomplete("the X-Amz-Date header is missing"))?;
-    let signed_at = parse_amz_date(amz_date)
-        .ok_or_else(|| incomplete("X-Amz-Date is not a valid ISO 8601 basic timestamp"))?;
-    if !amz_date.starts_with(auth.date) {
-        return Err(fail(
-            AuthFailure::BadSignature,
-            ErrorKind::InvalidSignature,
-            "the credential scope's date is not the X-Amz-Date's",
-        ));
-    }
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let skew = max_skew.as_secs() as i64;
-    if (signed_at - now).abs() > skew {
-        return Err(fail(
-            AuthFailure::Expired,
-            ErrorKind::InvalidSignature,
-            format!("the signature's time is more than {skew} seconds from the proxy's clock"),
-        ));
-    }
+    let scope_ok = |auth: &AuthHeader<'_>| auth.service == SERVICE && auth.region == region;
+    let SignedHeader { auth, amz_date } = read_authorization(req, now, max_skew, scope_ok)
+        .map_err(|e| match e {
+            HeaderError::Missing => fail(
+                AuthFailure::MissingToken,
+                ErrorKind::MissingAuthenticationToken,
+                "the request is not signed",
+            ),
+            HeaderError::Malformed(e) => e,
+            HeaderError::WrongScope => fail(
+                AuthFailure::BadSignature,
+                ErrorKind::InvalidSignature,
+                format!("the credential must be scoped to {region}/{SERVICE}"),
+            ),
+            HeaderError::NoDate => incomplete("the X-Amz-Date header is missing"),
+            HeaderError::DateMismatch => fail(
+                AuthFailure::BadSignature,
+                ErrorKind::InvalidSignature,
+                "the credential scope's date is not the X-Amz-Date's",
+            ),
+            HeaderError::Expired { skew, .. } | HeaderError::NotYetCurrent { skew, .. } => fail(
+                AuthFailure::Expired,
+                ErrorKind::InvalidSignature,
+                format!("the signature's time is more than {skew} seconds from the proxy's clock"),
+            ),
+        })?;
     let names: Vec<&str> = auth.signed_headers.split(';').collect();
     // The host and the time must be covered, or a signature could be replayed elsewhere or later.
     if !names.contains(&"host") || !names.contains(&"x-amz-date") {
@@ -144,6 +129,7 @@ fn mismatch() -> AuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     const ID: &str = "AKSCXKSTESTKEY2345672";
     const SECRET: &str = "FYtE5EFA5FT0mCc3DrGUe2sti527BitkQ0Zr9MO9fvE";
