@@ -12,8 +12,8 @@
 #     unlike throughput, barely moved by other work on a shared machine);
 #   - the sidecar's RSS idle and after the run, and `audit verify` of the run's audit log;
 #   - RSS with a decrypt cache of 100,000 entries (a second sidecar; 100,000 setup ciphertexts).
-# PROFILE=production measures the deployment build (Cargo.toml: thin LTO, one codegen unit);
-# the default is the release profile of `cargo run --release`.
+# PROFILE=<cargo profile> measures another build profile (default: release, what
+# `cargo run --release` and deploy/Dockerfile build).
 # All traffic stays on 127.0.0.1; every run is bounded; about 4 to 5 minutes after the build.
 # Output: target/bench/*.json, target/bench/summary.md.
 set -euo pipefail

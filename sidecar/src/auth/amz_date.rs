@@ -5,9 +5,10 @@
 /// Parses `YYYYMMDDTHHMMSSZ` into seconds since the epoch; anything else (other lengths, signs,
 /// separators, a 31st of April, a 61st second) is `None`.
 ///
-/// Written out instead of going through `time`'s format-description parser, which cost about 2 %
-/// of the sidecar's CPU per request in a profile of cached Decrypts (its generic machinery, for a
-/// fixed 16-byte layout). A test compares the two over every day of several centuries.
+/// Written out instead of going through `time`'s format-description parser, whose generic
+/// machinery for this fixed 16-byte layout took about 0.5 % of the sidecar's CPU samples per
+/// cached Decrypt (perf, 32 connections). A test compares the two over every day of several
+/// centuries.
 pub(crate) fn parse_amz_date(s: &str) -> Option<i64> {
     let b: &[u8; 16] = s.as_bytes().try_into().ok()?;
     if b[8] != b'T' || b[15] != b'Z' {
