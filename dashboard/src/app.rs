@@ -16,6 +16,9 @@ pub const WINDOWS: [f64; 6] = [300.0, 900.0, 3600.0, 6.0 * 3600.0, 12.0 * 3600.0
 /// Selectable refresh intervals in seconds.
 pub const REFRESH: [f64; 6] = [1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
+/// The sidecar (fleet row) and the front-end the views are scoped to.
+type Scopes = (Option<String>, Option<String>);
+
 /// Taking one screenshot and exiting (`--screenshot`).
 #[derive(Debug)]
 pub struct ScreenshotPlan {
@@ -50,11 +53,16 @@ pub struct DashboardApp {
     settings: Settings,
     refresh_secs: f64,
     description: String,
-    cached: Option<(u64, Settings, f64, Option<String>, Derived)>,
+    /// Data version, settings, time, sidecar scope and front-end scope of `Derived`.
+    cached: Option<(u64, Settings, f64, Scopes, Derived)>,
     /// One row per sidecar when there are several (the fleet table).
     fleet: Vec<crate::model::fleet::FleetRow>,
     /// The sidecar every view is scoped to (clicked in the fleet table); `None`: the whole fleet.
     pub scope: Option<String>,
+    /// The front-end every view is scoped to (the "Front-end" selector); `None`: all of them.
+    pub frontend: Option<String>,
+    /// The front-ends seen in the data, for the selector.
+    frontends: Vec<String>,
     sources: Vec<(String, SourceHealth)>,
     /// Set when the window should save a screenshot and close.
     pub screenshot: Option<ScreenshotPlan>,
@@ -81,6 +89,8 @@ impl DashboardApp {
             cached: None,
             fleet: Vec::new(),
             scope: None,
+            frontend: None,
+            frontends: Vec::new(),
             sources: Vec::new(),
             screenshot: None,
             last_derive_secs: 0.0,
@@ -90,13 +100,14 @@ impl DashboardApp {
 
     fn derived(&mut self, now: f64) -> Derived {
         let model = self.shared.model();
+        let scopes = (self.scope.clone(), self.frontend.clone());
         let fresh = match &self.cached {
-            Some((v, s, t, scope, _)) => {
+            Some((v, s, t, sc, _)) => {
                 *v == model.version
                     && *s == self.settings
                     && now >= *t
                     && now - *t < 1.0
-                    && *scope == self.scope
+                    && *sc == scopes
             }
             None => false,
         };
@@ -106,14 +117,25 @@ impl DashboardApp {
             if scoped.is_none() {
                 self.scope = None;
             }
-            let d = Derived::compute(scoped.as_ref().unwrap_or(&model), self.settings, now);
+            let one = scoped.as_ref().unwrap_or(&model);
+            self.frontends = crate::model::frontend::frontends_seen(one);
+            if self
+                .frontend
+                .as_ref()
+                .is_some_and(|f| !self.frontends.contains(f))
+            {
+                self.frontend = None;
+            }
+            let by_frontend = self.frontend.as_deref().map(|f| one.for_frontend(f));
+            let d = Derived::compute(by_frontend.as_ref().unwrap_or(one), self.settings, now);
             self.fleet = if model.per_source.len() > 1 {
                 crate::model::fleet::rows(&model, self.settings.window_secs, self.settings.slo, now)
             } else {
                 Vec::new()
             };
             self.last_derive_secs = started.elapsed().as_secs_f64();
-            self.cached = Some((model.version, self.settings, now, self.scope.clone(), d));
+            let scopes = (self.scope.clone(), self.frontend.clone());
+            self.cached = Some((model.version, self.settings, now, scopes, d));
             self.sources = model
                 .sources
                 .iter()
@@ -198,6 +220,17 @@ impl DashboardApp {
                         }
                         ui.separator();
                     }
+                    if let Some(fe) = &d.frontend {
+                        ui.label(
+                            RichText::new(format!(
+                                "Front-end {fe}: requests, availability, latency and denials are \
+                                 {fe}'s (throttled calls: its ThrottlingException answers). Rate \
+                                 limiters, caches, backends, keys and audit records are shared by \
+                                 every front-end and shown whole."
+                            ))
+                            .color(crate::views::palette::BLUE),
+                        );
+                    }
                     self.view.show(ui, &d);
                     ui.add_space(12.0);
                     ui.label(
@@ -230,6 +263,16 @@ impl DashboardApp {
                     ui.selectable_value(&mut self.refresh_secs, r, format!("{r:.0} s"));
                 }
             });
+        if !self.frontends.is_empty() || self.frontend.is_some() {
+            egui::ComboBox::from_label("Front-end")
+                .selected_text(self.frontend.as_deref().unwrap_or("All"))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut self.frontend, None, "All");
+                    for f in &self.frontends {
+                        ui.selectable_value(&mut self.frontend, Some(f.clone()), f.as_str());
+                    }
+                });
+        }
         if before != (self.settings.window_secs, self.refresh_secs) {
             self.shared.set_settings(FetchSettings {
                 interval_secs: self.refresh_secs,

@@ -131,6 +131,14 @@ pub fn scrape(i: f64, keys: usize) -> Vec<Sample> {
             (rate * i).floor(),
         ));
     }
+    // admitted calls per principal (batch-job at 47.5/s against its 50/s)
+    for (principal, rate) in [("batch-job", 47.5), ("billing", 137.0), ("other", 0.0)] {
+        s.push(sample(
+            "rate_limit_admitted_total",
+            &[("principal", principal)],
+            (rate * i).floor(),
+        ));
+    }
     for (scope, principal, limit) in [
         ("global", "global", 10_000.0),
         ("principal", "batch-job", 50.0),

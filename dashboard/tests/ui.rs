@@ -220,3 +220,53 @@ kms_sidecar_requests_total{{frontend=\"kmsv2\",operation=\"Decrypt\",outcome=\"K
     assert!(aws < y, "rows by name");
     no_nan(&h);
 }
+
+#[test]
+fn front_end_selector_scopes_every_view() {
+    let mut model = Model::new(ModelConfig::default());
+    let src = "http://127.0.0.1:7301";
+    // 10 minutes: AWS JSON 600 calls, KMS v2 1 200 (3 server faults) and 2 denials
+    let text = |i: u64| {
+        format!(
+            "kms_sidecar_requests_total{{frontend=\"aws_json\",operation=\"Decrypt\",outcome=\"ok\"}} {}\n\
+kms_sidecar_requests_total{{frontend=\"kmsv2\",operation=\"Decrypt\",outcome=\"ok\"}} {}\n\
+kms_sidecar_requests_total{{frontend=\"kmsv2\",operation=\"Decrypt\",outcome=\"KMSInternalException\"}} {}\n\
+kms_sidecar_unauthorized_total{{frontend=\"kmsv2\",principal=\"unknown\",operation=\"Decrypt\",key=\"none\",reason=\"unknown_client\"}} {}\n",
+            600 * i,
+            1197 * i,
+            3 * i,
+            2 * i
+        )
+    };
+    for (t, i) in [(NOW - 600.0, 0), (NOW, 1)] {
+        let samples = kms_dashboard::model::prom::parse(&text(i)).unwrap();
+        model.ingest(src, t, &samples);
+        model.record_attempt(src, t, Ok(()));
+    }
+    let mut h = harness(model);
+    h.get_all_by_role(Role::ComboBox).next().unwrap().click();
+    h.run();
+    h.get_by_role_and_label(Role::Button, "5 min").click();
+    h.run();
+    // all front-ends: 1 800 calls in the last 5 min of 10 = 3.0/s, both rows in the table
+    assert!(h.query_by_label("3.0/s").is_some());
+    assert!(h.query_by_label("aws_json").is_some());
+    // the selector: All, then each front-end seen
+    // the third selector after Window and Refresh
+    h.get_by_label("Front-end");
+    h.get_all_by_role(Role::ComboBox).nth(2).unwrap().click();
+    h.run();
+    h.get_by_role_and_label(Role::Button, "All");
+    h.get_by_role_and_label(Role::Button, "kmsv2").click();
+    h.run();
+    assert_eq!(h.state().frontend.as_deref(), Some("kmsv2"));
+    h.get_by_label_contains("Front-end kmsv2: requests, availability");
+    // the Overview now reads KMS v2 alone: 2.0/s, its availability and its denials
+    assert!(h.query_by_label("3.0/s").is_none());
+    assert!(h.query_by_label("aws_json").is_none());
+    assert!(h.query_all_by_label("2.0/s").count() >= 1);
+    assert!(h.query_all_by_label("99.750 %").count() >= 1);
+    open(&mut h, View::Unauthorized);
+    h.get_by_label_contains("Front-end kmsv2");
+    no_nan(&h);
+}

@@ -142,6 +142,9 @@ struct Status {
     /// `enabled` (fault injection allowed) and `active` (a fault spec is set).
     faults: serde_json::Value,
     keys: Vec<KeySummary>,
+    /// Each principal's admitted and throttled calls per second over the last minute of the
+    /// history (`observe::history`), for headroom against `limits`.
+    principals: Vec<crate::observe::history::PrincipalRate>,
 }
 
 #[derive(Debug, Serialize)]
@@ -442,6 +445,7 @@ pub async fn handle(app: Arc<Admin>, req: Request<Incoming>) -> Response<Body> {
                     "active": app.faults.as_ref().is_some_and(|f| f.spec().is_some()),
                 }),
                 keys: key_summaries(&app, &index, now),
+                principals: app.core.metrics().history.principal_rates(60.0),
             };
             json(StatusCode::OK, &status)
         }

@@ -121,9 +121,114 @@ async fn a_dashboard_started_after_the_incident_shows_it() {
     assert_eq!(errors, server_errors);
     // under a minute of data: the 5 min window is not computed over less
     assert!(d.short && d.burn_short[0]);
+    // headroom measured, not bounded: the fixture's client (`default`) under the default
+    // principal limit, admitted + throttled calls from the sidecar's own counters
+    let admitted = sum_series(&metrics, "kms_sidecar_rate_limit_admitted_total{");
+    assert!(admitted > 200.0, "admitted calls counted: {admitted}");
+    let row = d
+        .limits
+        .iter()
+        .find(|r| r.scope == "principal" && r.name == "default")
+        .unwrap();
+    assert_eq!(
+        row.bound,
+        kms_dashboard::model::derive::Bound::Exact,
+        "{row:?}"
+    );
+    assert_eq!(row.principal.as_deref(), Some("default"), "{row:?}");
+    assert!(
+        row.observed.unwrap() > 1.0 && row.headroom.is_some(),
+        "{row:?}"
+    );
+    let (_, body) = http_get(&format!("{admin}/v1/status")).await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let p = status["principals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["principal"] == "default")
+        .unwrap();
+    assert!(p["admitted_per_second"].as_f64().unwrap() > 0.0, "{p}");
     let kinds: Vec<&str> = d.events.iter().map(|e| e.kind.as_str()).collect();
     for kind in ["start", "faults_on", "faults_off"] {
         assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let _ = sidecar.stop();
+}
+
+/// `docs/metrics.md`, "Series at 0 from the start": a sidecar that has served nothing exports
+/// every counter series whose labels all come from its configuration, and none of the families
+/// whose label values arrive with traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_at_start_have_every_series_known_from_config() {
+    let (_dir, sidecar) = start();
+    let metrics = sidecar.metrics().await;
+    let zero = |series: &str| {
+        let line = format!("{series} 0");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{series} not at 0 in\n{metrics}"
+        );
+    };
+    for p in ["default", "other"] {
+        zero(&format!(
+            "kms_sidecar_throttled_total{{principal=\"{p}\",scope=\"principal\"}}"
+        ));
+        zero(&format!(
+            "kms_sidecar_rate_limit_admitted_total{{principal=\"{p}\"}}"
+        ));
+    }
+    for to in ["closed", "half_open", "open"] {
+        zero(&format!(
+            "kms_sidecar_circuit_transitions_total{{backend=\"embedded\",to=\"{to}\"}}"
+        ));
+    }
+    for op in ["create_version", "encrypt", "decrypt", "destroy", "random"] {
+        for outcome in [
+            "ok",
+            "invalid_ciphertext",
+            "material_missing",
+            "unavailable",
+            "internal",
+        ] {
+            zero(&format!(
+                "kms_sidecar_backend_requests_total{{backend=\"embedded\",operation=\"{op}\",outcome=\"{outcome}\"}}"
+            ));
+        }
+    }
+    for reason in ["unavailable", "timeout"] {
+        zero(&format!(
+            "kms_sidecar_backend_retries_total{{backend=\"embedded\",reason=\"{reason}\"}}"
+        ));
+    }
+    for fault in ["latency", "error", "outage", "throttle"] {
+        zero(&format!(
+            "kms_sidecar_faults_injected_total{{backend=\"embedded\",fault=\"{fault}\"}}"
+        ));
+    }
+    for result in ["hit", "miss", "stale"] {
+        zero(&format!(
+            "kms_sidecar_cache_requests_total{{cache=\"decrypt\",result=\"{result}\"}}"
+        ));
+    }
+    for outcome in ["ok", "denied", "error"] {
+        zero(&format!(
+            "kms_sidecar_audit_events_total{{outcome=\"{outcome}\"}}"
+        ));
+    }
+    zero("kms_sidecar_audit_write_errors_total");
+    // label values that arrive with traffic are never pre-created
+    for family in [
+        "kms_sidecar_requests_total{",
+        "kms_sidecar_unauthorized_total{",
+        "kms_sidecar_key_operations_total{",
+        "kms_sidecar_key_rotations_total{",
+        "kms_sidecar_backend_duration_seconds_bucket{",
+    ] {
+        assert!(
+            !metrics.lines().any(|l| l.starts_with(family)),
+            "{family} at start in\n{metrics}"
+        );
     }
     let _ = sidecar.stop();
 }

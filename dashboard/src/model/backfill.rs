@@ -85,6 +85,11 @@ impl Model {
             self.ingest(source, t, &samples);
             added += 1;
         }
+        // Another source's points may already be newer than these: the fleet-wide sums of the
+        // series this history touched are rebuilt from every source's own, in time order.
+        if added > 0 && self.per_source.len() > 1 {
+            self.rebuild_fleet_series(source);
+        }
         self.add_events(source, &doc.events);
         added
     }
@@ -212,6 +217,34 @@ mod tests {
         assert_eq!(m.first_time(), Some(1000.0));
         // events are kept once
         assert_eq!(m.events_in(0.0, 2000.0).len(), 1);
+    }
+
+    #[test]
+    fn two_sidecars_backfilled_one_after_the_other_sum_over_time() {
+        // A throttled 30 per 10 s, B 10 per 10 s, over the same minute; A's history arrives
+        // first, so B's points are all older than the fleet series' newest point
+        let mut m = Model::new(ModelConfig::default());
+        let times = [1000.0, 1010.0, 1020.0, 1030.0, 1040.0, 1050.0, 1060.0];
+        let a = doc(&times, &times.map(|t| Some(3.0 * (t - 1000.0))));
+        let b = doc(&times, &times.map(|t| Some(t - 1000.0)));
+        assert_eq!(m.backfill("a", &a), 7);
+        assert_eq!(m.backfill("b", &b), 7);
+        let total = |m: &Model, from, to| m.total("kms_sidecar_throttled_total", &[], from, to);
+        assert_eq!(total(&m, 1000.0, 1060.0), Some(240.0));
+        assert_eq!(total(&m, 1010.0, 1040.0), Some(120.0));
+        // and live scrapes after it keep adding
+        m.ingest(
+            "b",
+            1062.0,
+            &parse("kms_sidecar_throttled_total{scope=\"principal\"} 64\n").unwrap(),
+        );
+        assert_eq!(total(&m, 1000.0, 1062.0), Some(244.0));
+        assert_eq!(
+            m.scoped("a")
+                .unwrap()
+                .total("kms_sidecar_throttled_total", &[], 1000.0, 1062.0),
+            Some(180.0)
+        );
     }
 
     #[test]

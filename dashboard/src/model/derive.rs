@@ -31,32 +31,13 @@ pub struct EventMarker {
     pub source: String,
 }
 
-/// What the user chose.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Settings {
-    /// The time window the views summarise, in seconds (5 min .. 24 h).
-    pub window_secs: f64,
-    /// Availability objective, e.g. 0.999.
-    pub slo: f64,
-    /// p95 latency target in seconds (amber above, red above twice).
-    pub p95_target_secs: f64,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            window_secs: 3600.0,
-            slo: 0.999,
-            p95_target_secs: 0.025,
-        }
-    }
-}
-
 /// All view data for one moment and one set of settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Derived {
     pub now: f64,
     pub settings: Settings,
+    /// The front-end the figures are scoped to (`None`: all).
+    pub frontend: Option<String>,
     /// Plot resolution in seconds.
     pub step: f64,
     // Overview
@@ -184,7 +165,8 @@ impl Derived {
                 .filter(|(scope, _)| sli::is_shared_throttle(scope))
                 .map(|(_, v)| v)
                 .sum();
-            faults + shared
+            // scoped to one front-end: its share of the shared refusals (frontend.rs)
+            faults + shared * model.shared_throttle_share(from, now)
         };
         let bad = bad_in(from);
         let requests = has_req.then_some(total);
@@ -200,30 +182,7 @@ impl Derived {
         let budget_spent = sli::burn_rate(total, bad, slo)
             .filter(|_| fits(w))
             .map(|b| sli::budget_spent(b, w));
-        let mut events: Vec<EventMarker> = model
-            .events_in(from, now)
-            .into_iter()
-            .map(|(source, e)| EventMarker {
-                x: e.time - now,
-                time: e.time,
-                kind: e.kind,
-                detail: e.detail,
-                source,
-            })
-            .collect();
-        if model.events.values().all(Vec::is_empty) {
-            // Prometheus keeps no event log: breaker transitions and rotations from counters
-            events = super::backfill::events_from_counters(model, from, now)
-                .into_iter()
-                .map(|e| EventMarker {
-                    x: e.time - now,
-                    time: e.time,
-                    kind: e.kind,
-                    detail: e.detail,
-                    source: String::new(),
-                })
-                .collect();
-        }
+        let events = event_markers(model, from, now);
         let mut class_lines: BTreeMap<&str, Line> = BTreeMap::new();
         for l in model.rate_lines(&req, &[], &["outcome"], from, now, step) {
             let c = class_of(&l.name);
@@ -265,7 +224,12 @@ impl Derived {
 
         // --- throttling
         let thr = m("throttled_total");
-        let throttled = model.total(&thr, &[], from, now);
+        // scoped to one front-end: its own ThrottlingException answers (the limiters' counter
+        // carries no front-end)
+        let throttled = match model.frontend {
+            Some(_) => model.total(&req, &[("outcome", "ThrottlingException")], from, now),
+            None => model.total(&thr, &[], from, now),
+        };
         let throttle_rows = {
             let mut v: Vec<ThrottleRow> = model
                 .increase_by(&thr, &[], &["scope", "principal"], from, now)
@@ -291,7 +255,7 @@ impl Derived {
                 _ => None,
             })
             .collect();
-        let limits = limit_rows(model, &statuses, now);
+        let limits = limit_rows(model, &statuses, from, now);
 
         // --- unauthorized
         let un = m("unauthorized_total");
@@ -475,6 +439,7 @@ impl Derived {
         Derived {
             now,
             settings,
+            frontend: model.frontend.clone(),
             step,
             requests,
             request_rate: requests.map(|r| r / covered),
@@ -580,6 +545,29 @@ impl Derived {
             .iter()
             .map(|b| (b.backend.as_str(), b.circuit))
     }
+}
+
+/// Events in `[from, now]` as chart markers: the sidecars' event logs, or (Prometheus keeps
+/// none) breaker transitions and rotations read from their counters.
+fn event_markers(model: &Model, from: f64, now: f64) -> Vec<EventMarker> {
+    let marker = |source: String, e: super::backfill::Event| EventMarker {
+        x: e.time - now,
+        time: e.time,
+        kind: e.kind,
+        detail: e.detail,
+        source,
+    };
+    if model.events.values().all(Vec::is_empty) {
+        return super::backfill::events_from_counters(model, from, now)
+            .into_iter()
+            .map(|e| marker(String::new(), e))
+            .collect();
+    }
+    model
+        .events_in(from, now)
+        .into_iter()
+        .map(|(source, e)| marker(source, e))
+        .collect()
 }
 
 /// "n/a (12 min of data)".

@@ -305,3 +305,97 @@ kms_sidecar_throttled_total{{principal=\"alice\",scope=\"principal\"}} 0\n"
     let alice = row("alice");
     assert_eq!((alice.observed, alice.bound), (Some(450.0), Bound::AtMost));
 }
+
+#[test]
+fn measured_headroom_per_principal_on_the_first_frame_from_the_history() {
+    // The same incident read from a sidecar that counts admitted calls per principal, with the
+    // dashboard opened afterwards: its first frame has only the /v1/history backfill (fixed
+    // clock, no live scrape yet). batch asks 450/s (400 admitted, 50 refused by its own limit),
+    // alice 30/s against her 100/s, unknown callers nothing.
+    use crate::model::backfill::{HistoryDoc, HistorySeries};
+    let times: Vec<f64> = (0..=12).map(|i| 1000.0 + 10.0 * f64::from(i)).collect();
+    let series = |name: &str, labels: &[(&str, &str)], per_sec: f64| HistorySeries {
+        name: name.into(),
+        kind: "counter".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect(),
+        values: times.iter().map(|t| Some(per_sec * (t - 1000.0))).collect(),
+    };
+    let doc = HistoryDoc {
+        resolution_seconds: 10.0,
+        times: times.clone(),
+        series: vec![
+            series(
+                "kms_sidecar_requests_total",
+                &[("operation", "Encrypt"), ("outcome", "ok")],
+                430.0,
+            ),
+            series(
+                "kms_sidecar_requests_total",
+                &[("operation", "Encrypt"), ("outcome", "ThrottlingException")],
+                50.0,
+            ),
+            series(
+                "kms_sidecar_throttled_total",
+                &[("principal", "batch"), ("scope", "principal")],
+                50.0,
+            ),
+            series(
+                "kms_sidecar_rate_limit_admitted_total",
+                &[("principal", "batch")],
+                400.0,
+            ),
+            series(
+                "kms_sidecar_rate_limit_admitted_total",
+                &[("principal", "alice")],
+                30.0,
+            ),
+            series(
+                "kms_sidecar_rate_limit_admitted_total",
+                &[("principal", "other")],
+                0.0,
+            ),
+        ],
+        events: Vec::new(),
+    };
+    let mut m = Model::new(ModelConfig::default());
+    assert_eq!(m.backfill("s", &doc), 13);
+    let limit = |scope: &str, name: &str, rate: f64| status::Limit {
+        scope: scope.into(),
+        name: name.into(),
+        rate_per_second: rate,
+        burst: rate,
+    };
+    m.status.insert(
+        "s".into(),
+        Endpoint::Ok(status::Status {
+            limits: vec![
+                limit("principal", "default", 400.0),
+                limit("principal", "alice", 100.0),
+            ],
+            ..Default::default()
+        }),
+    );
+    let d = Derived::compute(&m, settings(300.0, 0.999), 1120.0);
+    let row = |name: &str| d.limits.iter().find(|r| r.name == name).unwrap().clone();
+    let default = row("default");
+    assert_eq!(default.bound, Bound::Exact);
+    assert_eq!(default.principal.as_deref(), Some("batch"));
+    assert!(
+        (default.observed.unwrap() - 450.0).abs() < 1e-9,
+        "{default:?}"
+    );
+    assert!((default.headroom.unwrap() + 0.125).abs() < 1e-12);
+    // the busiest whole minute of the 2 min of data
+    assert!((default.peak.unwrap() - 450.0).abs() < 1e-9, "{default:?}");
+    let alice = row("alice");
+    assert_eq!(alice.bound, Bound::Exact);
+    assert!((alice.observed.unwrap() - 30.0).abs() < 1e-9, "{alice:?}");
+    assert!((alice.headroom.unwrap() - 0.7).abs() < 1e-12);
+    // 20 s after a start: per second of the data there is, not of a minute
+    let d = Derived::compute(&m, settings(300.0, 0.999), 1020.0);
+    let alice = d.limits.iter().find(|r| r.name == "alice").unwrap();
+    assert!((alice.observed.unwrap() - 30.0).abs() < 1e-9, "{alice:?}");
+}

@@ -36,6 +36,69 @@ pub struct FrontendRow {
     pub denied: f64,
 }
 
+/// Families whose series carry a `frontend` label (histograms by their base name: the
+/// `_bucket`, `_sum` and `_count` series all split).
+pub const SPLIT_FAMILIES: [&str; 3] = [
+    "kms_sidecar_requests_total",
+    "kms_sidecar_request_duration_seconds",
+    "kms_sidecar_unauthorized_total",
+];
+
+/// Where a front-end-scoped model ([`Model::for_frontend`]) keeps every front-end's
+/// `ThrottlingException` answers. Not a metric name a sidecar can export (no `kms_sidecar_`
+/// prefix, and `:` marks recording rules, never scraped families).
+pub const ALL_THROTTLING: &str = "dashboard:throttling_answers_all_frontends";
+
+/// True when the series of family `name` carry a `frontend` label.
+pub fn is_split(name: &str) -> bool {
+    SPLIT_FAMILIES.iter().any(|f| {
+        name.strip_prefix(f)
+            .is_some_and(|rest| matches!(rest, "" | "_bucket" | "_sum" | "_count"))
+    })
+}
+
+/// The front-end of one series of a split family (unlabelled: `aws_json`).
+pub fn frontend_of_series(labels: &super::prom::Labels) -> &str {
+    labels
+        .get("frontend")
+        .map_or(DEFAULT_FRONTEND, String::as_str)
+}
+
+/// The front-ends that answered calls, for the front-end selector: every `frontend` value of
+/// `kms_sidecar_requests_total` (unlabelled as `aws_json`), without the admin API's refusals.
+pub fn frontends_seen(model: &Model) -> Vec<String> {
+    let mut seen: Vec<String> = model
+        .select("kms_sidecar_requests_total", &[])
+        .map(|(id, _)| frontend_of_series(&id.labels).to_string())
+        .filter(|fe| fe != "admin")
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+impl Model {
+    /// The share of the shared limiters' refusals (`throttled_total` scope `global` or `backend`,
+    /// which carry no front-end) that belongs to the front-end this model is scoped to, over
+    /// `[from, now]`: its share of all `ThrottlingException` answers, as [`frontend_rows`]
+    /// shares them. 1 for an unscoped model.
+    pub fn shared_throttle_share(&self, from: f64, now: f64) -> f64 {
+        if self.frontend.is_none() {
+            return 1.0;
+        }
+        let all = self.total(ALL_THROTTLING, &[], from, now).unwrap_or(0.0);
+        let mine = self
+            .total(
+                "kms_sidecar_requests_total",
+                &[("outcome", "ThrottlingException")],
+                from,
+                now,
+            )
+            .unwrap_or(0.0);
+        if all > 0.0 { mine / all } else { 0.0 }
+    }
+}
+
 /// The group key of a `by ["frontend"]` query with unlabelled series folded into `aws_json`.
 fn frontend_of(key: &str) -> &str {
     if key == "-" { DEFAULT_FRONTEND } else { key }
@@ -152,4 +215,97 @@ fn p99_by_frontend(model: &Model, from: f64, now: f64) -> BTreeMap<String, f64> 
             quantile(0.99, &b).map(|q| (fe, q))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::derive::{Derived, Settings};
+    use crate::model::prom::parse;
+    use crate::model::store::ModelConfig;
+
+    /// One sidecar mid-upgrade: unlabelled and labelled AWS JSON series, KMS v2, and the admin
+    /// API's refusals; 40 ThrottlingException answers, 20 of them by the shared global limit.
+    fn text(k: u32) -> String {
+        format!(
+            "kms_sidecar_requests_total{{operation=\"Decrypt\",outcome=\"ok\"}} {}\n\
+kms_sidecar_requests_total{{frontend=\"aws_json\",operation=\"Decrypt\",outcome=\"ok\"}} {}\n\
+kms_sidecar_requests_total{{frontend=\"aws_json\",operation=\"Decrypt\",outcome=\"ThrottlingException\"}} {}\n\
+kms_sidecar_requests_total{{frontend=\"kmsv2\",operation=\"Decrypt\",outcome=\"ok\"}} {}\n\
+kms_sidecar_requests_total{{frontend=\"kmsv2\",operation=\"Decrypt\",outcome=\"KMSInternalException\"}} {}\n\
+kms_sidecar_requests_total{{frontend=\"kmsv2\",operation=\"Decrypt\",outcome=\"ThrottlingException\"}} {}\n\
+kms_sidecar_throttled_total{{principal=\"a\",scope=\"global\"}} {}\n\
+kms_sidecar_throttled_total{{principal=\"a\",scope=\"principal\"}} {}\n\
+kms_sidecar_unauthorized_total{{frontend=\"kmsv2\",principal=\"unknown\",operation=\"Decrypt\",key=\"none\",reason=\"bad_signature\"}} {}\n\
+kms_sidecar_unauthorized_total{{frontend=\"aws_json\",principal=\"eve\",operation=\"Decrypt\",key=\"k1\",reason=\"policy_denied\"}} {}\n\
+kms_sidecar_unauthorized_total{{frontend=\"admin\",principal=\"unknown\",operation=\"admin\",key=\"none\",reason=\"missing_signature\"}} {}\n\
+kms_sidecar_request_duration_seconds_bucket{{frontend=\"kmsv2\",operation=\"Decrypt\",cache=\"miss\",le=\"0.001\"}} {}\n\
+kms_sidecar_request_duration_seconds_bucket{{frontend=\"kmsv2\",operation=\"Decrypt\",cache=\"miss\",le=\"+Inf\"}} {}\n\
+kms_sidecar_request_duration_seconds_bucket{{operation=\"Decrypt\",cache=\"miss\",le=\"0.001\"}} 0\n\
+kms_sidecar_request_duration_seconds_bucket{{operation=\"Decrypt\",cache=\"miss\",le=\"+Inf\"}} {}\n",
+            500 * k,
+            100 * k,
+            30 * k,
+            1000 * k,
+            2 * k,
+            10 * k,
+            20 * k,
+            20 * k,
+            4 * k,
+            k,
+            7 * k,
+            1012 * k,
+            1012 * k,
+            600 * k,
+        )
+    }
+
+    #[test]
+    fn every_figure_scoped_to_one_front_end() {
+        let mut model = Model::new(ModelConfig::default());
+        model.ingest("s", 0.0, &parse(&text(0)).unwrap());
+        model.ingest("s", 600.0, &parse(&text(1)).unwrap());
+        assert_eq!(frontends_seen(&model), ["aws_json", "kmsv2"]);
+        let settings = Settings {
+            window_secs: 600.0,
+            ..Settings::default()
+        };
+        let all = Derived::compute(&model, settings, 600.0);
+        assert_eq!(all.frontend, None);
+        assert_eq!(all.requests, Some(1642.0));
+        assert_eq!(all.throttled, Some(40.0));
+
+        let kmsv2 = model.for_frontend("kmsv2");
+        // its 10 of the 40 ThrottlingException answers: a quarter of the 20 shared refusals
+        assert_eq!(kmsv2.shared_throttle_share(0.0, 600.0), 0.25);
+        let d = Derived::compute(&kmsv2, settings, 600.0);
+        assert_eq!(d.frontend.as_deref(), Some("kmsv2"));
+        assert_eq!(d.requests, Some(1012.0));
+        assert_eq!(d.bad_requests, Some(2.0 + 5.0));
+        assert!((d.availability.unwrap() - (1.0 - 7.0 / 1012.0)).abs() < 1e-12);
+        assert_eq!(d.throttled, Some(10.0));
+        assert_eq!(d.unauthorized, Some(4.0));
+        // every call under 1 ms: the unlabelled (aws_json) buckets are not mixed in
+        assert!((d.p95.unwrap() - 0.001 * 0.95).abs() < 1e-12, "{:?}", d.p95);
+        // the same availability as its row in the unscoped "By front-end" table
+        let row = all
+            .frontends
+            .iter()
+            .find(|r| r.frontend == "kmsv2")
+            .unwrap();
+        assert_eq!(row.availability, d.availability);
+        // shared families stay whole
+        assert_eq!(
+            kmsv2.total("kms_sidecar_throttled_total", &[], 0.0, 600.0),
+            Some(40.0)
+        );
+
+        // aws_json: labelled and unlabelled series together, no admin refusals
+        let d = Derived::compute(&model.for_frontend("aws_json"), settings, 600.0);
+        assert_eq!(d.requests, Some(630.0));
+        assert_eq!(d.bad_requests, Some(15.0));
+        assert_eq!(d.throttled, Some(30.0));
+        assert_eq!(d.unauthorized, Some(1.0));
+        assert_eq!(d.frontends.len(), 1);
+    }
 }

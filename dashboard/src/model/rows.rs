@@ -58,27 +58,49 @@ pub(crate) fn hit_ratio_lines(
         .collect()
 }
 
-pub(crate) fn limit_rows(model: &Model, statuses: &[&status::Status], now: f64) -> Vec<LimitRow> {
+/// Configured limits with what traffic asked of each: the observed rate over the last minute
+/// (headroom) and the busiest minute of the window (`peak`), from the first frame.
+pub(crate) fn limit_rows(
+    model: &Model,
+    statuses: &[&status::Status],
+    from: f64,
+    now: f64,
+) -> Vec<LimitRow> {
     let recent = 60.0_f64.max(2.0 * model.interval_secs);
-    let per_sec = |inc: Option<f64>| inc.map(|i| i / recent);
-    let all_rate = per_sec(model.total(&m("requests_total"), &[], now - recent, now));
-    let observed = |scope: &str, name: &str| -> Option<f64> {
+    // per second of the data the last minute holds (less than a minute right after a start)
+    let t0 = model.first_time();
+    let span = t0.map_or(recent, |t0| (now - t0).clamp(1.0, recent));
+    let req = m("requests_total");
+    let admitted_family = m("rate_limit_admitted_total");
+    let thr = m("throttled_total");
+    // Calls in [a, b] that the limit `scope` counts, for `who` (a key, backend or principal). A
+    // principal asked for its admitted calls plus its refused ones (any scope).
+    let count = |scope: &str, who: &str, a: f64, b: f64| -> Option<f64> {
         match scope {
-            "global" => all_rate,
-            "key" => per_sec(model.total(
-                &m("key_operations_total"),
-                &[("key", name)],
-                now - recent,
-                now,
-            )),
-            "backend" => per_sec(model.total(
-                &m("backend_requests_total"),
-                &[("backend", name)],
-                now - recent,
-                now,
-            )),
+            "global" => model.total(&req, &[], a, b),
+            "key" => model.total(&m("key_operations_total"), &[("key", who)], a, b),
+            "backend" => model.total(&m("backend_requests_total"), &[("backend", who)], a, b),
+            "principal" => model
+                .total(&admitted_family, &[("principal", who)], a, b)
+                .map(|n| {
+                    n + model
+                        .total(&thr, &[("principal", who)], a, b)
+                        .unwrap_or(0.0)
+                }),
             _ => None,
         }
+    };
+    // the busiest whole minute of the window that the data covers
+    let start = t0.map_or(now, |t0| t0.max(from));
+    let peak = |scope: &str, who: &str| -> Option<f64> {
+        let minutes = ((now - start) / 60.0).floor().max(0.0) as usize;
+        (0..minutes)
+            .filter_map(|k| {
+                let b = now - 60.0 * k as f64;
+                count(scope, who, b - 60.0, b)
+            })
+            .map(|n| n / 60.0)
+            .reduce(f64::max)
     };
     let mut rows: Vec<LimitRow> = Vec::new();
     let mut from_status: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
@@ -97,6 +119,7 @@ pub(crate) fn limit_rows(model: &Model, statuses: &[&status::Status], now: f64) 
         rate_per_second: rate,
         burst,
         observed: None,
+        peak: None,
         headroom: None,
         bound: Bound::Exact,
         principal: None,
@@ -111,37 +134,62 @@ pub(crate) fn limit_rows(model: &Model, statuses: &[&status::Status], now: f64) 
             rows.push(row(&scope, &name, rate, Some(burst)));
         }
     }
-    // Principals: refusals per principal over the last minute. A principal limit of its own is
-    // its name; `default` (and `other` in the gauge) is the limit of every other principal, so its
-    // row shows the most throttled of those.
+    // Principals. A sidecar with `rate_limit_admitted_total` counts each principal's admitted
+    // calls: admitted + refused (any scope) is exactly what it asked for. An older one counts
+    // only refusals, so the rate is a bound: a refused principal asked for at least its limit
+    // plus its refusals; one never refused made at most all calls. A principal limit of its own
+    // is its name; `default` (and `other` in the gauge) is the limit of every other principal,
+    // so its row shows the one of those that asked most in the window.
+    let admitted_window = model.increase_by(&admitted_family, &[], &["principal"], from, now);
+    let refused_window = model.increase_by(&thr, &[], &["principal"], from, now);
     let refused = model.increase_by(
-        &m("throttled_total"),
+        &thr,
         &[("scope", "principal")],
         &["principal"],
         now - recent,
         now,
     );
+    // principals with a limit of their own (a principal may itself be called `default`)
     let named: Vec<String> = rows
         .iter()
-        .filter(|r| r.scope == "principal")
+        .filter(|r| r.scope == "principal" && r.name != "default" && r.name != "other")
         .map(|r| r.name.clone())
         .collect();
+    let governed_by = |row: &str, p: &str| {
+        if row == "default" || row == "other" {
+            !named.iter().any(|n| n == p) || p == "other"
+        } else {
+            p == row
+        }
+    };
+    let all_rate = model.total(&req, &[], now - recent, now).map(|n| n / span);
     for r in &mut rows {
-        r.observed = observed(&r.scope, &r.name);
-        if r.scope == "principal" {
-            let own = if r.name == "default" || r.name == "other" {
-                refused
-                    .iter()
-                    .filter(|(p, _)| !named.contains(p) || *p == "other")
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(p, n)| (p.clone(), *n))
-            } else {
-                refused.get(&r.name).map(|n| (r.name.clone(), *n))
+        if r.scope == "principal" && !admitted_window.is_empty() {
+            let asked = |p: &str| {
+                admitted_window.get(p).copied().unwrap_or(0.0)
+                    + refused_window.get(p).copied().unwrap_or(0.0)
             };
+            let busiest = admitted_window
+                .keys()
+                .chain(refused_window.keys())
+                .filter(|p| governed_by(&r.name, p))
+                .max_by(|a, b| asked(a).total_cmp(&asked(b)).then(b.cmp(a)))
+                .cloned();
+            if let Some(p) = &busiest {
+                r.observed = count("principal", p, now - recent, now).map(|n| n / span);
+                r.peak = peak("principal", p);
+            }
+            r.principal = busiest;
+        } else if r.scope == "principal" {
+            let own = refused
+                .iter()
+                .filter(|(p, _)| governed_by(&r.name, p))
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(p, n)| (p.clone(), *n));
             match own {
                 Some((p, n)) if n > 0.0 => {
                     // it was held to its limit and asked for the refused calls on top
-                    r.observed = Some(r.rate_per_second + n / recent);
+                    r.observed = Some(r.rate_per_second + n / span);
                     r.bound = Bound::AtLeast;
                     r.principal = Some(p);
                 }
@@ -150,6 +198,9 @@ pub(crate) fn limit_rows(model: &Model, statuses: &[&status::Status], now: f64) 
                     r.bound = Bound::AtMost;
                 }
             }
+        } else {
+            r.observed = count(&r.scope, &r.name, now - recent, now).map(|n| n / span);
+            r.peak = peak(&r.scope, &r.name);
         }
         r.headroom = r
             .observed

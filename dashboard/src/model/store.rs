@@ -99,6 +99,8 @@ pub struct Model {
     /// (kept by models made with [`Model::new`]; the per-source models keep none themselves).
     pub per_source: BTreeMap<String, Model>,
     track_sources: bool,
+    /// The front-end every figure is scoped to ([`Model::for_frontend`]); `None`: all of them.
+    pub frontend: Option<String>,
     /// Bumped on every change, so derived data can be cached.
     pub version: u64,
 }
@@ -151,6 +153,71 @@ impl Model {
             .collect();
         m.version = self.version;
         Some(m)
+    }
+
+    /// This model with the families that carry a `frontend` label (requests, latency, denials:
+    /// [`super::frontend::SPLIT_FAMILIES`]) reduced to front-end `fe`'s series (unlabelled ones
+    /// are `aws_json`, the only protocol sidecars older than the label spoke). Families without
+    /// the label (limiters, caches, backend, keys) are shared by every front-end and stay whole;
+    /// every front-end's `ThrottlingException` answers are kept aside under
+    /// [`super::frontend::ALL_THROTTLING`], so shared-limit refusals can be shared out as the "By
+    /// front-end" table does. The per-source models are left out (the fleet table reads the
+    /// unscoped model).
+    pub fn for_frontend(&self, fe: &str) -> Model {
+        use super::frontend::{ALL_THROTTLING, frontend_of_series, is_split};
+        let mut m = Model {
+            cfg: self.cfg.clone(),
+            last_ingest: self.last_ingest.clone(),
+            kinds: self.kinds.clone(),
+            sources: self.sources.clone(),
+            status: self.status.clone(),
+            denied: self.denied.clone(),
+            events: self.events.clone(),
+            history: self.history.clone(),
+            interval_secs: self.interval_secs,
+            frontend: Some(fe.to_string()),
+            version: self.version,
+            ..Model::default()
+        };
+        let keep = |id: &SeriesId| !is_split(&id.name) || frontend_of_series(&id.labels) == fe;
+        for (id, h) in &self.series {
+            if id.name == "kms_sidecar_requests_total"
+                && id
+                    .labels
+                    .get("outcome")
+                    .is_some_and(|o| o == "ThrottlingException")
+            {
+                let aside = SeriesId {
+                    name: ALL_THROTTLING.to_string(),
+                    labels: id.labels.clone(),
+                };
+                m.series.insert(aside, h.clone());
+            }
+            if keep(id) {
+                m.series.insert(id.clone(), h.clone());
+            }
+        }
+        m.kinds
+            .insert(ALL_THROTTLING.to_string(), super::prom::Kind::Counter);
+        m.counters = self
+            .counters
+            .iter()
+            .filter(|((_, id), _)| keep(id))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        m.totals = self
+            .totals
+            .iter()
+            .filter(|(id, _)| keep(id))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        m.gauge_values = self
+            .gauge_values
+            .iter()
+            .filter(|(id, _)| keep(id))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m
     }
 
     /// Adds one scrape of `source` taken at `t`. Series new to a source that was scraped
@@ -229,6 +296,52 @@ impl Model {
             self.history(&id).push(t, v);
         }
         self.last_ingest.insert(source.to_string(), t);
+        self.version += 1;
+    }
+
+    /// Rebuilds the fleet-wide history of every series `source` has as the sum (or, for
+    /// [`MAX_GAUGES`], the worst) of each source's own history at every point time of any of
+    /// them. Used after a backfill: pushing a source's past into the sums directly would drop
+    /// every point older than another source's newest. A counter counts 0 before a source's
+    /// first point (its totals start there); a gauge counts only from its first point.
+    pub(super) fn rebuild_fleet_series(&mut self, source: &str) {
+        let Some(own) = self.per_source.get(source) else {
+            return;
+        };
+        let ids: Vec<SeriesId> = own.series.keys().cloned().collect();
+        for id in ids {
+            let parts: Vec<&History> = self
+                .per_source
+                .values()
+                .filter_map(|m| m.series.get(&id))
+                .collect();
+            let mut times: Vec<f64> = parts
+                .iter()
+                .flat_map(|h| h.points().iter().map(|p| p.0))
+                .collect();
+            times.sort_by(f64::total_cmp);
+            times.dedup();
+            let counter = matches!(self.kinds.get(&id.name), Some(Kind::Counter));
+            let worst = MAX_GAUGES.contains(&id.name.as_str());
+            let mut merged = History::new(self.cfg.max_points, self.cfg.max_age_secs);
+            for t in times {
+                let values = parts.iter().filter_map(|h| {
+                    let (t0, _) = h.first()?;
+                    match (t < t0, counter) {
+                        (true, true) => Some(0.0),
+                        (true, false) => None,
+                        (false, _) => h.value_at(t),
+                    }
+                });
+                let v = if worst {
+                    values.fold(f64::NEG_INFINITY, f64::max)
+                } else {
+                    values.sum()
+                };
+                merged.push(t, v);
+            }
+            self.series.insert(id, merged);
+        }
         self.version += 1;
     }
 

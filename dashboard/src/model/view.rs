@@ -1,5 +1,5 @@
 //! The row types the views draw (breaker state, backend, latency, limit, throttling and cache
-//! rows), kept apart from the arithmetic in `derive.rs` that fills them.
+//! rows) and the user's settings, kept apart from the arithmetic in `derive.rs` that fills them.
 
 use super::sli::Health;
 
@@ -80,6 +80,8 @@ pub struct LimitRow {
     pub burst: Option<f64>,
     /// Observed rate over the last minute, where a metric measures the limited thing.
     pub observed: Option<f64>,
+    /// The busiest whole minute of the window (calls per second), where measured exactly.
+    pub peak: Option<f64>,
     /// `1 - observed / limit`.
     pub headroom: Option<f64>,
     /// How `observed` relates to the true rate (principals have no request counter of their own).
@@ -134,4 +136,25 @@ pub enum RotationSource {
     Status,
     Metrics,
     None,
+}
+
+/// What the user chose.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    /// The time window the views summarise, in seconds (5 min .. 24 h).
+    pub window_secs: f64,
+    /// Availability objective, e.g. 0.999.
+    pub slo: f64,
+    /// p95 latency target in seconds (amber above, red above twice).
+    pub p95_target_secs: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            window_secs: 3600.0,
+            slo: 0.999,
+            p95_target_secs: 0.025,
+        }
+    }
 }

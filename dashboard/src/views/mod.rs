@@ -199,7 +199,11 @@ pub fn plot(ui: &mut Ui, d: &Derived, id: &str, title: &str, lines: &[Line], uni
         .filter(|v| v.is_finite())
         .fold(0.0_f64, f64::max);
     let top = if top > 0.0 { top * 1.1 } else { 1.0 };
-    Plot::new(id)
+    // egui_plot remembers a plot's bounds from its first frame: keyed by the window and the
+    // scale's power of two, a plot first drawn with part of the data (one sidecar of a fleet,
+    // before the other's history arrived) is laid out again when the data outgrows it
+    let scale = top.log2().ceil() as i64;
+    Plot::new((id, window.to_bits(), scale))
         .height(170.0)
         .legend(Legend::default())
         .default_x_bounds(-window, window * 0.015)

@@ -63,8 +63,9 @@ pub fn show(ui: &mut Ui, d: &Derived) {
     }
     section(
         ui,
-        "Configured limits and headroom (observed over the last minute; a principal's own rate \
-         is bounded: at least its limit plus its refusals, or at most all calls)",
+        "Configured limits and headroom (observed over the last minute; a principal's rate is \
+         what it asked for: admitted + throttled calls; ≥ / ≤ marks a bound from a sidecar \
+         that does not count admitted calls)",
     );
     if d.limits.is_empty() {
         no_data(
@@ -73,6 +74,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
         );
         return;
     }
+    let peak_title = format!("busiest minute ({w})");
     table(
         ui,
         "limits",
@@ -84,6 +86,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
             "observed",
             "headroom",
             "use of the limit",
+            peak_title.as_str(),
         ],
         |ui| {
             for l in &d.limits {
@@ -104,12 +107,7 @@ pub fn show(ui: &mut Ui, d: &Derived) {
                 ui.label(l.observed.map_or("not measured".into(), |o| {
                     format!("{obs}{}{who}", fmt::rate(Some(o)))
                 }));
-                let health = match l.headroom {
-                    None => Health::Unknown,
-                    Some(h) if h < 0.0 => Health::Bad,
-                    Some(h) if h < 0.2 => Health::Warn,
-                    Some(_) => Health::Good,
-                };
+                let health = headroom_health(l.headroom);
                 match l.headroom {
                     Some(h) => {
                         ui.label(
@@ -135,8 +133,34 @@ pub fn show(ui: &mut Ui, d: &Derived) {
                         ui.label("—");
                     }
                 }
+                match l.peak.filter(|_| l.rate_per_second > 0.0) {
+                    Some(p) => {
+                        let head = 1.0 - p / l.rate_per_second;
+                        ui.label(
+                            RichText::new(format!(
+                                "{} ({} headroom)",
+                                fmt::rate(Some(p)),
+                                fmt::pct(Some(head), 0)
+                            ))
+                            .color(super::color(headroom_health(Some(head)))),
+                        );
+                    }
+                    None => {
+                        ui.label("—");
+                    }
+                }
                 ui.end_row();
             }
         },
     );
+}
+
+/// Green, amber under 20 % headroom, red over the limit.
+fn headroom_health(headroom: Option<f64>) -> Health {
+    match headroom {
+        None => Health::Unknown,
+        Some(h) if h < 0.0 => Health::Bad,
+        Some(h) if h < 0.2 => Health::Warn,
+        Some(_) => Health::Good,
+    }
 }

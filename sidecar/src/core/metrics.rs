@@ -158,6 +158,7 @@ mod tests {
             .record("aws_json", "unknown", "Encrypt", "none", "bad_signature");
         let _ = m.cache.for_cache("decrypt");
         m.rate.throttled("p", crate::limits::Scope::Global);
+        let _ = m.rate.admitted_counter("p");
         m.rate
             .set_limit(crate::limits::Scope::Global, "global", 1.0);
         let _breaker = crate::limits::Breaker::new(

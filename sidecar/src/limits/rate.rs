@@ -15,6 +15,13 @@
 //! Reload: a [`RateLimits`] is immutable apart from its counters; build a new one from the new spec
 //! and swap it in (e.g. `ArcSwap<RateLimits>`). The new limits start with full buckets: counters reset
 //! on reload, so a reload briefly allows up to one more burst per window.
+//!
+//! Observed rate: every call already looks its principal up here, so this is where a principal's
+//! admitted calls are counted (`kms_sidecar_rate_limit_admitted_total{principal}`, the same bounded
+//! names as `throttled_total`): one relaxed atomic add on a counter handle resolved when the limits
+//! are built ([`RateLimits::counted`]), no lock and no allocation per call. Admitted plus throttled
+//! is what a principal asked for, which the dashboard sets against its limit (headroom). The
+//! handles belong to the metrics registry, so the counts survive a rebuild.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -23,7 +30,7 @@ use governor::RateLimiter;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
-use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use super::rate_spec::{DEFAULT, OTHER, ValidRateSpec, Window};
 use crate::kms::{ErrorKind, KmsError};
@@ -145,14 +152,31 @@ impl<C: Clock + Clone> TrackedKeys<C> {
     }
 }
 
+/// One principal's limiter (`None`: unlimited) and its admitted-calls counter (`None` until
+/// [`RateLimits::counted`]).
+#[derive(Debug)]
+struct PrincipalLimit<C: Clock> {
+    limiter: Option<Limiter<C>>,
+    admitted: Option<IntCounter>,
+}
+
+impl<C: Clock + Clone> PrincipalLimit<C> {
+    fn new(windows: &[Window], clock: &C) -> Self {
+        Self {
+            limiter: Limiter::new(windows, clock),
+            admitted: None,
+        }
+    }
+}
+
 /// The inbound limits. Cheap to check: a hash lookup or two and one atomic update per window, no
 /// allocation on the pass path (a key's first call allocates its limiter once).
 #[derive(Debug)]
 pub struct RateLimits<C: Clock = DefaultClock> {
     spec: ValidRateSpec,
     global: Option<Limiter<C>>,
-    principals: HashMap<Box<str>, Option<Limiter<C>>>,
-    other_principals: Option<Limiter<C>>,
+    principals: HashMap<Box<str>, PrincipalLimit<C>>,
+    other_principals: PrincipalLimit<C>,
     key_overrides: HashMap<Box<str>, Option<Limiter<C>>>,
     tracked_keys: Option<TrackedKeys<C>>,
 }
@@ -185,9 +209,9 @@ impl<C: Clock + Clone> RateLimits<C> {
             principals: spec
                 .principals
                 .iter()
-                .map(|(name, w)| (name.clone(), Limiter::new(w, clock)))
+                .map(|(name, w)| (name.clone(), PrincipalLimit::new(w, clock)))
                 .collect(),
-            other_principals: Limiter::new(&spec.principal_default, clock),
+            other_principals: PrincipalLimit::new(&spec.principal_default, clock),
             key_overrides: spec
                 .key_overrides
                 .iter()
@@ -196,6 +220,18 @@ impl<C: Clock + Clone> RateLimits<C> {
             tracked_keys,
             spec: spec.clone(),
         }
+    }
+
+    /// Attaches each principal's `rate_limit_admitted_total` counter (exported at 0 from here on),
+    /// so [`check`](Self::check) counts admitted calls. The counters live in `metrics`, so limits
+    /// rebuilt for a reload and counted again continue the same series.
+    #[must_use]
+    pub fn counted(mut self, metrics: &RateMetrics) -> Self {
+        for (name, p) in &mut self.principals {
+            p.admitted = Some(metrics.admitted_counter(name));
+        }
+        self.other_principals.admitted = Some(metrics.admitted_counter(OTHER));
+        self
     }
 
     /// Builds fresh limits from a new spec on the same clock, for a reload. Counters start full.
@@ -212,11 +248,11 @@ impl<C: Clock + Clone> RateLimits<C> {
     /// GenerateRandom or ListKeys). Pass the resolved key id of an existing key, not raw request text,
     /// so unknown ids do not take tracked slots from real keys.
     pub fn check(&self, principal: &str, key: Option<&str>) -> Result<(), Throttled> {
-        let principal = match self.principals.get(principal) {
-            Some(l) => l.as_ref(),
-            None => self.other_principals.as_ref(),
-        };
-        if let Some(l) = principal {
+        let principal = self
+            .principals
+            .get(principal)
+            .unwrap_or(&self.other_principals);
+        if let Some(l) = &principal.limiter {
             l.check(Scope::Principal)?;
         }
         if let Some(key) = key {
@@ -232,6 +268,10 @@ impl<C: Clock + Clone> RateLimits<C> {
         }
         if let Some(l) = &self.global {
             l.check(Scope::Global)?;
+        }
+        // the one cost of the observed rate: a relaxed atomic add on a resolved handle
+        if let Some(c) = &principal.admitted {
+            c.inc();
         }
         Ok(())
     }
@@ -293,8 +333,9 @@ impl<C: Clock + Clone> RateLimits<C> {
         let principals = self
             .principals
             .iter()
-            .map(|(n, l)| (n.as_ref(), l.is_some()));
-        for (name, limited) in principals.chain([(OTHER, self.other_principals.is_some())]) {
+            .map(|(n, l)| (n.as_ref(), l.limiter.is_some()));
+        let other = (OTHER, self.other_principals.limiter.is_some());
+        for (name, limited) in principals.chain([other]) {
             let own = limited.then_some(Scope::Principal);
             for scope in scopes.iter().copied().chain(own) {
                 metrics.zero(name, scope);
@@ -303,10 +344,12 @@ impl<C: Clock + Clone> RateLimits<C> {
     }
 }
 
-/// `throttled_total{principal,scope}` and `rate_limit_per_second{scope,name}`.
+/// `throttled_total{principal,scope}`, `rate_limit_admitted_total{principal}` and
+/// `rate_limit_per_second{scope,name}`.
 #[derive(Debug)]
 pub struct RateMetrics {
     throttled: IntCounterVec,
+    admitted: IntCounterVec,
     limit: GaugeVec,
     /// Inbound gauge series set by the last export, removed by the next.
     exported: Mutex<Vec<(Scope, String)>>,
@@ -321,6 +364,13 @@ impl RateMetrics {
             ),
             &["principal", "scope"],
         )?;
+        let admitted = IntCounterVec::new(
+            Opts::new(
+                "kms_sidecar_rate_limit_admitted_total",
+                "Calls that passed every inbound rate limit, by principal (with throttled_total: what each principal asked for).",
+            ),
+            &["principal"],
+        )?;
         let limit = GaugeVec::new(
             Opts::new(
                 "kms_sidecar_rate_limit_per_second",
@@ -330,17 +380,20 @@ impl RateMetrics {
         )?;
         registry.register(Box::new(throttled.clone()))?;
         registry.register(Box::new(limit.clone()))?;
+        registry.register(Box::new(admitted.clone()))?;
         Ok(Self {
             throttled,
+            admitted,
             limit,
             exported: Mutex::new(Vec::new()),
         })
     }
 
     /// The metric family names this module exports.
-    pub fn family_names() -> [&'static str; 2] {
+    pub fn family_names() -> [&'static str; 3] {
         [
             "kms_sidecar_throttled_total",
+            "kms_sidecar_rate_limit_admitted_total",
             "kms_sidecar_rate_limit_per_second",
         ]
     }
@@ -351,6 +404,12 @@ impl RateMetrics {
         self.throttled
             .with_label_values(&[principal, scope.as_str()])
             .inc();
+    }
+
+    /// The `rate_limit_admitted_total` counter of `principal` (a bounded label, as for
+    /// [`throttled`](Self::throttled)), exported at 0 from this call on.
+    pub fn admitted_counter(&self, principal: &str) -> IntCounter {
+        self.admitted.with_label_values(&[principal])
     }
 
     /// Exports the `throttled_total` series of `principal` and `scope` (at 0 until a refusal).

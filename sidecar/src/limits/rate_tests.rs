@@ -230,3 +230,41 @@ fn throttled_becomes_aws_throttling_exception() {
         ["global", "principal", "key", "backend"]
     );
 }
+
+#[test]
+fn admitted_calls_are_counted_per_principal_from_zero_and_survive_a_rebuild() {
+    let registry = prometheus::Registry::new();
+    let metrics = RateMetrics::register(&registry).unwrap();
+    let spec = RateSpec {
+        global: vec![WindowSpec::per_second(100.0, 100)],
+        principal_default: vec![WindowSpec::per_second(3.0, 3)],
+        principals: vec!["alice".into(), "bob".into()],
+        ..RateSpec::default()
+    };
+    let (limits, clock) = build(spec.clone());
+    let limits = limits.counted(&metrics);
+    limits.export(&metrics);
+    let text = String::from_utf8(render(&registry)).unwrap();
+    // every bounded principal name from the start, at 0
+    for p in ["alice", "bob", "other"] {
+        let line = format!("kms_sidecar_rate_limit_admitted_total{{principal=\"{p}\"}} 0\n");
+        assert!(text.contains(&line), "missing {line}in\n{text}");
+    }
+    // alice asks 5 against 3: 3 admitted, 2 throttled; unknown callers share `other`
+    assert_eq!(throttles(&limits, 5, "alice", None), 2);
+    assert_eq!(throttles(&limits, 2, "mallory", None), 0);
+    let admitted = |p: &str| metrics.admitted_counter(p).get();
+    assert_eq!(
+        (admitted("alice"), admitted("bob"), admitted("other")),
+        (3, 0, 2)
+    );
+    // uncounted limits (tests, tools) count nothing
+    let (plain, _) = build(spec.clone());
+    assert_eq!(throttles(&plain, 1, "bob", None), 0);
+    assert_eq!(admitted("bob"), 0);
+    // a reload builds new limiters; the counts continue (no reset for Prometheus)
+    let next = ValidRateSpec::try_from(spec).unwrap();
+    let limits = limits.rebuild(&next, &clock).counted(&metrics);
+    assert_eq!(throttles(&limits, 1, "alice", None), 0);
+    assert_eq!(admitted("alice"), 4);
+}

@@ -38,9 +38,10 @@ const MAX_LABEL_BYTES: usize = 512;
 /// Left out: the per-key rotation gauges and cache sizes (current state, refreshed only when
 /// `/metrics` is read; `/v1/status` has them) and histogram `_sum`/`_count` (the `+Inf` bucket is
 /// the count).
-const FAMILIES: [&str; 20] = [
+const FAMILIES: [&str; 21] = [
     "kms_sidecar_requests_total",
     "kms_sidecar_throttled_total",
+    "kms_sidecar_rate_limit_admitted_total",
     "kms_sidecar_unauthorized_total",
     "kms_sidecar_circuit_state",
     "kms_sidecar_circuit_transitions_total",
@@ -179,6 +180,15 @@ pub struct SeriesOut {
     pub kind: &'static str,
     pub labels: std::collections::BTreeMap<String, String>,
     pub values: Vec<Option<f64>>,
+}
+
+/// One principal's calls per second over the last minute of samples (`/v1/status` `principals`):
+/// admitted by every rate limit, and refused by one (any scope). Their sum is what it asked for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrincipalRate {
+    pub principal: String,
+    pub admitted_per_second: f64,
+    pub throttled_per_second: f64,
 }
 
 /// The `/v1/history` document.
@@ -324,6 +334,63 @@ impl History {
         for (t, detail) in found {
             self.events.record_at(t, EventKind::Rotation, detail);
         }
+    }
+
+    /// Per principal label: admitted and throttled calls per second over the newest samples
+    /// spanning at least `secs` (or all there are), from the sampled
+    /// `rate_limit_admitted_total` and `throttled_total`. Empty until two samples exist.
+    pub fn principal_rates(&self, secs: f64) -> Vec<PrincipalRate> {
+        let r = self.lock();
+        if r.len < 2 {
+            return Vec::new();
+        }
+        let slot = |i: usize| (r.start + i) % CAPACITY;
+        let newest = r.len - 1;
+        let t_new = r.times[slot(newest)];
+        // the newest sample at least `secs` old is the base; the deltas after it are the increase
+        let base = (0..newest)
+            .rev()
+            .find(|i| r.times[slot(*i)] <= t_new - secs)
+            .unwrap_or(0);
+        let span = t_new - r.times[slot(base)];
+        if span <= 0.0 {
+            return Vec::new();
+        }
+        let mut out: Vec<PrincipalRate> = Vec::new();
+        for s in &r.series {
+            let admitted = s.name == "kms_sidecar_rate_limit_admitted_total";
+            if !admitted && s.name != "kms_sidecar_throttled_total" {
+                continue;
+            }
+            let Some((_, principal)) = s.labels.iter().find(|(k, _)| k == "principal") else {
+                continue;
+            };
+            let inc: f64 = (base + 1..=newest)
+                .map(|i| s.values[slot(i)])
+                .filter(|d| !d.is_nan())
+                .map(f64::from)
+                .sum();
+            let at = match out.iter().position(|p| p.principal == *principal) {
+                Some(i) => i,
+                None => {
+                    out.push(PrincipalRate {
+                        principal: principal.clone(),
+                        admitted_per_second: 0.0,
+                        throttled_per_second: 0.0,
+                    });
+                    out.len() - 1
+                }
+            };
+            if let Some(p) = out.get_mut(at) {
+                if admitted {
+                    p.admitted_per_second += inc / span;
+                } else {
+                    p.throttled_per_second += inc / span;
+                }
+            }
+        }
+        out.sort_by(|a, b| a.principal.cmp(&b.principal));
+        out
     }
 
     /// Samples and events after `since` (all with `since` = 0).

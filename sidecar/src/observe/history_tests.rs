@@ -181,3 +181,53 @@ fn events_stay_in_time_order_and_rotations_are_found() {
     assert_eq!(rotations[0].time, 200.0);
     assert_eq!(rotations[0].detail, "k1 rotated to version 2");
 }
+
+#[test]
+fn principal_rates_over_the_last_minute_from_the_admitted_and_throttled_counters() {
+    let r = Registry::new();
+    let metrics = crate::limits::RateMetrics::register(&r).unwrap();
+    let history = History::new();
+    assert!(history.principal_rates(60.0).is_empty());
+    let batch = metrics.admitted_counter("batch");
+    let _ = metrics.admitted_counter("other");
+    // 90 s at 10 s: batch asks 450/s, 400 admitted and 50 refused by its own limit
+    for i in 0..10 {
+        if i > 0 {
+            batch.inc_by(4000);
+            for _ in 0..500 {
+                metrics.throttled("batch", crate::limits::Scope::Principal);
+            }
+        }
+        history.sample(&r, 1000.0 + 10.0 * f64::from(i));
+    }
+    let rates = history.principal_rates(60.0);
+    assert_eq!(
+        rates,
+        [
+            PrincipalRate {
+                principal: "batch".into(),
+                admitted_per_second: 400.0,
+                throttled_per_second: 50.0,
+            },
+            PrincipalRate {
+                principal: "other".into(),
+                admitted_per_second: 0.0,
+                throttled_per_second: 0.0,
+            },
+        ]
+    );
+    // fewer samples than the window: over what there is
+    let short = History::new();
+    short.sample(&r, 0.0);
+    batch.inc_by(100);
+    short.sample(&r, 10.0);
+    assert_eq!(short.principal_rates(60.0)[0].admitted_per_second, 10.0);
+    // the family is sampled and served on /v1/history
+    let s = history.snapshot(0.0);
+    let v = values(
+        &s,
+        "kms_sidecar_rate_limit_admitted_total",
+        ("principal", "batch"),
+    );
+    assert_eq!(v.last(), Some(&Some(36_000.0)));
+}

@@ -28,7 +28,7 @@ pub(super) fn build_rate_limits(
     spec.principals.sort();
     spec.principals.dedup();
     let valid = ValidRateSpec::try_from(spec).map_err(|e| anyhow::anyhow!("rate limits: {e}"))?;
-    let limits = RateLimits::new(&valid);
+    let limits = RateLimits::new(&valid).counted(&metrics.rate);
     limits.export(&metrics.rate);
     Ok(limits)
 }
