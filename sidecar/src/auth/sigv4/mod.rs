@@ -80,6 +80,30 @@ pub(crate) fn incomplete(message: &'static str) -> AuthError {
     )
 }
 
+/// Whether the request's hex `Signature` is the one `key` gives for `canonical_hash`, compared in
+/// constant time; both verifiers (AWS JSON and XKS) end with it. A signature that is not 64 hex
+/// characters is an incomplete header.
+pub(crate) fn signature_matches(
+    key: &[u8],
+    amz_date: &str,
+    auth: &AuthHeader<'_>,
+    service: &str,
+    canonical_hash: &[u8; 64],
+) -> Result<bool, AuthError> {
+    let expected = signature(
+        key,
+        amz_date,
+        auth.date,
+        auth.region,
+        service,
+        canonical_hash,
+    );
+    let mut given = [0u8; 32];
+    hex::decode_to_slice(auth.signature, &mut given)
+        .map_err(|_| incomplete("Signature must be 64 hex characters"))?;
+    Ok(bool::from(expected.ct_eq(&given)))
+}
+
 /// The parts of a request that SigV4 covers.
 #[derive(Debug)]
 pub struct SignedRequest<'a> {
@@ -203,18 +227,7 @@ impl Verifier {
                     .ok_or_else(|| self.mismatch())?
             }
         };
-        let expected = signature(
-            &*signing_key.key,
-            amz_date,
-            auth.date,
-            auth.region,
-            SERVICE,
-            &canonical_hash,
-        );
-        let mut given = [0u8; 32];
-        hex::decode_to_slice(auth.signature, &mut given)
-            .map_err(|_| incomplete("Signature must be 64 hex characters"))?;
-        if bool::from(expected.ct_eq(&given)) {
+        if signature_matches(&*signing_key.key, amz_date, &auth, SERVICE, &canonical_hash)? {
             Ok(client)
         } else {
             Err(self.mismatch())

@@ -13,13 +13,12 @@ use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::auth::Principal;
 use crate::auth::sigv4::{
     AuthError, AuthFailure, AuthHeader, HeaderError, SignedHeader, SignedRequest,
     canonical_request_hash, derive_signing_key_for, fail, incomplete, read_authorization,
-    signature,
+    signature_matches,
 };
 use crate::kms::ErrorKind;
 
@@ -100,18 +99,7 @@ pub fn verify(
     }
     let canonical_hash = canonical_request_hash(req, auth.signed_headers, &payload_hash)?;
     let key = derive_signing_key_for(secret.expose_secret(), auth.date, auth.region, SERVICE);
-    let expected = signature(
-        &*key,
-        amz_date,
-        auth.date,
-        auth.region,
-        SERVICE,
-        &canonical_hash,
-    );
-    let mut given = [0u8; 32];
-    hex::decode_to_slice(auth.signature, &mut given)
-        .map_err(|_| incomplete("Signature must be 64 hex characters"))?;
-    if bool::from(expected.ct_eq(&given)) {
+    if signature_matches(&*key, amz_date, &auth, SERVICE, &canonical_hash)? {
         Ok(prefix.principal.clone())
     } else {
         Err(mismatch())
@@ -129,6 +117,7 @@ fn mismatch() -> AuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::sigv4::signature;
     use std::time::UNIX_EPOCH;
 
     const ID: &str = "AKSCXKSTESTKEY2345672";
