@@ -1,5 +1,6 @@
-//! HTTP plumbing shared by the HTTP front-ends (the AWS JSON API, the admin API): a response body
-//! that wipes its bytes when dropped, and a bounded, time-limited request body reader.
+//! HTTP plumbing shared by the HTTP front-ends (the AWS JSON API, XKS, the admin API): a response
+//! body that wipes its bytes when dropped, a JSON encoder whose buffer leaves no copies when it
+//! grows, and a bounded, time-limited request body reader.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -125,5 +126,39 @@ pub async fn read_body(
             ErrorKind::Serialization,
             "the request body could not be read",
         )),
+    }
+}
+
+/// A reply's JSON in a buffer that never leaves a copy of itself in freed memory: it starts at
+/// 1 KiB (a typical answer: a key ARN and a few hundred bytes of base64, so usually no growth and
+/// one allocation), and when a larger answer (a plaintext of more than about 700 bytes) outgrows
+/// it, the writer moves to a larger buffer itself and wipes the old one. A `Vec` grown by `extend`
+/// would free its old allocation unwiped, plaintext included. The caller keeps the result in a
+/// zeroizing body.
+pub(crate) fn encode_json<T: serde::Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = WipingWriter(Zeroizing::new(Vec::with_capacity(1024)));
+    serde_json::to_writer(&mut out, value)?;
+    // Moves the buffer out (no copy).
+    Ok(std::mem::take(&mut *out.0))
+}
+
+/// An `io::Write` into a zeroizing buffer that grows by moving, wiping what it leaves.
+struct WipingWriter(Zeroizing<Vec<u8>>);
+
+impl std::io::Write for WipingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let needed = self.0.len().saturating_add(buf.len());
+        if needed > self.0.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(self.0.capacity() * 2)));
+            bigger.extend_from_slice(&self.0);
+            // The old buffer is wiped (its whole capacity) as it drops here.
+            self.0 = bigger;
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

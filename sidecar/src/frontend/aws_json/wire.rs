@@ -78,19 +78,34 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, KmsError> {
     })
 }
 
-/// Encodes a response body.
+/// Encodes a response body, growing its buffer without leaving copies behind
+/// ([`crate::frontend::http::encode_json`]).
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, KmsError> {
-    // Sized for a typical answer (a key ARN and a few hundred bytes of base64), so the buffer is
-    // not grown by reallocation while it is written: growing would leave copies of a plaintext in
-    // freed memory that the zeroizing response body never wipes.
-    let mut out = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut out, value).map_err(KmsError::internal)?;
-    Ok(out)
+    crate::frontend::http::encode_json(value).map_err(KmsError::internal)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_larger_than_the_first_buffer_encode_whole() {
+        use crate::core::model::{DecryptResponse, SecretBlob};
+        use zeroize::Zeroizing;
+        // 4096 bytes of plaintext: about 5.5 KB of base64, past the first 1 KiB buffer.
+        for len in [0, 700, 4096] {
+            let reply = DecryptResponse {
+                key_id: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+                plaintext: SecretBlob(Zeroizing::new(vec![0xa5; len])),
+                encryption_algorithm: "SYMMETRIC_DEFAULT",
+            };
+            assert_eq!(
+                encode(&reply).unwrap(),
+                serde_json::to_vec(&reply).unwrap(),
+                "{len}"
+            );
+        }
+    }
 
     #[test]
     fn targets_parse_and_reject() {

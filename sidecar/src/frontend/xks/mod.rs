@@ -30,7 +30,7 @@ use self::wire::{Decoded, Route};
 use crate::auth::sigv4::SignedRequest;
 use crate::core::xks::*;
 use crate::core::{self, Core, Exchange, Frontend};
-use crate::frontend::http::{Body, read_body};
+use crate::frontend::http::{Body, encode_json, read_body};
 use crate::kms::{ErrorKind, KmsError, Operation};
 use crate::observe::telemetry;
 
@@ -255,7 +255,7 @@ impl Xks {
     /// The reply's JSON, in a zeroizing buffer (a Decrypt reply holds plaintext).
     fn encode(&self, t: &Table, reply: core::Response) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let json = match reply {
-            core::Response::XksGetHealthStatus(h) => serde_json::to_vec(&serde_json::json!({
+            core::Response::XksGetHealthStatus(h) => encode_json(&serde_json::json!({
                 "xksProxyFleetSize": t.options.fleet_size,
                 "xksProxyVendor": VENDOR,
                 "xksProxyModel": format!("kms-sidecar XKS proxy {}", env!("CARGO_PKG_VERSION")),
@@ -266,7 +266,8 @@ impl Xks {
                     "healthStatus": h.health_status,
                 }],
             })),
-            other => serde_json::to_vec(&other),
+            // Grows without leaving copies of a plaintext behind.
+            other => encode_json(&other),
         };
         json.map(Zeroizing::new).map_err(KmsError::internal)
     }
