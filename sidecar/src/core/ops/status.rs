@@ -10,6 +10,7 @@ use super::{Cx, require_enabled, required};
 use crate::backend::KeyRef;
 use crate::core::health::{self, RoundTripError};
 use crate::core::model::{StatusRequest, StatusResponse};
+use crate::keys::KeyMeta;
 use crate::kms::KmsError;
 
 /// The last round trip's outcome for one key version (an error is shared by the callers that
@@ -25,6 +26,21 @@ pub(super) async fn status(
     require_enabled(cx.keys, &meta)?;
     let version = meta.current_version();
     cx.obs.key_version = Some(version);
+    memoized_round_trip(cx, &meta, version).await?;
+    Ok(StatusResponse {
+        key_id: cx.keys.key_arn(&meta.id),
+        key_version: version,
+    })
+}
+
+/// A real round trip through the backend stack under `meta`'s `version`, or the outcome of one
+/// made less than `health::TTL` ago for that key version: what both health calls (KMS v2 `Status`
+/// and the XKS health check) ask of the backend.
+pub(super) async fn memoized_round_trip(
+    cx: &Cx<'_>,
+    meta: &KeyMeta,
+    version: u32,
+) -> Result<(), KmsError> {
     let backend = cx.keys.backend();
     let check = async {
         let key = KeyRef {
@@ -44,9 +60,5 @@ pub(super) async fn status(
         .status
         .get_or_check((meta.id.clone(), version), check)
         .await
-        .map_err(KmsError::shared)?;
-    Ok(StatusResponse {
-        key_id: cx.keys.key_arn(&meta.id),
-        key_version: version,
-    })
+        .map_err(KmsError::shared)
 }

@@ -15,7 +15,6 @@ use subtle::ConstantTimeEq;
 use super::{Cx, require_enabled, required};
 use crate::auth::policy::Action;
 use crate::backend::KeyRef;
-use crate::core::health::{self, RoundTripError};
 use crate::core::model::{Blob, SecretBlob};
 use crate::core::xks::*;
 use crate::crypto::{NONCE_LEN, TAG_LEN};
@@ -259,26 +258,7 @@ async fn probe(cx: &mut Cx<'_>, key_id: Option<&str>) -> Result<(), KmsError> {
     let meta = cx.keys.resolve(key_id)?;
     require_enabled(cx.keys, &meta)?;
     let version = meta.current_version();
-    let backend = cx.keys.backend();
-    let check = async {
-        let key = KeyRef {
-            key_id: &meta.id,
-            version,
-        };
-        health::round_trip(backend.as_ref(), key)
-            .await
-            .map_err(|e| {
-                std::sync::Arc::new(match e {
-                    RoundTripError::Backend { error, .. } => KmsError::from(error),
-                    RoundTripError::WrongBytes => KmsError::internal(e),
-                })
-            })
-    };
-    cx.kms
-        .status
-        .get_or_check((meta.id.clone(), version), check)
-        .await
-        .map_err(KmsError::shared)
+    super::status::memoized_round_trip(cx, &meta, version).await
 }
 
 #[cfg(test)]
