@@ -4,7 +4,9 @@
 # bare hyper responder measured in the same run (responder first, then the sidecar):
 #   - heap allocations per cached Decrypt and per Encrypt (deterministic: a counting allocator);
 #   - kms-loadtest baseline mode, 8 connections: cached Decrypt and Encrypt throughput ratios, then
-#     p50/p99/p99.9 from the planned send time at half the sidecar's throughput;
+#     p50/p99/p99.9 from the planned send time at half the sidecar's throughput (a latency pair
+#     during which the hypervisor stole CPU is run again, up to 3 pairs; the table shows the
+#     machine's busy and steal shares of the pair the ratios come from);
 #   - the same cached Decrypt latency phase under a bounded busy loop per core (background CPU load);
 #   - 32 connections, closed loop: kms-loadtest and oha (when installed: `cargo install oha --locked`),
 #     each against the responder and the sidecar (oha replays one pre-signed Decrypt);
@@ -142,8 +144,10 @@ bench_stop
       "| \($op) p50 at \($b.rate) req/s (ms) | \($b.baseline_latency_ms.p50) | \($b.sidecar_latency_ms.p50) | \($b.p50_ratio*100|round/100) | |",
       "| \($op) p99 at \($b.rate) req/s (ms) | \($b.baseline_latency_ms.p99) | \($b.sidecar_latency_ms.p99) | \($b.p99_ratio*100|round/100) | |",
       "| \($op) p99.9 at \($b.rate) req/s (ms) | \($b.baseline_latency_ms.p999) | \($b.sidecar_latency_ms.p999) | \($b.p999_ratio*100|round/100) | |",
-      "| \($op) service time p99 at \($b.rate) req/s (ms) | \(.runs[2].service_time_ms.p99) | \(.runs[3].service_time_ms.p99) | | |",
-      "| \($op) errors / late starts at \($b.rate) req/s | \(.runs[2].errors) / \(.runs[2].late_starts) | \(.runs[3].errors) / \(.runs[3].late_starts) | | |"' \
+      .runs[$b.baseline_latency_run] as $r | .runs[$b.sidecar_latency_run] as $s |
+      "| \($op) service time p99 at \($b.rate) req/s (ms) | \($r.service_time_ms.p99) | \($s.service_time_ms.p99) | | |",
+      "| \($op) errors / late starts at \($b.rate) req/s | \($r.errors) / \($r.late_starts) | \($s.errors) / \($s.late_starts) | | |",
+      "| \($op) machine busy / hypervisor steal during the latency runs (% of all CPUs) | \($r.cpu.busy_pct*10|round/10) / \($r.cpu.steal_pct*100|round/100) | \($s.cpu.busy_pct*10|round/10) / \($s.cpu.steal_pct*100|round/100) | pair \(($b.baseline_latency_run - 2) / 2 + 1) of \($b.latency_attempts) run\(if $b.latency_disturbed then ", DISTURBED (steal above \($b.max_steal_pct) % in every pair)" else "" end) | |"' \
       "$OUT/baseline-$f.json"
   done
   jq -r --arg load "${LOAD[c32]}" '.baseline as $b |

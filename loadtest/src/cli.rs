@@ -210,6 +210,13 @@ pub struct BaselineArgs {
     /// Measured seconds of the closed-loop throughput phase, per target.
     #[arg(long, default_value_t = 5.0)]
     pub throughput_secs: f64,
+    /// Latency pairs to run at most: a pair is run again while the hypervisor's steal during
+    /// either of its runs exceeds --max-steal-pct (the ratios come from the least disturbed pair).
+    #[arg(long, default_value_t = 3)]
+    pub latency_attempts: u32,
+    /// Hypervisor steal, in percent of all CPUs' time, above which a latency pair is disturbed.
+    #[arg(long, default_value_t = 0.5)]
+    pub max_steal_pct: f64,
 }
 
 #[derive(Debug, Args)]
@@ -376,10 +383,22 @@ pub async fn execute(cli: Cli) -> Result<Outcome, LoadError> {
             (probe(&common, &cfg).await?, json)
         }
         Command::Baseline(a) => {
+            if !(1..=10).contains(&a.latency_attempts) {
+                return Err(LoadError::Invalid(
+                    "--latency-attempts must be between 1 and 10".into(),
+                ));
+            }
+            if !(a.max_steal_pct.is_finite() && (0.0..=100.0).contains(&a.max_steal_pct)) {
+                return Err(LoadError::Invalid(
+                    "--max-steal-pct must be a percentage between 0 and 100".into(),
+                ));
+            }
             let cfg = BaselineConfig {
                 rate: a.rate,
                 duration: secs("--duration-secs", a.duration_secs)?,
                 throughput_duration: secs("--throughput-secs", a.throughput_secs)?,
+                latency_attempts: a.latency_attempts,
+                max_steal_pct: a.max_steal_pct,
             };
             let (common, json) = a.common.into_common(false)?;
             (baseline(&common, &cfg).await?, json)

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::{CpuShare, CpuTimes};
 use crate::error::LoadError;
 use crate::http::Conn;
 use crate::kms::{Workload, classify};
@@ -129,6 +130,10 @@ pub struct RunResult {
     pub errors_by_type: BTreeMap<String, u64>,
     pub signing: SigningCost,
     pub connections_opened: u64,
+    /// The machine's CPU during the measured window (after the warm-up): busy and hypervisor
+    /// steal shares; `null` where `/proc/stat` is unreadable or the window was empty.
+    #[serde(default)]
+    pub cpu: Option<CpuShare>,
 }
 
 impl RunResult {
@@ -384,6 +389,14 @@ async fn drive(
         .enumerate()
         .map(|(idx, chan)| tokio::spawn(worker(ctx.clone(), idx, chan)))
         .collect();
+    // The machine's CPU counters when the measured window opens (see `cpu`).
+    let window_start = {
+        let at = ctx.start + spec.warmup;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            CpuTimes::now()
+        })
+    };
     let bar = progress.bar(&spec.label, spec.warmup + spec.duration);
     let ticker = bar.clone().map(|bar| {
         let ctx = ctx.clone();
@@ -410,6 +423,16 @@ async fn drive(
     if let Some(bar) = bar {
         bar.finish();
     }
+    let cpu = if window_start.is_finished() {
+        match window_start.await {
+            Ok(Some(start)) => CpuTimes::now().and_then(|end| CpuShare::between(start, end)),
+            _ => None,
+        }
+    } else {
+        // The run ended within its warm-up: no measured window.
+        window_start.abort();
+        None
+    };
     let total = merged(&ctx, &ops)?;
     let sent = ctx.sent.load(Ordering::Relaxed);
     let open = spec.schedule.rate().is_some();
@@ -473,5 +496,6 @@ async fn drive(
         errors_by_type: total.errors.clone(),
         signing: SigningCost::from_nanos(&total.signing),
         connections_opened: opened,
+        cpu,
     })
 }

@@ -11,6 +11,7 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod http;

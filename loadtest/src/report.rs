@@ -181,6 +181,23 @@ pub struct BaselineReport {
     pub p50_ratio: f64,
     pub p99_ratio: f64,
     pub p999_ratio: f64,
+    /// Latency pairs run (more than one when the hypervisor disturbed the first).
+    #[serde(default)]
+    pub latency_attempts: u32,
+    /// The steal (percent of all CPUs' time) above which a pair counted as disturbed.
+    #[serde(default)]
+    pub max_steal_pct: f64,
+    /// Indices in `runs` of the pair the latency ratios come from (the least disturbed).
+    #[serde(default)]
+    pub baseline_latency_run: usize,
+    #[serde(default)]
+    pub sidecar_latency_run: usize,
+    /// The worst steal of that pair's two runs.
+    #[serde(default)]
+    pub latency_steal_pct: f64,
+    /// True when every pair was disturbed: the latency ratios then measure the host too.
+    #[serde(default)]
+    pub latency_disturbed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -278,6 +295,20 @@ impl Report {
                 b.p99_ratio,
                 b.p999_ratio
             );
+            let _ = writeln!(
+                out,
+                "  latency pairs run: {}; ratios from runs {} and {}, hypervisor steal {:.2}% of the CPUs (limit {:.2}%){}",
+                b.latency_attempts,
+                b.baseline_latency_run + 1,
+                b.sidecar_latency_run + 1,
+                b.latency_steal_pct,
+                b.max_steal_pct,
+                if b.latency_disturbed {
+                    "; DISTURBED: every pair ran while the host took CPU, so these ratios measure the host too"
+                } else {
+                    ""
+                }
+            );
         }
         if let Some(x) = &self.max {
             steps_summary(&mut out, "max", &x.steps);
@@ -351,6 +382,13 @@ fn run_summary(out: &mut String, r: &RunResult) {
         "  {:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
     );
+    if let Some(c) = &r.cpu {
+        let _ = writeln!(
+            out,
+            "  machine during the measured window: busy {:.1}% of all CPUs, hypervisor steal {:.2}%",
+            c.busy_pct, c.steal_pct
+        );
+    }
     row(out, "all ok, from planned time", &r.latency_ms);
     row(out, "all ok, service time", &r.service_time_ms);
     for (op, s) in &r.by_op {

@@ -205,7 +205,28 @@ async fn baseline_mode_gives_ratios_in_one_run() {
     .concat())
     .await;
     let b = report.baseline.as_ref().unwrap();
-    assert_eq!(report.runs.len(), 4);
+    // Two throughput runs, then one latency pair per attempt (more than one only when the
+    // hypervisor's steal disturbed a pair); the ratios come from one of the pairs.
+    assert!(
+        (1..=3).contains(&b.latency_attempts),
+        "{}",
+        b.latency_attempts
+    );
+    assert_eq!(report.runs.len(), 2 + 2 * b.latency_attempts as usize);
+    assert_eq!(b.sidecar_latency_run, b.baseline_latency_run + 1);
+    assert!(b.baseline_latency_run >= 2 && b.baseline_latency_run % 2 == 0);
+    assert_eq!(b.max_steal_pct, 0.5);
+    assert_eq!(b.latency_disturbed, b.latency_steal_pct > b.max_steal_pct);
+    if cfg!(target_os = "linux") {
+        for r in &report.runs {
+            let cpu = r.cpu.expect("CPU shares on Linux");
+            assert!(
+                (0.0..=100.0).contains(&cpu.busy_pct) && cpu.busy_pct > 0.0,
+                "{cpu:?}"
+            );
+            assert!((0.0..=100.0).contains(&cpu.steal_pct), "{cpu:?}");
+        }
+    }
     for r in &report.runs {
         assert_eq!(r.errors, 0, "{}: {:?}", r.label, r.errors_by_type);
         assert!(r.ok > 0, "{}", r.label);
@@ -216,7 +237,11 @@ async fn baseline_mode_gives_ratios_in_one_run() {
             .iter()
             .map(|r| r.loop_kind.as_str())
             .collect::<Vec<_>>(),
-        ["closed", "closed", "open", "open"]
+        [
+            &["closed", "closed"][..],
+            &["open"; 8][..2 * b.latency_attempts as usize]
+        ]
+        .concat()
     );
     assert_eq!(report.runs[0].target, b.responder_url);
     assert_eq!(report.runs[1].target, sidecar.kms_url);
@@ -225,8 +250,17 @@ async fn baseline_mode_gives_ratios_in_one_run() {
     assert!((b.throughput_ratio - b.sidecar_throughput / b.baseline_throughput).abs() < 1e-9);
     assert!(b.p50_ratio > 0.0 && b.p99_ratio > 0.0 && b.p999_ratio > 0.0);
     assert_eq!(b.rate, 100.0);
-    assert_eq!(report.runs[2].planned, report.runs[3].planned);
+    assert_eq!(
+        report.runs[b.baseline_latency_run].planned,
+        report.runs[b.sidecar_latency_run].planned
+    );
+    assert_eq!(
+        b.sidecar_latency_ms,
+        report.runs[b.sidecar_latency_run].latency_ms
+    );
     let json = serde_json::to_string(&report).unwrap();
     assert!(assert_documented_fields(&json) > 90);
     assert!(report.summary().contains("ratio"));
+    assert!(report.summary().contains("latency pairs run: "));
+    assert!(report.summary().contains("hypervisor steal"));
 }
