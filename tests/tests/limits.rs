@@ -97,3 +97,66 @@ async fn per_principal_limit_throttles_exactly_the_excess() {
     );
     assert_eq!(status["backend"]["circuit"], "closed");
 }
+
+/// The outbound budget refuses backend calls beyond its rate as `ThrottlingException`, and each
+/// refusal is counted in `throttled_total{scope="backend"}` under the caller's principal (the series
+/// the availability alerts add to the error budget).
+#[tokio::test]
+async fn outbound_budget_refusals_are_counted_as_backend_throttles() {
+    let dir = tempfile::tempdir().unwrap();
+    // One backend call every 10 s, and 300 ms per call: after the key is created, the next token
+    // is far past every call's deadline, so the Encrypts below are refused at once.
+    let sidecar = Sidecar::start_args(
+        dir.path(),
+        &[
+            "--outbound-per-second",
+            "0.1",
+            "--backend-timeout-ms",
+            "300",
+        ],
+    );
+    let series = "kms_sidecar_throttled_total{principal=\"default\",scope=\"backend\"}";
+    let metrics = kms_sidecar_e2e::http_get(&format!("{}/metrics", sidecar.admin_url))
+        .await
+        .1;
+    assert_eq!(
+        sample(&metrics, series),
+        Some(0.0),
+        "at 0 from the start: {metrics}"
+    );
+    let kms = sidecar.sdk();
+    let key = kms.create_key().send().await.unwrap();
+    let key_id = key.key_metadata().unwrap().key_id().to_string();
+    let mut throttled = 0;
+    for _ in 0..4 {
+        match kms
+            .encrypt()
+            .key_id(&key_id)
+            .plaintext(aws_sdk_kms::primitives::Blob::new(b"over budget".to_vec()))
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("ThrottlingException") => throttled += 1,
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    assert!(throttled >= 3, "{throttled} of 4 Encrypts throttled");
+    let metrics = kms_sidecar_e2e::http_get(&format!("{}/metrics", sidecar.admin_url))
+        .await
+        .1;
+    assert_eq!(
+        sample(&metrics, series),
+        Some(f64::from(throttled)),
+        "{metrics}"
+    );
+    // Inbound limits refused nothing.
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("kms_sidecar_throttled_total{")
+                && !l.contains("scope=\"backend\"")
+                && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

@@ -1,5 +1,6 @@
 //! The one observation per call, whichever front-end served it: `requests_total` and the latency
-//! histogram, per-key usage, `unauthorized_total` for refusals, the request span's fields, a log
+//! histogram, per-key usage, `unauthorized_total` for refusals, `throttled_total{scope="backend"}`
+//! for calls the outbound budget refused, the request span's fields, a log
 //! line, and the audit record (which, when the audit log fails closed, can still turn a success
 //! into an error).
 
@@ -11,6 +12,7 @@ use tracing::Span;
 use super::{Core, Observation, Principal};
 pub use crate::kms::Frontend;
 use crate::kms::{KmsError, Operation, Origin};
+use crate::limits::{self, Scope};
 use crate::observe::audit::{
     self, AuditEvent, Outcome as AuditOutcome, PrincipalName, RequestId, Source,
 };
@@ -141,6 +143,11 @@ impl Core {
         if let Some(reason) = reason {
             self.count_unauthorized(x, reason);
         }
+        if let Err(err) = &result
+            && limits::classify::is_outbound_budget_refusal(err)
+        {
+            self.count_backend_throttle(x);
+        }
         let cache = x.obs.cache;
         if !x.span.is_disabled() {
             let span = &x.span;
@@ -189,6 +196,19 @@ impl Core {
                 Err(err)
             }
             _ => result,
+        }
+    }
+
+    /// Counts a call the outbound budget refused in `throttled_total{scope="backend"}`, under the
+    /// caller's bounded principal label (as for the inbound limits).
+    fn count_backend_throttle(&self, x: &Exchange) {
+        let name = x.principal_name();
+        let metrics = &self.metrics.rate;
+        match &self.rate {
+            Some(rate) => {
+                metrics.throttled(rate.limits.load().principal_label(name), Scope::Backend)
+            }
+            None => metrics.throttled(limits::rate_spec::OTHER, Scope::Backend),
         }
     }
 

@@ -13,6 +13,15 @@ fn is_budget(e: &BackendError) -> bool {
         .is_some_and(|s| s.is::<BudgetExhausted>())
 }
 
+/// Whether a call's error is the sidecar's outbound budget refusing a backend call (counted as
+/// `throttled_total{scope="backend"}` where the call is observed, which knows the caller).
+pub fn is_outbound_budget_refusal(e: &KmsError) -> bool {
+    e.kind() == ErrorKind::Throttling
+        && std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<BackendError>())
+            .is_some_and(is_budget)
+}
+
 /// Whether the call was refused for a quota: the backend's own, or the sidecar's outbound budget.
 pub fn is_throttle(e: &BackendError) -> bool {
     e.is_backend_throttle() || is_budget(e)
@@ -51,6 +60,22 @@ impl From<BackendError> for KmsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_outbound_budget_is_a_budget_refusal() {
+        let budget = BackendError::with_source(BackendErrorKind::Unavailable, BudgetExhausted);
+        assert!(is_outbound_budget_refusal(&KmsError::from(budget)));
+        // The backend's own quota, an outage and an inbound limit are not the outbound budget.
+        let quota = KmsError::from(BackendError::throttled(std::io::Error::other("quota")));
+        assert_eq!(quota.kind(), ErrorKind::Throttling);
+        assert!(!is_outbound_budget_refusal(&quota));
+        let outage = KmsError::from(BackendError::new(BackendErrorKind::Unavailable));
+        assert!(!is_outbound_budget_refusal(&outage));
+        let inbound = KmsError::from(crate::limits::Throttled {
+            scope: crate::limits::Scope::Principal,
+        });
+        assert!(!is_outbound_budget_refusal(&inbound));
+    }
 
     #[test]
     fn classification_maps_to_kms_errors() {

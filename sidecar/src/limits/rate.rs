@@ -24,6 +24,7 @@
 //! handles belong to the metrics registry, so the counts survive a rebuild.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use governor::RateLimiter;
@@ -330,6 +331,9 @@ impl<C: Clock + Clone> RateLimits<C> {
         if !self.spec.key_default.is_empty() || !self.spec.key_overrides.is_empty() {
             scopes.push(Scope::Key);
         }
+        if metrics.outbound_budget.load(Ordering::Relaxed) {
+            scopes.push(Scope::Backend);
+        }
         let principals = self
             .principals
             .iter()
@@ -353,6 +357,8 @@ pub struct RateMetrics {
     limit: GaugeVec,
     /// Inbound gauge series set by the last export, removed by the next.
     exported: Mutex<Vec<(Scope, String)>>,
+    /// An outbound budget is configured: exports start every principal's backend series at 0.
+    outbound_budget: AtomicBool,
 }
 
 impl RateMetrics {
@@ -386,6 +392,7 @@ impl RateMetrics {
             admitted,
             limit,
             exported: Mutex::new(Vec::new()),
+            outbound_budget: AtomicBool::new(false),
         })
     }
 
@@ -420,6 +427,11 @@ impl RateMetrics {
     }
 
     /// Sets the gauge of one limit that is not part of the inbound spec (the outbound budget).
+    /// Says that an outbound budget is configured (see [`RateLimits::export`]).
+    pub fn mark_outbound_budget(&self) {
+        self.outbound_budget.store(true, Ordering::Relaxed);
+    }
+
     pub fn set_limit(&self, scope: Scope, name: &str, per_second: f64) {
         self.limit
             .with_label_values(&[scope.as_str(), name])

@@ -217,6 +217,11 @@ impl Sidecar {
         } else {
             None
         };
+        if config.outbound().is_some() {
+            // Before the first export: the outbound budget can refuse every principal, so their
+            // `throttled_total{scope="backend"}` series start at 0 too.
+            metrics.rate.mark_outbound_budget();
+        }
         let rate = Arc::new(RateLimiting {
             limits: ArcSwap::from_pointee(build_rate_limits(
                 &config.inbound_rate_spec(),
