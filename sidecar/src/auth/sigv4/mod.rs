@@ -114,6 +114,20 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
 }
 
+impl<'a> SignedRequest<'a> {
+    /// What SigV4 covers of an HTTP request whose body has been read: method, path, query,
+    /// headers and body (both HTTP front-ends, AWS JSON and XKS).
+    pub fn from_parts(parts: &'a http::request::Parts, body: &'a [u8]) -> Self {
+        Self {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or_default(),
+            headers: &parts.headers,
+            body,
+        }
+    }
+}
+
 /// Verifies SigV4 on requests against issued client credentials.
 #[derive(Debug, Clone)]
 pub struct Verifier {

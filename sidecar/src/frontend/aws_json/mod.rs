@@ -109,13 +109,7 @@ impl AwsJson {
         .await?;
         // 2. Authenticate: a valid SigV4 signature from an issued, unrevoked client. Before the
         //    body is decoded, so an unauthenticated caller learns nothing about its shape.
-        let signed = SignedRequest {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or_default(),
-            headers: &parts.headers,
-            body: &body,
-        };
+        let signed = SignedRequest::from_parts(parts, &body);
         let client = self
             .verifier
             .verify(&self.clients, &signed, SystemTime::now())

@@ -161,13 +161,7 @@ impl Xks {
         .await?;
         // 2. Authenticate with a credential of the prefix the path names, before the body is
         //    decoded, so an unauthenticated caller learns nothing about its shape.
-        let signed = SignedRequest {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or_default(),
-            headers: &parts.headers,
-            body: &body,
-        };
+        let signed = SignedRequest::from_parts(parts, &body);
         let prefix = t
             .options
             .prefixes
