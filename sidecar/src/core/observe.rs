@@ -1,8 +1,7 @@
 //! The one observation per call, whichever front-end served it: `requests_total` and the latency
 //! histogram, per-key usage, `unauthorized_total` for refusals, `throttled_total{scope="backend"}`
-//! for calls the outbound budget refused, the request span's fields, a log
-//! line, and the audit record (which, when the audit log fails closed, can still turn a success
-//! into an error).
+//! for calls the outbound budget refused, the request span's fields, a log line, and the audit
+//! record (which, when the audit log fails closed, can still turn a success into an error).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};

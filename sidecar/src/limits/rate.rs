@@ -426,12 +426,12 @@ impl RateMetrics {
             .with_label_values(&[principal, scope.as_str()]);
     }
 
-    /// Sets the gauge of one limit that is not part of the inbound spec (the outbound budget).
     /// Says that an outbound budget is configured (see [`RateLimits::export`]).
     pub fn mark_outbound_budget(&self) {
         self.outbound_budget.store(true, Ordering::Relaxed);
     }
 
+    /// Sets the gauge of one limit that is not part of the inbound spec (the outbound budget).
     pub fn set_limit(&self, scope: Scope, name: &str, per_second: f64) {
         self.limit
             .with_label_values(&[scope.as_str(), name])
