@@ -57,9 +57,55 @@ pub fn event_meaning(kind: &str, detail: &str) -> Meaning {
     }
 }
 
+/// The legend name of an event marker. egui_plot shows one legend entry per name and greys an
+/// entry whose markers differ in colour, so every name here maps to one colour: a breaker
+/// transition is named by the state it entered (`event: breaker open`), other events by kind.
+pub fn event_legend(kind: &str, detail: &str) -> String {
+    let kind = kind.replace('_', " ");
+    if kind == "breaker" {
+        let state = detail
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .replace('_', "-");
+        format!("event: breaker {state}")
+    } else {
+        format!("event: {kind}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_event_legend_name_has_one_colour() {
+        let events = [
+            ("breaker", "embedded breaker open"),
+            ("breaker", "upstream breaker open"),
+            ("breaker", "embedded breaker half_open"),
+            ("breaker", "embedded breaker closed"),
+            ("faults_on", "error_rate 0.5"),
+            ("faults_off", "cleared"),
+            ("reload", "configuration reloaded: rate limits"),
+            ("start", "started"),
+        ];
+        let mut colours = std::collections::BTreeMap::new();
+        for (kind, detail) in events {
+            let meaning = event_meaning(kind, detail);
+            let previous = colours.insert(event_legend(kind, detail), meaning);
+            assert!(
+                previous.is_none_or(|m| m == meaning),
+                "{kind} {detail}: one legend name, two colours"
+            );
+        }
+        assert_eq!(
+            event_legend("breaker", "embedded breaker half_open"),
+            "event: breaker half-open"
+        );
+        assert_eq!(event_legend("faults_on", "x"), "event: faults on");
+        assert_eq!(colours.len(), 7);
+    }
 
     #[test]
     fn outcome_classes_have_their_meaning() {

@@ -250,9 +250,12 @@ pub fn plot(ui: &mut Ui, d: &Derived, id: &str, title: &str, lines: &[Line], uni
                 let c = palette::of(crate::model::palette::event_meaning(&e.kind, &e.detail))
                     .unwrap_or(palette::BLUE);
                 p.vline(
-                    egui_plot::VLine::new(format!("event: {}", e.kind.replace('_', " ")), e.x)
-                        .color(c)
-                        .style(egui_plot::LineStyle::dashed_dense()),
+                    egui_plot::VLine::new(
+                        crate::model::palette::event_legend(&e.kind, &e.detail),
+                        e.x,
+                    )
+                    .color(c)
+                    .style(egui_plot::LineStyle::dashed_dense()),
                 );
             }
         });
