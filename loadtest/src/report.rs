@@ -377,11 +377,6 @@ fn run_summary(out: &mut String, r: &RunResult) {
         r.signing.p99_us,
         r.connections_opened
     );
-    let _ = writeln!(
-        out,
-        "  {:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
-    );
     if let Some(c) = &r.cpu {
         let _ = writeln!(
             out,
@@ -389,6 +384,11 @@ fn run_summary(out: &mut String, r: &RunResult) {
             c.busy_pct, c.steal_pct
         );
     }
+    let _ = writeln!(
+        out,
+        "  {:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
+    );
     row(out, "all ok, from planned time", &r.latency_ms);
     row(out, "all ok, service time", &r.service_time_ms);
     for (op, s) in &r.by_op {
