@@ -271,22 +271,13 @@ kms_sidecar_throttled_total{{principal=\"alice\",scope=\"principal\"}} 0\n"
         let t = f64::from(i) * 10.0;
         m.ingest("s", t, &parse(&text(t)).unwrap());
     }
-    let limit = |scope: &str, name: &str, rate: f64| status::Limit {
-        scope: scope.into(),
-        name: name.into(),
-        rate_per_second: rate,
-        burst: rate,
-    };
-    m.status.insert(
-        "s".into(),
-        Endpoint::Ok(status::Status {
-            limits: vec![
-                limit("global", "global", 1000.0),
-                limit("principal", "default", 400.0),
-                limit("principal", "alice", 100.0),
-            ],
-            ..Default::default()
-        }),
+    publish_limits(
+        &mut m,
+        &[
+            ("global", "global", 1000.0),
+            ("principal", "default", 400.0),
+            ("principal", "alice", 100.0),
+        ],
     );
     let d = Derived::compute(&m, settings(120.0, 0.999), 120.0);
     let row = |name: &str| d.limits.iter().find(|r| r.name == name).unwrap().clone();
@@ -362,21 +353,12 @@ fn measured_headroom_per_principal_on_the_first_frame_from_the_history() {
     };
     let mut m = Model::new(ModelConfig::default());
     assert_eq!(m.backfill("s", &doc), 13);
-    let limit = |scope: &str, name: &str, rate: f64| status::Limit {
-        scope: scope.into(),
-        name: name.into(),
-        rate_per_second: rate,
-        burst: rate,
-    };
-    m.status.insert(
-        "s".into(),
-        Endpoint::Ok(status::Status {
-            limits: vec![
-                limit("principal", "default", 400.0),
-                limit("principal", "alice", 100.0),
-            ],
-            ..Default::default()
-        }),
+    publish_limits(
+        &mut m,
+        &[
+            ("principal", "default", 400.0),
+            ("principal", "alice", 100.0),
+        ],
     );
     let d = Derived::compute(&m, settings(300.0, 0.999), 1120.0);
     let row = |name: &str| d.limits.iter().find(|r| r.name == name).unwrap().clone();
@@ -398,4 +380,25 @@ fn measured_headroom_per_principal_on_the_first_frame_from_the_history() {
     let d = Derived::compute(&m, settings(300.0, 0.999), 1020.0);
     let alice = d.limits.iter().find(|r| r.name == "alice").unwrap();
     assert!((alice.observed.unwrap() - 30.0).abs() < 1e-9, "{alice:?}");
+}
+
+/// Sidecar "s" publishes these limits (`scope`, `name`, rate per second; burst = rate) in
+/// `/v1/status`.
+fn publish_limits(m: &mut Model, limits: &[(&str, &str, f64)]) {
+    let limits = limits
+        .iter()
+        .map(|&(scope, name, rate)| status::Limit {
+            scope: scope.into(),
+            name: name.into(),
+            rate_per_second: rate,
+            burst: rate,
+        })
+        .collect();
+    m.status.insert(
+        "s".into(),
+        Endpoint::Ok(status::Status {
+            limits,
+            ..Default::default()
+        }),
+    );
 }
